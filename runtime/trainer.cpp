@@ -1,1 +1,148 @@
-// Implementation pending (being written in this session).
+#include "runtime/trainer.hpp"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <numeric>
+#include <random>
+
+namespace flotilla {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+/// A fresh epoch order. Drawn from mt19937_64 by Fisher-Yates (not torch::randperm) so the
+/// order, and with it the trained weights, does not change with the LibTorch version.
+void reshuffle(std::vector<std::int64_t>& order, std::mt19937_64& rng) {
+  std::iota(order.begin(), order.end(), std::int64_t{0});
+  for (std::size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+}
+
+torch::nn::Module& as_module(Model& model) {
+  return *static_cast<torch::nn::Module*>(model.module());
+}
+
+/// Restores a module's train/eval mode on scope exit.
+class ModeGuard {
+ public:
+  ModeGuard(torch::nn::Module& m, bool train) : module_(m), was_training_(m.is_training()) {
+    module_.train(train);
+  }
+  ~ModeGuard() { module_.train(was_training_); }
+  ModeGuard(const ModeGuard&) = delete;
+  ModeGuard& operator=(const ModeGuard&) = delete;
+
+ private:
+  torch::nn::Module& module_;
+  bool was_training_;
+};
+
+}  // namespace
+
+TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& config) {
+  if (config.batch_size == 0) throw Failure(Errc::invalid_config, "batch-size must be > 0, got 0");
+  if (!(config.learning_rate > 0)) {
+    throw Failure(Errc::invalid_config,
+                  "learning-rate must be > 0, got " + std::to_string(config.learning_rate));
+  }
+  const auto start = Clock::now();
+  TrainStats stats;
+  const std::int64_t n = data.size();
+  stats.num_examples = static_cast<std::uint64_t>(n);
+  if (n == 0) return stats;
+
+  auto& module = as_module(model);
+  const ModeGuard mode(module, true);
+  const auto device = model.device();
+  // Client datasets are small: one transfer up front beats one per batch.
+  const auto inputs = data.inputs.to(device);
+  const auto labels = data.labels.to(device);
+
+  torch::optim::SGD optimizer(module.parameters(),
+                              torch::optim::SGDOptions(config.learning_rate)
+                                  .momentum(config.momentum)
+                                  .weight_decay(config.weight_decay));
+
+  const auto batch = static_cast<std::int64_t>(config.batch_size);
+  const std::int64_t batches_per_epoch = (n + batch - 1) / batch;
+  const std::int64_t total_steps = config.local_steps > 0
+                                       ? static_cast<std::int64_t>(config.local_steps)
+                                       : batches_per_epoch * config.local_epochs;
+
+  std::mt19937_64 rng(config.seed);
+  std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+  torch::Tensor order_tensor;
+  std::int64_t pos = n;  // forces a shuffle before the first batch
+  // Summed on the device and read once at the end: a per-step .item() would sync a GPU.
+  auto loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device));
+  auto correct = torch::zeros({}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  std::int64_t seen = 0;
+
+  for (std::int64_t step = 0; step < total_steps; ++step) {
+    if (pos >= n) {
+      reshuffle(order, rng);
+      order_tensor = torch::from_blob(order.data(), {n}, torch::kInt64).to(device, torch::kInt64, false, true);
+      pos = 0;
+    }
+    const std::int64_t len = std::min(batch, n - pos);
+    const auto index = order_tensor.narrow(0, pos, len);
+    pos += len;
+    const auto x = inputs.index_select(0, index);
+    const auto y = labels.index_select(0, index);
+
+    optimizer.zero_grad();
+    const auto logits = model.forward(x);
+    auto loss = torch::nn::functional::cross_entropy(logits, y);
+    loss.backward();
+    optimizer.step();
+
+    loss_sum += loss.detach().to(torch::kFloat64);
+    correct += logits.detach().argmax(1).eq(y).sum();
+    seen += len;
+  }
+  stats.steps = static_cast<std::uint64_t>(total_steps);
+  if (total_steps > 0) {
+    stats.loss = loss_sum.item<double>() / static_cast<double>(total_steps);
+    stats.accuracy = static_cast<double>(correct.item<std::int64_t>()) / static_cast<double>(seen);
+  }
+  stats.seconds = seconds_since(start);
+  return stats;
+}
+
+EvalStats evaluate(Model& model, const Dataset& data, std::int64_t batch_size) {
+  if (batch_size < 1) {
+    throw Failure(Errc::invalid_argument,
+                  "evaluation batch size must be > 0, got " + std::to_string(batch_size));
+  }
+  const auto start = Clock::now();
+  EvalStats stats;
+  const std::int64_t n = data.size();
+  stats.num_examples = static_cast<std::uint64_t>(n);
+  if (n == 0) return stats;
+
+  torch::NoGradGuard no_grad;
+  const ModeGuard mode(as_module(model), false);
+  const auto device = model.device();
+  auto loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device));
+  auto correct = torch::zeros({}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  for (std::int64_t begin = 0; begin < n; begin += batch_size) {
+    const std::int64_t len = std::min(batch_size, n - begin);
+    const auto logits = model.forward(data.inputs.narrow(0, begin, len));
+    const auto y = data.labels.narrow(0, begin, len).to(device);
+    loss_sum += torch::nn::functional::cross_entropy(
+                    logits, y,
+                    torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                    .to(torch::kFloat64);
+    correct += logits.argmax(1).eq(y).sum();
+  }
+  stats.loss = loss_sum.item<double>() / static_cast<double>(n);
+  stats.accuracy = static_cast<double>(correct.item<std::int64_t>()) / static_cast<double>(n);
+  stats.seconds = seconds_since(start);
+  return stats;
+}
+
+}  // namespace flotilla

@@ -1,0 +1,42 @@
+#pragma once
+/// The aggregator's seam: accept one update at a time, then finalize a new model version.
+/// FedAvg is built in (runtime/fedavg.hpp); aggregation plugins will implement this same
+/// interface behind the C ABI, and asynchronous schedules call it with a staleness.
+#include "runtime/error.hpp"
+#include "runtime/tensor.hpp"
+
+#include <cstdint>
+#include <span>
+
+namespace flotilla {
+
+struct WeightedUpdate {
+  const TensorList* tensors = nullptr;
+  double weight = 0;            ///< e.g. the client's number of training examples
+  std::uint64_t staleness = 0;  ///< versions between the update's base and the current model
+};
+
+class Aggregation {
+ public:
+  virtual ~Aggregation() = default;
+
+  /// Folds one update in. Names, order and shapes must match the global model; a mismatch is
+  /// Errc::rejected naming the first bad tensor, and nothing already accepted changes.
+  [[nodiscard]] virtual Expected<void> accept(const WeightedUpdate& update) = 0;
+
+  /// Folds several waiting updates in one pass over memory (faster than one at a time).
+  /// All are validated first; if any is bad, none is folded.
+  [[nodiscard]] virtual Expected<void> accept_batch(std::span<const WeightedUpdate> updates) = 0;
+
+  /// Updates accepted since the last finalize.
+  [[nodiscard]] virtual std::size_t accepted() const = 0;
+
+  /// The new global model from the updates accepted so far; resets for the next version.
+  /// Requires accepted() > 0.
+  [[nodiscard]] virtual TensorList finalize() = 0;
+
+  /// Drops the updates accepted so far (a failed round) without producing a version.
+  virtual void discard() = 0;
+};
+
+}  // namespace flotilla

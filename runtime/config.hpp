@@ -1,0 +1,90 @@
+#pragma once
+/// A run's configuration: one TOML file shared by every role of the run, validated on load.
+/// Every key, its default and its meaning is documented in docs/config.md.
+#include "runtime/data.hpp"
+#include "runtime/error.hpp"
+#include "runtime/message.hpp"
+#include "runtime/model.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace flotilla {
+
+using Duration = std::chrono::milliseconds;
+
+struct RunSection {
+  std::string name = "flotilla";
+  std::uint64_t seed = 0;
+  std::uint32_t rounds = 10;
+  std::string device = "cpu";
+  int threads = 0;               ///< LibTorch intra-op threads per process; 0 = all cores
+  double target_accuracy = 0;    ///< stop once the evaluator reports this; 0 = run all rounds
+  std::string output;            ///< directory for rounds.csv; empty = none
+};
+
+struct DataSection {
+  std::string dataset = "fashion-mnist";
+  std::string path = "/usr/share/datasets/fashion-mnist";
+  PartitionKind partition = PartitionKind::dirichlet;
+  double alpha = 0.5;
+  int clients = 8;                ///< how many clients the data is split into
+  double test_fraction = 0.1;     ///< each client's held-out share
+  std::int64_t min_examples = 10;
+};
+
+struct AggregatorSection {
+  std::string listen = "tcp://127.0.0.1:5555";
+  std::uint32_t clients_per_round = 0;  ///< K; 0 = every registered client
+  std::uint32_t min_updates = 1;        ///< a round closing with fewer fails and is retried
+  Duration round_deadline{60'000};
+  std::uint32_t min_clients = 0;        ///< registered clients needed to start; 0 = data.clients
+  Duration registration_timeout{120'000};
+  Duration evaluation_timeout{120'000};
+  Duration peer_timeout{30'000};        ///< a peer silent this long is considered gone
+  std::uint64_t max_message_bytes = 8ULL << 30;
+};
+
+struct ClientSection {
+  Duration connect_timeout{30'000};
+  Duration heartbeat_interval{2'000};
+};
+
+struct EvaluatorSection {
+  bool enabled = true;
+  std::int64_t examples = 0;      ///< test examples used; 0 = the whole test set
+  std::int64_t batch_size = 1000;
+};
+
+struct MetricsSection {
+  std::string listen;  ///< "host:port" for the Prometheus endpoint; empty = off
+};
+
+struct Config {
+  std::string source;  ///< the file it was read from
+  RunSection run;
+  DataSection data;
+  ModelSpec model;
+  TrainingConfig training;
+  AggregatorSection aggregator;
+  ClientSection client;
+  EvaluatorSection evaluator;
+  MetricsSection metrics;
+};
+
+/// Reads and validates a config file. An unknown key, a value of the wrong type or out of
+/// range, or a TOML syntax error is Errc::invalid_config with a message naming the file, the
+/// key, the value and what was expected.
+[[nodiscard]] Expected<Config> load_config(const std::string& path);
+
+/// The same from TOML text (`source` names it in messages).
+[[nodiscard]] Expected<Config> parse_config(const std::string& text, const std::string& source);
+
+/// Parses "250ms", "30s", "2m", "1h" (a unit is required).
+[[nodiscard]] Expected<Duration> parse_duration(const std::string& text);
+
+/// Parses "512", "64KiB", "64MiB", "8GiB", "1GB" into bytes.
+[[nodiscard]] Expected<std::uint64_t> parse_bytes(const std::string& text);
+
+}  // namespace flotilla

@@ -1,0 +1,192 @@
+#include "runtime/fedavg.hpp"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+namespace flotilla {
+namespace {
+
+std::string shape_string(at::IntArrayRef shape) {
+  std::ostringstream out;
+  out << '[';
+  for (std::size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << ']';
+  return out.str();
+}
+
+bool is_float(c10::ScalarType t) { return at::isFloatingType(t); }
+
+/// Elements per block of the multi-update fold: the accumulator's block stays in L1 while
+/// every waiting update streams through it once.
+constexpr std::int64_t kBlock = 4096;
+
+/// sum[i] += Σ_k w[k] · src[k][i], one pass over `sum` for all k.
+template <class Acc, class Src>
+void fold_block_range(Acc* sum, const std::vector<const Src*>& src, const std::vector<Acc>& w,
+                      std::int64_t begin, std::int64_t end) {
+  for (std::int64_t b = begin; b < end; b += kBlock) {
+    const std::int64_t e = std::min(end, b + kBlock);
+    for (std::size_t k = 0; k < src.size(); ++k) {
+      const Src* __restrict s = src[k];
+      Acc* __restrict a = sum;
+      const Acc wk = w[k];
+      for (std::int64_t i = b; i < e; ++i) a[i] += wk * static_cast<Acc>(s[i]);
+    }
+  }
+}
+
+template <class Acc, class Src>
+void fold(at::Tensor& sum, const std::vector<at::Tensor>& srcs, const std::vector<double>& weights) {
+  std::vector<const Src*> ptrs;
+  std::vector<Acc> w;
+  for (std::size_t k = 0; k < srcs.size(); ++k) {
+    ptrs.push_back(srcs[k].data_ptr<Src>());
+    w.push_back(static_cast<Acc>(weights[k]));
+  }
+  Acc* acc = sum.data_ptr<Acc>();
+  // Large tensors are split across LibTorch's intra-op threads (a no-op with 1 thread).
+  at::parallel_for(0, sum.numel(), 1 << 16, [&](std::int64_t begin, std::int64_t end) {
+    fold_block_range<Acc, Src>(acc, ptrs, w, begin, end);
+  });
+}
+
+}  // namespace
+
+Expected<void> check_compatible(const TensorList& reference, const TensorList& update) {
+  if (reference.size() != update.size()) {
+    return Error{Errc::rejected, "expected " + std::to_string(reference.size()) +
+                                     " tensors, got " + std::to_string(update.size())};
+  }
+  for (std::size_t i = 0; i < reference.size(); ++i) {
+    const auto& r = reference[i];
+    const auto& u = update[i];
+    const std::string where = "tensor " + std::to_string(i) + " '" + r.name + "'";
+    if (r.name != u.name) {
+      return Error{Errc::rejected, where + ": got a tensor named '" + u.name + "'"};
+    }
+    if (!u.tensor.defined()) return Error{Errc::rejected, where + ": undefined tensor"};
+    if (r.tensor.sizes() != u.tensor.sizes()) {
+      return Error{Errc::rejected, where + ": expected shape " + shape_string(r.tensor.sizes()) +
+                                       ", got " + shape_string(u.tensor.sizes())};
+    }
+    if (r.tensor.scalar_type() != u.tensor.scalar_type()) {
+      return Error{Errc::rejected, where + ": expected dtype " +
+                                       std::string(c10::toString(r.tensor.scalar_type())) +
+                                       ", got " + c10::toString(u.tensor.scalar_type())};
+    }
+  }
+  return {};
+}
+
+FedAvg::FedAvg(const TensorList& global) {
+  slots_.reserve(global.size());
+  for (const auto& t : global) {
+    slots_.push_back({t.name, t.tensor.sizes().vec(), t.tensor.scalar_type()});
+  }
+}
+
+Expected<void> FedAvg::validate(const WeightedUpdate& update) const {
+  if (update.tensors == nullptr) return Error{Errc::rejected, "update has no tensors"};
+  if (!(update.weight > 0) || !std::isfinite(update.weight)) {
+    return Error{Errc::rejected, "update weight must be > 0, got " + std::to_string(update.weight)};
+  }
+  const TensorList& u = *update.tensors;
+  if (u.size() != slots_.size()) {
+    return Error{Errc::rejected, "expected " + std::to_string(slots_.size()) + " tensors, got " +
+                                     std::to_string(u.size())};
+  }
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    const auto& s = slots_[i];
+    const std::string where = "tensor " + std::to_string(i) + " '" + s.name + "'";
+    if (u[i].name != s.name) return Error{Errc::rejected, where + ": got a tensor named '" + u[i].name + "'"};
+    if (!u[i].tensor.defined()) return Error{Errc::rejected, where + ": undefined tensor"};
+    if (u[i].tensor.sizes() != at::IntArrayRef(s.shape)) {
+      return Error{Errc::rejected, where + ": expected shape " + shape_string(s.shape) + ", got " +
+                                       shape_string(u[i].tensor.sizes())};
+    }
+    if (u[i].tensor.scalar_type() != s.dtype) {
+      return Error{Errc::rejected, where + ": expected dtype " + std::string(c10::toString(s.dtype)) +
+                                       ", got " + c10::toString(u[i].tensor.scalar_type())};
+    }
+  }
+  return {};
+}
+
+void FedAvg::ensure_accumulators() {
+  if (!sums_.empty()) return;
+  sums_.reserve(slots_.size());
+  for (const auto& s : slots_) {
+    if (is_float(s.dtype)) {
+      const auto acc = s.dtype == at::kDouble ? at::kDouble : at::kFloat;
+      sums_.push_back(at::zeros(s.shape, at::TensorOptions().dtype(acc)));
+    } else {
+      sums_.emplace_back();  // set from the latest update
+    }
+  }
+}
+
+Expected<void> FedAvg::accept(const WeightedUpdate& update) {
+  return accept_batch(std::span<const WeightedUpdate>(&update, 1));
+}
+
+Expected<void> FedAvg::accept_batch(std::span<const WeightedUpdate> updates) {
+  for (const auto& u : updates) {
+    if (auto ok = validate(u); !ok) return ok;
+  }
+  if (updates.empty()) return {};
+  ensure_accumulators();
+  at::NoGradGuard no_grad;
+  std::vector<double> weights;
+  for (const auto& u : updates) weights.push_back(u.weight);
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    std::vector<at::Tensor> srcs;
+    srcs.reserve(updates.size());
+    for (const auto& u : updates) srcs.push_back((*u.tensors)[i].tensor.to(at::kCPU).contiguous());
+    auto& sum = sums_[i];
+    if (!is_float(slots_[i].dtype)) {
+      sum = srcs.back().clone();
+      continue;
+    }
+    switch (slots_[i].dtype) {
+      case at::kFloat: fold<float, float>(sum, srcs, weights); break;
+      case at::kDouble: fold<double, double>(sum, srcs, weights); break;
+      case at::kHalf: fold<float, at::Half>(sum, srcs, weights); break;
+      case at::kBFloat16: fold<float, at::BFloat16>(sum, srcs, weights); break;
+      default:  // other float types: a general (slower) path
+        for (std::size_t k = 0; k < srcs.size(); ++k) sum.add_(srcs[k].to(sum.scalar_type()), weights[k]);
+    }
+  }
+  accepted_ += updates.size();
+  for (double w : weights) total_weight_ += w;
+  return {};
+}
+
+TensorList FedAvg::finalize() {
+  TensorList out;
+  out.reserve(slots_.size());
+  ensure_accumulators();
+  const double inv = total_weight_ > 0 ? 1.0 / total_weight_ : 0.0;
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    at::Tensor t = std::move(sums_[i]);
+    if (is_float(slots_[i].dtype)) {
+      t.mul_(inv);  // in place: the accumulator becomes the new model, no extra copy
+      if (t.scalar_type() != slots_[i].dtype) t = t.to(slots_[i].dtype);
+    }
+    out.push_back({slots_[i].name, std::move(t)});
+  }
+  sums_.clear();
+  accepted_ = 0;
+  total_weight_ = 0;
+  return out;
+}
+
+void FedAvg::discard() {
+  sums_.clear();
+  accepted_ = 0;
+  total_weight_ = 0;
+}
+
+}  // namespace flotilla

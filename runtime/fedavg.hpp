@@ -1,0 +1,47 @@
+#pragma once
+/// Weighted FedAvg as one running sum: each update is folded into a single accumulator the
+/// moment it arrives, so memory does not grow with the number of clients (one accumulator,
+/// about one model copy, however many updates a round has).
+#include "runtime/aggregation.hpp"
+
+#include <vector>
+
+namespace flotilla {
+
+class FedAvg final : public Aggregation {
+ public:
+  /// `global` fixes the names, order, shapes and dtypes updates must have.
+  explicit FedAvg(const TensorList& global);
+
+  [[nodiscard]] Expected<void> accept(const WeightedUpdate& update) override;
+  [[nodiscard]] Expected<void> accept_batch(std::span<const WeightedUpdate> updates) override;
+  [[nodiscard]] std::size_t accepted() const override { return accepted_; }
+  [[nodiscard]] TensorList finalize() override;
+  void discard() override;
+
+  /// Total weight accepted since the last finalize.
+  [[nodiscard]] double total_weight() const { return total_weight_; }
+
+ private:
+  [[nodiscard]] Expected<void> validate(const WeightedUpdate& update) const;
+  void ensure_accumulators();
+
+  struct Slot {
+    std::string name;
+    std::vector<std::int64_t> shape;
+    c10::ScalarType dtype;
+  };
+  std::vector<Slot> slots_;
+  /// float32 sums (float64 for float64 tensors) of weight × tensor; integer tensors instead
+  /// keep the latest accepted value (counters, indices: averaging them means nothing).
+  std::vector<at::Tensor> sums_;
+  std::size_t accepted_ = 0;
+  double total_weight_ = 0;
+};
+
+/// Validates `update` against `reference` (names, count, shapes, dtypes), naming the first
+/// mismatch ("tensor 3 'fc.weight': expected shape [10, 64], got [10, 32]").
+[[nodiscard]] Expected<void> check_compatible(const TensorList& reference,
+                                              const TensorList& update);
+
+}  // namespace flotilla

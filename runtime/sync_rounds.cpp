@@ -1,0 +1,332 @@
+#include "runtime/sync_rounds.hpp"
+
+#include "runtime/log.hpp"
+
+#include <algorithm>
+
+namespace flotilla {
+
+SyncOptions SyncOptions::from(const Config& c) {
+  SyncOptions o;
+  o.rounds = c.run.rounds;
+  o.clients_per_round = c.aggregator.clients_per_round;
+  o.min_updates = c.aggregator.min_updates;
+  o.min_clients = c.aggregator.min_clients != 0 ? c.aggregator.min_clients
+                                                : static_cast<std::uint32_t>(c.data.clients);
+  o.round_deadline = c.aggregator.round_deadline;
+  o.registration_timeout = c.aggregator.registration_timeout;
+  o.evaluation_timeout = c.aggregator.evaluation_timeout;
+  o.peer_timeout = c.aggregator.peer_timeout;
+  o.target_accuracy = c.run.target_accuracy;
+  o.seed = c.run.seed;
+  o.training = c.training;
+  return o;
+}
+
+SyncRounds::SyncRounds(SyncOptions options, TensorList initial_model,
+                       std::unique_ptr<Aggregation> aggregation, const Clock& clock,
+                       std::string run_id)
+    : options_(std::move(options)),
+      model_(std::move(initial_model)),
+      aggregation_(std::move(aggregation)),
+      clock_(clock),
+      run_id_(std::move(run_id)),
+      rng_(options_.seed ^ 0x9E3779B97F4A7C15ULL),
+      started_(clock.now()) {}
+
+Send SyncRounds::error_to(const std::string& peer, WireErrc code, std::string message) {
+  return Send{peer, ErrorReply{code, std::move(message)}};
+}
+
+double SyncRounds::seconds_since(Clock::time_point t) const {
+  return std::chrono::duration<double>(clock_.now() - t).count();
+}
+
+std::size_t SyncRounds::live_clients() const {
+  return static_cast<std::size_t>(std::count_if(
+      peers_.begin(), peers_.end(), [](const auto& p) { return p.second.role == Role::client; }));
+}
+
+std::optional<std::string> SyncRounds::evaluator() const {
+  for (const auto& [id, p] : peers_) {
+    if (p.role == Role::evaluator) return id;
+  }
+  return std::nullopt;
+}
+
+std::vector<Send> SyncRounds::on_hello(const std::string& peer, const Hello& hello) {
+  std::vector<Send> out;
+  if (phase_ == Phase::done) {
+    out.push_back(Send{peer, Shutdown{"the run is over"}});
+    return out;
+  }
+  if (hello.role != Role::client && hello.role != Role::evaluator) {
+    out.push_back(error_to(peer, WireErrc::rejected, "only clients and evaluators register"));
+    return out;
+  }
+  const bool known = peers_.contains(peer);
+  peers_[peer] = Peer{hello.role, hello.client_id, hello.num_examples, clock_.now()};
+  logger("aggregator")->info("{} {} {} ({} examples, {})", known ? "re-registered" : "registered",
+                             hello.role == Role::client ? "client" : "evaluator", peer,
+                             hello.num_examples, hello.profile.kind);
+  out.push_back(Send{peer, Welcome{run_id_, version_}});
+  if (hello.role == Role::evaluator && version_ == 0 && !pending_.contains(0)) {
+    // Evaluate the initial model too, so the first line shows where training starts from.
+    RoundRecord r;
+    r.round = 0;
+    pending_[0] = r;
+    request_evaluation(out, 0);
+  }
+  if (phase_ == Phase::registering && live_clients() >= options_.min_clients) start_round(out);
+  return out;
+}
+
+std::vector<Send> SyncRounds::on_heartbeat(const std::string& peer, const Heartbeat&) {
+  if (auto it = peers_.find(peer); it != peers_.end()) it->second.last_seen = clock_.now();
+  return {};
+}
+
+std::vector<Send> SyncRounds::on_bad_message(const std::string& peer, const Error& error) {
+  ++counters_.messages_malformed;
+  logger("aggregator")->warn("dropped a message from {}: {}", peer.empty() ? "?" : peer, error.message);
+  std::vector<Send> out;
+  if (!peer.empty()) {
+    out.push_back(error_to(peer,
+                           error.code == Errc::protocol_version ? WireErrc::protocol_version
+                                                                : WireErrc::malformed,
+                           error.message));
+  }
+  return out;
+}
+
+std::vector<Send> SyncRounds::on_update(const std::string& peer, const Update& update) {
+  std::vector<Send> out;
+  auto reject = [&](WireErrc code, const std::string& why, bool late) {
+    if (late) {
+      ++counters_.updates_late;
+      if (update.round == current_.round) ++current_.late;
+      else if (auto it = pending_.find(update.round); it != pending_.end()) ++it->second.late;
+    } else {
+      ++counters_.updates_rejected;
+      if (phase_ == Phase::training) ++current_.rejected;
+    }
+    logger("aggregator")->warn("{} update from {} for round {}: {}", late ? "late" : "rejected", peer,
+                               update.round, why);
+    out.push_back(error_to(peer, code, why));
+  };
+
+  if (auto it = peers_.find(peer); it != peers_.end()) it->second.last_seen = clock_.now();
+  if (phase_ != Phase::training || update.round != round_) {
+    if (update.round < round_ || (update.round == round_ && phase_ != Phase::training)) {
+      reject(WireErrc::rejected, "round " + std::to_string(update.round) + " is over", true);
+    } else {
+      reject(WireErrc::rejected, "round " + std::to_string(update.round) + " has not started", false);
+    }
+    return out;
+  }
+  if (!sampled_.contains(peer)) {
+    reject(WireErrc::rejected, "not sampled for round " + std::to_string(round_), false);
+    return out;
+  }
+  if (replied_.contains(peer)) {
+    reject(WireErrc::rejected, "already sent an update for round " + std::to_string(round_), false);
+    return out;
+  }
+  if (update.base_model_version != version_) {
+    reject(WireErrc::rejected,
+           "update is based on model version " + std::to_string(update.base_model_version) +
+               ", the round trains version " + std::to_string(version_),
+           false);
+    return out;
+  }
+  const double weight = static_cast<double>(std::max<std::uint64_t>(update.num_examples, 1));
+  if (auto ok = aggregation_->accept(WeightedUpdate{&update.tensors, weight, 0}); !ok) {
+    reject(WireErrc::rejected, ok.error().message, false);
+    return out;
+  }
+  replied_.insert(peer);
+  ++counters_.updates_accepted;
+  ++current_.updates;
+  current_.bytes_received += total_bytes(update.tensors);
+  loss_sum_ += weight * metric(update.metrics, "loss");
+  accuracy_sum_ += weight * metric(update.metrics, "accuracy");
+  weight_sum_ += weight;
+  if (replied_.size() == sampled_.size()) close_round(out);
+  return out;
+}
+
+std::vector<Send> SyncRounds::on_evaluation(const std::string& peer, const EvaluationResult& r) {
+  auto it = pending_.find(r.round);
+  if (it == pending_.end() || it->second.model_version != r.model_version) {
+    logger("aggregator")->warn("ignored an evaluation of round {} version {} from {}", r.round,
+                               r.model_version, peer);
+    return {};
+  }
+  it->second.eval_loss = r.loss;
+  it->second.eval_accuracy = r.accuracy;
+  evaluation_sent_.erase(r.round);
+  if (options_.target_accuracy > 0 && r.accuracy >= options_.target_accuracy && r.round > 0) {
+    target_reached_ = true;
+  }
+  flush_records();
+  std::vector<Send> out;
+  if (phase_ == Phase::draining && evaluation_sent_.empty()) finish(out, "all rounds done");
+  return out;
+}
+
+std::vector<Send> SyncRounds::on_tick() {
+  std::vector<Send> out;
+  const auto now = clock_.now();
+  // Peers silent for too long are gone: never sampled again until they register anew.
+  for (auto it = peers_.begin(); it != peers_.end();) {
+    if (now - it->second.last_seen > options_.peer_timeout) {
+      logger("aggregator")->warn("{} silent for over {} ms, considered gone", it->first,
+                                 options_.peer_timeout.count());
+      it = peers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  switch (phase_) {
+    case Phase::registering:
+      if (now - started_ >= options_.registration_timeout) {
+        const auto have = live_clients();
+        if (have >= std::max<std::uint32_t>(options_.min_updates, 1)) {
+          logger("aggregator")->warn("only {} of {} clients registered; starting anyway", have,
+                                     options_.min_clients);
+          start_round(out);
+        } else {
+          failure_ = "only " + std::to_string(have) + " of " + std::to_string(options_.min_clients) +
+                     " clients registered within " +
+                     std::to_string(options_.registration_timeout.count() / 1000) +
+                     " s (aggregator.registration-timeout); are the clients running and pointed "
+                     "at this aggregator?";
+          finish(out, failure_);
+        }
+      }
+      break;
+    case Phase::training:
+      if (now - round_started_ >= options_.round_deadline) close_round(out);
+      break;
+    case Phase::draining:
+      for (auto it = evaluation_sent_.begin(); it != evaluation_sent_.end();) {
+        if (now - it->second >= options_.evaluation_timeout || !evaluator()) {
+          logger("aggregator")->warn("no evaluation of round {} arrived", it->first);
+          it = evaluation_sent_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      flush_records();
+      if (evaluation_sent_.empty()) finish(out, "all rounds done");
+      break;
+    case Phase::done:
+      break;
+  }
+  // Evaluations that never come must not hold records back forever.
+  for (auto it = evaluation_sent_.begin(); it != evaluation_sent_.end();) {
+    if (now - it->second >= options_.evaluation_timeout) {
+      it = evaluation_sent_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  flush_records();
+  return out;
+}
+
+void SyncRounds::start_round(std::vector<Send>& out) {
+  std::vector<std::string> clients;
+  for (const auto& [id, p] : peers_) {
+    if (p.role == Role::client) clients.push_back(id);
+  }
+  if (!run_started_) run_started_ = clock_.now();
+  ++round_;
+  phase_ = Phase::training;
+  round_started_ = clock_.now();
+  std::shuffle(clients.begin(), clients.end(), rng_);
+  const std::size_t k =
+      options_.clients_per_round == 0 ? clients.size()
+                                      : std::min<std::size_t>(options_.clients_per_round, clients.size());
+  clients.resize(k);
+  sampled_ = std::set<std::string>(clients.begin(), clients.end());
+  replied_.clear();
+  current_ = RoundRecord{};
+  current_.round = round_;
+  current_.model_version = version_;
+  current_.sampled = static_cast<std::uint32_t>(k);
+  loss_sum_ = accuracy_sum_ = weight_sum_ = 0;
+  for (const auto& peer : sampled_) {
+    Task task{round_, version_, model_, options_.training};
+    task.config.seed = options_.seed * 1000003ULL + round_ * 7919ULL + peers_[peer].client_id;
+    out.push_back(Send{peer, std::move(task)});
+  }
+  logger("aggregator")->debug("round {} started with {} clients", round_, k);
+}
+
+void SyncRounds::close_round(std::vector<Send>& out) {
+  current_.round_seconds = seconds_since(round_started_);
+  if (current_.updates >= options_.min_updates && aggregation_->accepted() > 0) {
+    model_ = aggregation_->finalize();
+    ++version_;
+    ++counters_.rounds_completed;
+    current_.model_version = version_;
+    current_.train_loss = weight_sum_ > 0 ? loss_sum_ / weight_sum_ : 0;
+    current_.train_accuracy = weight_sum_ > 0 ? accuracy_sum_ / weight_sum_ : 0;
+    pending_[round_] = current_;
+    request_evaluation(out, round_);
+  } else {
+    aggregation_->discard();
+    ++counters_.rounds_failed;
+    current_.failed = true;
+    logger("aggregator")->warn("round {} failed: {} of {} updates by the deadline (min-updates {})",
+                               round_, current_.updates, current_.sampled, options_.min_updates);
+    pending_[round_] = current_;
+  }
+  sampled_.clear();
+  replied_.clear();
+  flush_records();
+  if (round_ >= options_.rounds || target_reached_) {
+    phase_ = Phase::draining;
+    draining_since_ = clock_.now();
+    if (evaluation_sent_.empty()) finish(out, "all rounds done");
+  } else {
+    start_round(out);
+  }
+}
+
+void SyncRounds::request_evaluation(std::vector<Send>& out, std::uint64_t round) {
+  auto ev = evaluator();
+  if (!ev) return;
+  auto& record = pending_[round];
+  out.push_back(Send{*ev, EvaluationRequest{round, record.model_version, model_}});
+  evaluation_sent_[round] = clock_.now();
+}
+
+void SyncRounds::flush_records() {
+  // Records leave in round order, each once its evaluation is in (or given up on).
+  while (!pending_.empty()) {
+    auto it = pending_.begin();
+    if (evaluation_sent_.contains(it->first)) break;
+    if (phase_ == Phase::training && it->first == round_) break;
+    it->second.elapsed_seconds = run_started_ ? seconds_since(*run_started_) : 0;
+    completed_.push_back(it->second);
+    pending_.erase(it);
+  }
+}
+
+void SyncRounds::finish(std::vector<Send>& out, const std::string& reason) {
+  if (phase_ == Phase::done) return;
+  phase_ = Phase::done;
+  evaluation_sent_.clear();
+  flush_records();
+  for (const auto& [id, p] : peers_) out.push_back(Send{id, Shutdown{reason}});
+}
+
+std::vector<RoundRecord> SyncRounds::take_completed() {
+  std::vector<RoundRecord> out;
+  out.swap(completed_);
+  return out;
+}
+
+}  // namespace flotilla

@@ -1,0 +1,293 @@
+#include "runtime/sync_rounds.hpp"
+
+#include "runtime/fedavg.hpp"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+using namespace flotilla;
+using namespace std::chrono_literals;
+
+namespace {
+
+TensorList model_of(float value) { return {{"w", torch::full({3}, value)}}; }
+
+template <class T>
+std::vector<std::pair<std::string, T>> sent(const std::vector<Send>& out) {
+  std::vector<std::pair<std::string, T>> r;
+  for (const auto& s : out) {
+    if (auto* p = std::get_if<T>(&s.payload)) r.emplace_back(s.peer, *p);
+  }
+  return r;
+}
+
+struct Fixture {
+  explicit Fixture(SyncOptions o) : options(o) {
+    rounds = std::make_unique<SyncRounds>(o, model_of(0), std::make_unique<FedAvg>(model_of(0)),
+                                          clock, "run-1");
+  }
+  std::vector<Send> register_clients(int n, int first = 0) {
+    std::vector<Send> all;
+    for (int i = first; i < first + n; ++i) {
+      auto out = rounds->on_hello("client-" + std::to_string(i), Hello{Role::client, std::uint32_t(i), {}, 100});
+      all.insert(all.end(), out.begin(), out.end());
+    }
+    return all;
+  }
+  std::vector<Send> update(const std::string& peer, float value, std::uint64_t examples = 100,
+                           std::optional<std::uint64_t> round = std::nullopt) {
+    Update u;
+    u.round = round.value_or(rounds->round());
+    u.base_model_version = rounds->model_version();
+    u.num_examples = examples;
+    u.metrics = {{"loss", 1.0}, {"accuracy", 0.5}};
+    u.tensors = model_of(value);
+    return rounds->on_update(peer, u);
+  }
+  SyncOptions options;
+  ManualClock clock;
+  std::unique_ptr<SyncRounds> rounds;
+};
+
+SyncOptions options(std::uint32_t n_rounds = 3, std::uint32_t k = 0, std::uint32_t min_updates = 1,
+                    std::uint32_t min_clients = 3) {
+  SyncOptions o;
+  o.rounds = n_rounds;
+  o.clients_per_round = k;
+  o.min_updates = min_updates;
+  o.min_clients = min_clients;
+  o.round_deadline = 10s;
+  o.registration_timeout = 60s;
+  o.peer_timeout = 1h;
+  o.seed = 42;
+  return o;
+}
+
+}  // namespace
+
+TEST(SyncRounds, WaitsForMinClientsThenSendsTasksWithTheModelVersion) {
+  Fixture f(options(3, 0, 1, 3));
+  auto out = f.register_clients(2);
+  EXPECT_EQ(sent<Welcome>(out).size(), 2U);
+  EXPECT_TRUE(sent<Task>(out).empty());
+  out = f.register_clients(1, 2);
+  auto tasks = sent<Task>(out);
+  ASSERT_EQ(tasks.size(), 3U);
+  for (const auto& [peer, task] : tasks) {
+    EXPECT_EQ(task.round, 1U);
+    EXPECT_EQ(task.model_version, 0U);
+    ASSERT_EQ(task.tensors.size(), 1U);
+  }
+}
+
+TEST(SyncRounds, SamplesKOfNDeterministicallyAndVariesAcrossRounds) {
+  auto sampled_sets = [] {
+    Fixture f(options(4, 3, 1, 10));
+    std::vector<std::set<std::string>> sets;
+    auto out = f.register_clients(10);
+    for (int r = 0; r < 4; ++r) {
+      std::set<std::string> s;
+      for (const auto& [peer, task] : sent<Task>(out)) s.insert(peer);
+      EXPECT_EQ(s.size(), 3U);
+      sets.push_back(s);
+      out.clear();
+      for (const auto& peer : s) {
+        auto o = f.update(peer, 1);
+        out.insert(out.end(), o.begin(), o.end());
+      }
+    }
+    return sets;
+  };
+  auto a = sampled_sets(), b = sampled_sets();
+  EXPECT_EQ(a, b) << "same seed, same sample";
+  EXPECT_FALSE(a[0] == a[1] && a[1] == a[2] && a[2] == a[3]) << "samples never change";
+}
+
+TEST(SyncRounds, FullRoundProducesTheWeightedMeanAndANewVersion) {
+  Fixture f(options(2));
+  f.register_clients(3);
+  (void)f.update("client-0", 1, 100);
+  (void)f.update("client-1", 2, 100);
+  EXPECT_EQ(f.rounds->model_version(), 0U) << "must wait for all sampled clients";
+  auto out = f.update("client-2", 4, 200);
+  EXPECT_EQ(f.rounds->model_version(), 1U);
+  EXPECT_TRUE(torch::allclose(f.rounds->model()[0].tensor, torch::full({3}, 2.75F)));
+  auto tasks = sent<Task>(out);
+  ASSERT_EQ(tasks.size(), 3U) << "round 2 starts at once";
+  EXPECT_EQ(tasks[0].second.model_version, 1U);
+  auto records = f.rounds->take_completed();
+  ASSERT_EQ(records.size(), 1U);
+  EXPECT_EQ(records[0].round, 1U);
+  EXPECT_EQ(records[0].updates, 3U);
+  EXPECT_FALSE(records[0].eval_accuracy.has_value()) << "no evaluator registered";
+}
+
+TEST(SyncRounds, EvaluatorGetsEachVersionAndRecordsWaitForIt) {
+  Fixture f(options(1));
+  auto out = f.rounds->on_hello("evaluator-0", Hello{Role::evaluator, 0, {}, 0});
+  auto initial = sent<EvaluationRequest>(out);
+  ASSERT_EQ(initial.size(), 1U) << "the initial model is evaluated too";
+  EXPECT_EQ(initial[0].second.model_version, 0U);
+  f.register_clients(3);
+  (void)f.update("client-0", 1);
+  (void)f.update("client-1", 1);
+  out = f.update("client-2", 1);
+  auto requests = sent<EvaluationRequest>(out);
+  ASSERT_EQ(requests.size(), 1U);
+  EXPECT_EQ(requests[0].first, "evaluator-0");
+  EXPECT_EQ(requests[0].second.model_version, 1U);
+  EXPECT_TRUE(f.rounds->take_completed().empty()) << "round 0 and 1 still wait for evaluations";
+  EXPECT_FALSE(f.rounds->done());
+
+  (void)f.rounds->on_evaluation("evaluator-0", EvaluationResult{0, 0, 10, 2.3, 0.1, {}});
+  out = f.rounds->on_evaluation("evaluator-0", EvaluationResult{1, 1, 10, 0.5, 0.8, {}});
+  auto records = f.rounds->take_completed();
+  ASSERT_EQ(records.size(), 2U);
+  EXPECT_EQ(records[0].round, 0U);
+  EXPECT_DOUBLE_EQ(*records[1].eval_accuracy, 0.8);
+  EXPECT_TRUE(f.rounds->done());
+  EXPECT_EQ(sent<Shutdown>(out).size(), 4U) << "every peer is told the run is over";
+}
+
+TEST(SyncRounds, DeadlineClosesWithEnoughUpdatesAndLateOnesAreCountedAndDropped) {
+  Fixture f(options(2, 0, 2));
+  f.register_clients(3);
+  (void)f.update("client-0", 1);
+  (void)f.update("client-1", 3);
+  f.clock.advance(9s);
+  EXPECT_TRUE(sent<Task>(f.rounds->on_tick()).empty());
+  f.clock.advance(2s);
+  auto out = f.rounds->on_tick();
+  EXPECT_EQ(f.rounds->model_version(), 1U);
+  EXPECT_TRUE(torch::allclose(f.rounds->model()[0].tensor, torch::full({3}, 2.0F)));
+  EXPECT_EQ(sent<Task>(out).size(), 3U);
+
+  out = f.update("client-2", 100, 100, 1);  // for round 1, which is over
+  auto errors = sent<ErrorReply>(out);
+  ASSERT_EQ(errors.size(), 1U);
+  EXPECT_NE(errors[0].second.message.find("round 1 is over"), std::string::npos);
+  EXPECT_EQ(f.rounds->counters().updates_late, 1U);
+  EXPECT_TRUE(torch::allclose(f.rounds->model()[0].tensor, torch::full({3}, 2.0F))) << "late update leaked";
+  auto records = f.rounds->take_completed();
+  ASSERT_EQ(records.size(), 1U);
+  EXPECT_EQ(records[0].updates, 2U);
+}
+
+TEST(SyncRounds, RoundWithTooFewUpdatesFailsAndKeepsTheModel) {
+  Fixture f(options(3, 0, 2));
+  f.register_clients(3);
+  (void)f.update("client-0", 5);
+  f.clock.advance(11s);
+  auto out = f.rounds->on_tick();
+  EXPECT_EQ(f.rounds->model_version(), 0U);
+  EXPECT_TRUE(torch::allclose(f.rounds->model()[0].tensor, torch::zeros({3})));
+  EXPECT_EQ(f.rounds->counters().rounds_failed, 1U);
+  EXPECT_EQ(sent<Task>(out).size(), 3U) << "the next round starts";
+  auto records = f.rounds->take_completed();
+  ASSERT_EQ(records.size(), 1U);
+  EXPECT_TRUE(records[0].failed);
+}
+
+TEST(SyncRounds, BadUpdatesAreRejectedAndAcceptedOnesSurvive) {
+  Fixture f(options(1, 2, 1, 3));
+  auto out = f.register_clients(3);
+  std::set<std::string> sampled;
+  for (const auto& [peer, _] : sent<Task>(out)) sampled.insert(peer);
+  std::string outsider;
+  for (int i = 0; i < 3; ++i) {
+    if (!sampled.contains("client-" + std::to_string(i))) outsider = "client-" + std::to_string(i);
+  }
+  const std::string first = *sampled.begin(), second = *sampled.rbegin();
+  (void)f.update(first, 2);
+  EXPECT_EQ(sent<ErrorReply>(f.update(outsider, 50)).size(), 1U) << "not sampled";
+  EXPECT_EQ(sent<ErrorReply>(f.update(first, 50)).size(), 1U) << "duplicate";
+  Update wrong;
+  wrong.round = 1;
+  wrong.num_examples = 10;
+  wrong.tensors = {{"w", torch::ones({4})}};
+  out = f.rounds->on_update(second, wrong);
+  ASSERT_EQ(sent<ErrorReply>(out).size(), 1U);
+  EXPECT_NE(sent<ErrorReply>(out)[0].second.message.find("shape"), std::string::npos);
+  Update stale;
+  stale.round = 1;
+  stale.base_model_version = 7;
+  stale.num_examples = 10;
+  stale.tensors = model_of(50);
+  EXPECT_EQ(sent<ErrorReply>(f.rounds->on_update(second, stale)).size(), 1U);
+  EXPECT_EQ(sent<ErrorReply>(f.rounds->on_bad_message(second, Error{Errc::malformed, "garbage"})).size(), 1U);
+  EXPECT_EQ(f.rounds->counters().updates_rejected, 4U);
+  EXPECT_EQ(f.rounds->counters().messages_malformed, 1U);
+
+  (void)f.update(second, 4);  // the rejected ones did not count as its reply
+  EXPECT_EQ(f.rounds->model_version(), 1U);
+  EXPECT_TRUE(torch::allclose(f.rounds->model()[0].tensor, torch::full({3}, 3.0F)));
+}
+
+TEST(SyncRounds, RegistrationTimeoutWithTooFewClientsFailsTheRunWithAReason) {
+  Fixture f(options(3, 0, 2, 5));
+  f.register_clients(1);
+  f.clock.advance(61s);
+  auto out = f.rounds->on_tick();
+  EXPECT_TRUE(f.rounds->done());
+  EXPECT_NE(f.rounds->failure().find("only 1 of 5 clients registered"), std::string::npos)
+      << f.rounds->failure();
+  EXPECT_EQ(sent<Shutdown>(out).size(), 1U);
+}
+
+TEST(SyncRounds, RegistrationTimeoutWithEnoughForMinUpdatesStartsAnyway) {
+  Fixture f(options(3, 0, 2, 5));
+  f.register_clients(2);
+  f.clock.advance(61s);
+  EXPECT_EQ(sent<Task>(f.rounds->on_tick()).size(), 2U);
+  EXPECT_FALSE(f.rounds->done());
+}
+
+TEST(SyncRounds, RunsTheConfiguredRoundsThenShutsEveryoneDown) {
+  Fixture f(options(3));
+  f.register_clients(3);
+  std::vector<Send> out;
+  for (int r = 0; r < 3; ++r) {
+    for (int c = 0; c < 3; ++c) out = f.update("client-" + std::to_string(c), float(r));
+  }
+  EXPECT_TRUE(f.rounds->done());
+  EXPECT_EQ(f.rounds->model_version(), 3U);
+  EXPECT_EQ(sent<Shutdown>(out).size(), 3U);
+  EXPECT_EQ(f.rounds->take_completed().size(), 3U);
+  auto after = f.update("client-0", 1, 100, 3);
+  EXPECT_EQ(f.rounds->model_version(), 3U);
+}
+
+TEST(SyncRounds, StopsOnceTheTargetAccuracyIsReached) {
+  auto o = options(50);
+  o.target_accuracy = 0.7;
+  Fixture f(o);
+  (void)f.rounds->on_hello("evaluator-0", Hello{Role::evaluator, 0, {}, 0});
+  (void)f.rounds->on_evaluation("evaluator-0", EvaluationResult{0, 0, 10, 2.3, 0.1, {}});
+  f.register_clients(3);
+  for (int c = 0; c < 3; ++c) (void)f.update("client-" + std::to_string(c), 1);
+  (void)f.rounds->on_evaluation("evaluator-0", EvaluationResult{1, 1, 10, 0.4, 0.75, {}});
+  std::vector<Send> out;
+  for (int c = 0; c < 3; ++c) out = f.update("client-" + std::to_string(c), 1);  // round 2 finishes
+  auto last = f.rounds->on_evaluation("evaluator-0", EvaluationResult{2, 2, 10, 0.4, 0.76, {}});
+  EXPECT_TRUE(f.rounds->done());
+  EXPECT_EQ(f.rounds->model_version(), 2U);
+}
+
+TEST(SyncRounds, SilentPeersAreNotSampledAgain) {
+  auto o = options(5, 0, 1, 2);
+  o.peer_timeout = 5s;
+  Fixture f(o);
+  f.register_clients(2);
+  f.clock.advance(3s);
+  (void)f.rounds->on_heartbeat("client-0", Heartbeat{});
+  (void)f.update("client-0", 1);
+  f.clock.advance(3s);
+  (void)f.rounds->on_tick();  // client-1 silent for 6 s: gone
+  EXPECT_EQ(f.rounds->live_clients(), 1U);
+  f.clock.advance(5s);
+  (void)f.rounds->on_heartbeat("client-0", Heartbeat{});
+  auto out = f.rounds->on_tick();  // deadline: round 1 closes with 1 update
+  auto tasks = sent<Task>(out);
+  ASSERT_EQ(tasks.size(), 1U);
+  EXPECT_EQ(tasks[0].first, "client-0");
+}
