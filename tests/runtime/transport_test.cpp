@@ -1,1 +1,288 @@
+#include "runtime/transport.hpp"
+
 #include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+
+namespace flotilla {
+namespace {
+
+using namespace std::chrono_literals;
+constexpr auto kTimeout = 10s;
+
+/// Collects what a handler receives, so a test can wait for it without sleeping.
+class Inbox {
+ public:
+  Endpoint::Handler handler() {
+    return [this](Inbound in) {
+      std::lock_guard lock(mutex_);
+      received_.push_back(std::move(in));
+      cv_.notify_all();
+    };
+  }
+  /// Waits until `n` messages arrived; false on timeout.
+  [[nodiscard]] bool wait_for(std::size_t n) {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_for(lock, kTimeout, [&] { return received_.size() >= n; });
+  }
+  Inbound& at(std::size_t i) {
+    std::lock_guard lock(mutex_);
+    return received_.at(i);
+  }
+  std::size_t size() {
+    std::lock_guard lock(mutex_);
+    return received_.size();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Inbound> received_;
+};
+
+Message hello(std::uint32_t id) {
+  Message m;
+  m.sender = "client-" + std::to_string(id);
+  m.message_id = id;
+  m.payload = Hello{Role::client, id, {}, 100 * id};
+  return m;
+}
+
+Message welcome(const std::string& run_id) {
+  Message m;
+  m.sender = "aggregator";
+  m.payload = Welcome{run_id, 3};
+  return m;
+}
+
+std::unique_ptr<Endpoint> must(Expected<std::unique_ptr<Endpoint>> e) {
+  if (!e) ADD_FAILURE() << e.error().message;
+  return e ? std::move(e).value() : nullptr;
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "flotilla-XXXXXX").string();
+    path_ = ::mkdtemp(tmpl.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  [[nodiscard]] const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+class Exchange : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::string address() {
+    const std::string kind = GetParam();
+    if (kind == "tcp") return "tcp://127.0.0.1:*";
+    if (kind == "ipc") return "ipc://" + dir_.path() + "/aggregator.sock";
+    return "inproc://exchange-test";
+  }
+  TempDir dir_;
+};
+
+TEST_P(Exchange, DealerAndRouterExchangeMessages) {
+  Inbox server_inbox;
+  Inbox client_inbox;
+  auto server = must(Endpoint::bind(address(), server_inbox.handler()));
+  ASSERT_TRUE(server);
+  EXPECT_EQ(std::string::npos, server->address().find('*')) << server->address();
+  auto client = must(Endpoint::connect(server->address(), "client-1", client_inbox.handler()));
+  ASSERT_TRUE(client);
+
+  Message m = hello(1);
+  const at::Tensor w = torch::arange(100000, at::kFloat);
+  Update u;
+  u.round = 4;
+  u.tensors = {{"w", w}};
+  m.payload = u;
+  client->send("", m);
+  ASSERT_TRUE(server_inbox.wait_for(1));
+  Inbound& in = server_inbox.at(0);
+  EXPECT_EQ("client-1", in.peer);
+  ASSERT_TRUE(in.message.has_value()) << in.message.error().message;
+  ASSERT_TRUE(std::holds_alternative<Update>(in.message->payload));
+  EXPECT_EQ(4U, std::get<Update>(in.message->payload).round);
+  EXPECT_TRUE(torch::equal(w, std::get<Update>(in.message->payload).tensors.at(0).tensor));
+  EXPECT_GT(in.bytes, w.nbytes());
+
+  server->send(in.peer, welcome("run-1"));
+  ASSERT_TRUE(client_inbox.wait_for(1));
+  Inbound& reply = client_inbox.at(0);
+  EXPECT_TRUE(reply.peer.empty());
+  ASSERT_TRUE(reply.message.has_value()) << reply.message.error().message;
+  EXPECT_EQ("run-1", std::get<Welcome>(reply.message->payload).run_id);
+
+  EXPECT_EQ(client->bytes_sent(), server->bytes_received());
+  EXPECT_EQ(server->bytes_sent(), client->bytes_received());
+  EXPECT_EQ(in.bytes, server->bytes_received());
+}
+
+INSTANTIATE_TEST_SUITE_P(Transport, Exchange, ::testing::Values("tcp", "ipc", "inproc"),
+                         [](const auto& info) { return info.param; });
+
+TEST(Transport, RepliesReachTheRightDealer) {
+  Inbox server_inbox;
+  auto server = must(Endpoint::bind("tcp://127.0.0.1:*", server_inbox.handler()));
+  ASSERT_TRUE(server);
+  constexpr int kClients = 4;
+  std::vector<std::unique_ptr<Inbox>> inboxes;
+  std::vector<std::unique_ptr<Endpoint>> clients;
+  for (int i = 0; i < kClients; ++i) {
+    inboxes.push_back(std::make_unique<Inbox>());
+    clients.push_back(must(Endpoint::connect(server->address(), "client-" + std::to_string(i),
+                                             inboxes.back()->handler())));
+    ASSERT_TRUE(clients.back());
+    clients.back()->send("", hello(static_cast<std::uint32_t>(i)));
+  }
+  ASSERT_TRUE(server_inbox.wait_for(kClients));
+  for (int i = 0; i < kClients; ++i) {
+    const Inbound& in = server_inbox.at(static_cast<std::size_t>(i));
+    ASSERT_TRUE(in.message.has_value());
+    // The routing id is the identity the client connected with, whatever the arrival order.
+    EXPECT_EQ(in.peer, in.message->sender);
+    server->send(in.peer, welcome("for-" + in.peer));
+  }
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(inboxes[static_cast<std::size_t>(i)]->wait_for(1));
+    const Inbound& got = inboxes[static_cast<std::size_t>(i)]->at(0);
+    ASSERT_TRUE(got.message.has_value());
+    EXPECT_EQ("for-client-" + std::to_string(i), std::get<Welcome>(got.message->payload).run_id);
+  }
+  for (auto& inbox : inboxes) EXPECT_EQ(1U, inbox->size());
+}
+
+TEST(Transport, BindingAPortInUseIsAddressInUse) {
+  Inbox inbox;
+  auto first = must(Endpoint::bind("tcp://127.0.0.1:*", inbox.handler()));
+  ASSERT_TRUE(first);
+  auto second = Endpoint::bind(first->address(), inbox.handler());
+  ASSERT_FALSE(second.has_value());
+  EXPECT_EQ(Errc::address_in_use, second.error().code);
+  EXPECT_EQ("cannot listen on " + first->address() + ": address already in use",
+            second.error().message);
+}
+
+TEST(Transport, BadAddressesAreInvalidArguments) {
+  Inbox inbox;
+  auto bad_bind = Endpoint::bind("nonsense://where", inbox.handler());
+  ASSERT_FALSE(bad_bind.has_value());
+  EXPECT_EQ(Errc::invalid_argument, bad_bind.error().code);
+  EXPECT_NE(std::string::npos, bad_bind.error().message.find("nonsense://where"));
+
+  auto bad_connect = Endpoint::connect("tcp://", "client-1", inbox.handler());
+  ASSERT_FALSE(bad_connect.has_value());
+  EXPECT_EQ(Errc::invalid_argument, bad_connect.error().code);
+
+  auto no_identity = Endpoint::connect("tcp://127.0.0.1:5555", "", inbox.handler());
+  ASSERT_FALSE(no_identity.has_value());
+  EXPECT_EQ(Errc::invalid_argument, no_identity.error().code);
+}
+
+TEST(Transport, GarbageFromAPeerIsReportedAndTheEndpointKeepsWorking) {
+  Inbox inbox;
+  auto server = must(Endpoint::bind("tcp://127.0.0.1:*", inbox.handler()));
+  ASSERT_TRUE(server);
+
+  zmq::context_t ctx;
+  zmq::socket_t raw(ctx, zmq::socket_type::dealer);
+  raw.set(zmq::sockopt::routing_id, "vandal");
+  raw.set(zmq::sockopt::linger, 0);
+  raw.connect(server->address());
+  const std::string junk = "this is not a flotilla message";
+  raw.send(zmq::buffer(junk), zmq::send_flags::sndmore);
+  raw.send(zmq::str_buffer("\x01\x02\x03"), zmq::send_flags::none);
+
+  ASSERT_TRUE(inbox.wait_for(1));
+  EXPECT_EQ("vandal", inbox.at(0).peer);
+  ASSERT_FALSE(inbox.at(0).message.has_value());
+  EXPECT_EQ(Errc::malformed, inbox.at(0).message.error().code);
+
+  // The same connection, now well-formed.
+  auto encoded = encode(hello(5));
+  for (std::size_t i = 0; i < encoded.frames.size(); ++i) {
+    const auto& f = encoded.frames[i];
+    raw.send(zmq::const_buffer(f.data(), f.size()),
+             i + 1 < encoded.frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+  }
+  ASSERT_TRUE(inbox.wait_for(2));
+  ASSERT_TRUE(inbox.at(1).message.has_value()) << inbox.at(1).message.error().message;
+  EXPECT_EQ(5U, std::get<Hello>(inbox.at(1).message->payload).client_id);
+
+  // And another peer is still served.
+  Inbox client_inbox;
+  auto client = must(Endpoint::connect(server->address(), "client-2", client_inbox.handler()));
+  ASSERT_TRUE(client);
+  client->send("", hello(2));
+  ASSERT_TRUE(inbox.wait_for(3));
+  EXPECT_EQ("client-2", inbox.at(2).peer);
+  EXPECT_TRUE(inbox.at(2).message.has_value());
+}
+
+TEST(Transport, AThrowingHandlerDoesNotStopTheEndpoint) {
+  Inbox inbox;
+  int calls = 0;
+  auto server = must(Endpoint::bind("inproc://throwing-handler", [&](Inbound in) {
+    if (++calls == 1) throw std::runtime_error("handler bug");
+    inbox.handler()(std::move(in));
+  }));
+  ASSERT_TRUE(server);
+  Inbox unused;
+  auto client = must(Endpoint::connect(server->address(), "client-1", unused.handler()));
+  ASSERT_TRUE(client);
+  client->send("", hello(1));
+  client->send("", hello(2));
+  ASSERT_TRUE(inbox.wait_for(1));
+  EXPECT_EQ(2U, std::get<Hello>(inbox.at(0).message->payload).client_id);
+}
+
+TEST(Transport, CloseFlushesQueuedMessagesAndIsIdempotent) {
+  Inbox inbox;
+  auto server = must(Endpoint::bind("tcp://127.0.0.1:*", inbox.handler()));
+  ASSERT_TRUE(server);
+  Inbox unused;
+  auto client = must(Endpoint::connect(server->address(), "client-1", unused.handler()));
+  ASSERT_TRUE(client);
+  constexpr std::uint32_t kMessages = 20;
+  for (std::uint32_t i = 0; i < kMessages; ++i) client->send("", hello(i));
+  client->close();
+  client->close();
+  client->send("", hello(99));  // after close: ignored, not a crash
+  ASSERT_TRUE(inbox.wait_for(kMessages));
+  for (std::uint32_t i = 0; i < kMessages; ++i) {
+    EXPECT_EQ(i, std::get<Hello>(inbox.at(i).message->payload).client_id);
+  }
+  server->close();
+  server->close();
+  client.reset();
+  server.reset();
+}
+
+TEST(Transport, SendToAnUnknownPeerIsDropped) {
+  Inbox inbox;
+  auto server = must(Endpoint::bind("inproc://unknown-peer", inbox.handler()));
+  ASSERT_TRUE(server);
+  Inbox client_inbox;
+  auto client = must(Endpoint::connect(server->address(), "client-1", client_inbox.handler()));
+  ASSERT_TRUE(client);
+  server->send("nobody", welcome("lost"));
+  client->send("", hello(1));
+  ASSERT_TRUE(inbox.wait_for(1));
+  server->send("client-1", welcome("found"));
+  ASSERT_TRUE(client_inbox.wait_for(1));
+  EXPECT_EQ("found", std::get<Welcome>(client_inbox.at(0).message->payload).run_id);
+}
+
+}  // namespace
+}  // namespace flotilla

@@ -1,0 +1,35 @@
+#pragma once
+/// The aggregator: registers clients and evaluators, runs the rounds (runtime/sync_rounds.hpp)
+/// and sends what they say to send. All decisions are the round logic's; this only routes.
+#include "actors/bridge.hpp"
+#include "runtime/sync_rounds.hpp"
+
+#include <functional>
+
+namespace flotilla::actors {
+
+struct AggregatorHooks {
+  std::function<void(const RoundRecord&)> on_round;   ///< each completed round, in order
+  std::function<void(const SyncRounds&)> on_done;     ///< once, when the run is over
+};
+
+struct AggregatorSetup {
+  std::unique_ptr<SyncRounds> rounds;
+  std::shared_ptr<Endpoint> endpoint;
+  std::shared_ptr<Mailbox> mailbox;
+  std::shared_ptr<Outcome> outcome;
+  AggregatorHooks hooks;
+  std::chrono::milliseconds tick{100};
+};
+
+struct AggregatorState {
+  std::shared_ptr<AggregatorSetup> setup;
+  SteadyClock clock;
+  std::uint64_t next_message_id = 1;
+  static inline const char* name = "aggregator";
+};
+
+caf::behavior aggregator_actor(caf::stateful_actor<AggregatorState>* self,
+                               std::shared_ptr<AggregatorSetup> setup);
+
+}  // namespace flotilla::actors

@@ -1,0 +1,32 @@
+#pragma once
+/// The evaluator: scores each new model version on held-out data and reports loss and
+/// accuracy back to the aggregator. Spawned detached (evaluation blocks).
+#include "actors/bridge.hpp"
+#include "runtime/config.hpp"
+#include "runtime/data.hpp"
+#include "runtime/model.hpp"
+
+namespace flotilla::actors {
+
+struct EvaluatorSetup {
+  Config config;
+  Dataset test;
+  std::unique_ptr<Model> model;
+  std::shared_ptr<Endpoint> endpoint;
+  std::shared_ptr<Mailbox> mailbox;
+  std::shared_ptr<Outcome> outcome;
+  int threads = 1;
+};
+
+struct EvaluatorState {
+  std::shared_ptr<EvaluatorSetup> setup;
+  bool welcomed = false;
+  std::uint64_t next_message_id = 1;
+  std::string run_id;
+  static inline const char* name = "evaluator";
+};
+
+caf::behavior evaluator_actor(caf::stateful_actor<EvaluatorState>* self,
+                              std::shared_ptr<EvaluatorSetup> setup);
+
+}  // namespace flotilla::actors

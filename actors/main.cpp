@@ -1,0 +1,133 @@
+/// `flotilla`: run a whole federation in one process, or one role of it per process.
+#include "actors/roles.hpp"
+#include "runtime/config.hpp"
+#include "runtime/log.hpp"
+#include "runtime/report.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <iostream>
+#include <optional>
+
+using namespace flotilla;
+
+namespace {
+
+/// Prints progress lines and the final summary, and writes rounds.csv when asked to.
+struct Reporter {
+  std::uint32_t total_rounds = 0;
+  std::optional<RoundsCsv> csv;
+  std::optional<double> best_accuracy, last_accuracy;
+  double elapsed = 0;
+
+  actors::AggregatorHooks hooks() {
+    return {
+        [this](const RoundRecord& r) {
+          std::cout << progress_line(r, total_rounds) << std::endl;
+          if (csv) csv->append(r);
+          if (r.eval_accuracy) {
+            last_accuracy = r.eval_accuracy;
+            if (!best_accuracy || *r.eval_accuracy > *best_accuracy) best_accuracy = r.eval_accuracy;
+          }
+          elapsed = std::max(elapsed, r.elapsed_seconds);
+        },
+        [this](const SyncRounds& rounds) {
+          const auto& c = rounds.counters();
+          std::cout << fmt::format(
+                           "done: {} rounds ({} failed), model version {}, {:.1f}s; updates: {} "
+                           "accepted, {} late, {} rejected, {} malformed messages",
+                           c.rounds_completed + c.rounds_failed, c.rounds_failed,
+                           rounds.model_version(), elapsed, c.updates_accepted, c.updates_late,
+                           c.updates_rejected, c.messages_malformed)
+                    << std::endl;
+          if (last_accuracy) {
+            std::cout << fmt::format("final accuracy {:.2f}% (best {:.2f}%)", 100 * *last_accuracy,
+                                     100 * *best_accuracy)
+                      << std::endl;
+          }
+          if (csv) std::cout << "per-round metrics: " << csv->path() << std::endl;
+        },
+    };
+  }
+};
+
+int finish(const actors::RoleResult& result) {
+  if (result.code != 0) std::cerr << "flotilla: " << result.message << std::endl;
+  return result.code;
+}
+
+std::optional<Config> load(const std::string& path) {
+  auto config = load_config(path);
+  if (!config) {
+    std::cerr << "flotilla: " << config.error().message << std::endl;
+    return std::nullopt;
+  }
+  return std::move(config).value();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Flotilla: federated learning runtime.\n"
+               "Every role of a run reads the same TOML config (see docs/config.md)."};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+      ->capture_default_str();
+
+  std::string config_path, output, connect, listen;
+  std::uint32_t id = 0;
+
+  auto* run = app.add_subcommand("run", "Run the whole federation (aggregator, evaluator, every "
+                                        "client) in this process");
+  run->add_option("CONFIG", config_path, "Run config (TOML)")->required()->check(CLI::ExistingFile);
+  run->add_option("--output", output, "Directory for rounds.csv (default: run.output)");
+
+  auto* agg = app.add_subcommand("aggregator", "Run the aggregator");
+  agg->add_option("CONFIG", config_path, "Run config (TOML)")->required()->check(CLI::ExistingFile);
+  agg->add_option("--listen", listen, "Endpoint to bind (default: aggregator.listen)");
+  agg->add_option("--output", output, "Directory for rounds.csv (default: run.output)");
+
+  auto* client = app.add_subcommand("client", "Run one client");
+  client->add_option("CONFIG", config_path, "Run config (TOML)")->required()->check(CLI::ExistingFile);
+  client->add_option("--id", id, "Client id, 0 .. data.clients-1 (picks its data partition)")
+      ->required();
+  client->add_option("--connect", connect, "Aggregator endpoint, e.g. tcp://10.0.0.5:5555")
+      ->required();
+
+  auto* eval = app.add_subcommand("evaluator", "Run the evaluator");
+  eval->add_option("CONFIG", config_path, "Run config (TOML)")->required()->check(CLI::ExistingFile);
+  eval->add_option("--connect", connect, "Aggregator endpoint")->required();
+
+  CLI11_PARSE(app, argc, argv);
+  if (!set_log_level(log_level)) {
+    std::cerr << "flotilla: --log-level '" << log_level
+              << "' is not one of trace, debug, info, warn, error, off" << std::endl;
+    return 2;
+  }
+  auto config = load(config_path);
+  if (!config) return 2;
+
+  try {
+    if (*run || *agg) {
+      Reporter reporter;
+      reporter.total_rounds = config->run.rounds;
+      const std::string dir = output.empty() ? config->run.output : output;
+      if (!dir.empty()) {
+        auto csv = RoundsCsv::open(dir);
+        if (!csv) return finish({1, csv.error().message});
+        reporter.csv = std::move(csv).value();
+      }
+      if (*run) return finish(actors::run_all(*config, reporter.hooks()));
+      return finish(actors::run_aggregator(*config, reporter.hooks(),
+                                           listen.empty() ? std::nullopt : std::optional(listen)));
+    }
+    if (*client) return finish(actors::run_client(*config, id, connect));
+    return finish(actors::run_evaluator(*config, connect));
+  } catch (const std::exception& e) {
+    std::cerr << "flotilla: " << e.what() << std::endl;
+    return 1;
+  }
+}

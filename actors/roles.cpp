@@ -1,0 +1,178 @@
+#include "actors/roles.hpp"
+
+#include "actors/client_actor.hpp"
+#include "actors/evaluator_actor.hpp"
+#include "runtime/fedavg.hpp"
+#include "runtime/federation.hpp"
+#include "runtime/log.hpp"
+
+#include <ATen/Parallel.h>
+
+#include <thread>
+
+namespace flotilla::actors {
+namespace {
+
+int cores(const Config& config) {
+  if (config.run.threads > 0) return config.run.threads;
+  return static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
+}
+
+EndpointOptions endpoint_options(const Config& config) {
+  EndpointOptions o;
+  o.limits.max_message_bytes = config.aggregator.max_message_bytes;
+  return o;
+}
+
+RoleResult failed(const Error& e) { return RoleResult{1, e.message}; }
+
+Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config,
+                                                            AggregatorHooks hooks,
+                                                            const std::string& listen) {
+  auto model = build_model(config);
+  if (!model) return model.error();
+  auto setup = std::make_shared<AggregatorSetup>();
+  setup->mailbox = std::make_shared<Mailbox>();
+  setup->outcome = std::make_shared<Outcome>();
+  setup->hooks = std::move(hooks);
+  auto endpoint = Endpoint::bind(listen, Mailbox::handler(setup->mailbox), endpoint_options(config));
+  if (!endpoint) return endpoint.error();
+  setup->endpoint = std::shared_ptr<Endpoint>(std::move(endpoint).value());
+  auto initial = (*model)->state();
+  auto fold = std::make_unique<FedAvg>(initial);
+  static SteadyClock clock;
+  setup->rounds = std::make_unique<SyncRounds>(SyncOptions::from(config), std::move(initial),
+                                               std::move(fold), clock, run_id(config));
+  logger("aggregator")->info("listening on {} (run {}, {} rounds, waiting for {} clients)",
+                             setup->endpoint->address(), run_id(config), config.run.rounds,
+                             SyncOptions::from(config).min_clients);
+  return setup;
+}
+
+Expected<std::shared_ptr<ClientSetup>> client_setup(const Config& config, std::uint32_t id,
+                                                    const std::string& connect,
+                                                    const Dataset& full_train, int threads) {
+  auto data = client_train_data(config, full_train, id);
+  if (!data) return data.error();
+  auto model = build_model(config);
+  if (!model) return model.error();
+  auto setup = std::make_shared<ClientSetup>();
+  setup->config = config;
+  setup->id = id;
+  setup->train = std::move(data).value();
+  setup->model = std::move(model).value();
+  setup->mailbox = std::make_shared<Mailbox>();
+  setup->outcome = std::make_shared<Outcome>();
+  setup->threads = threads;
+  setup->profile.kind = setup->model->device().str();
+  auto endpoint = Endpoint::connect(connect, "client-" + std::to_string(id),
+                                    Mailbox::handler(setup->mailbox), endpoint_options(config));
+  if (!endpoint) return endpoint.error();
+  setup->endpoint = std::shared_ptr<Endpoint>(std::move(endpoint).value());
+  return setup;
+}
+
+Expected<std::shared_ptr<EvaluatorSetup>> evaluator_setup(const Config& config,
+                                                          const std::string& connect, int threads) {
+  auto test = load_fashion_mnist(config.data.path, false);
+  if (!test) return test.error();
+  auto model = build_model(config);
+  if (!model) return model.error();
+  auto setup = std::make_shared<EvaluatorSetup>();
+  setup->config = config;
+  setup->test = evaluation_data(config, *test);
+  setup->model = std::move(model).value();
+  setup->mailbox = std::make_shared<Mailbox>();
+  setup->outcome = std::make_shared<Outcome>();
+  setup->threads = threads;
+  auto endpoint =
+      Endpoint::connect(connect, "evaluator", Mailbox::handler(setup->mailbox), endpoint_options(config));
+  if (!endpoint) return endpoint.error();
+  setup->endpoint = std::shared_ptr<Endpoint>(std::move(endpoint).value());
+  return setup;
+}
+
+RoleResult outcome_of(const std::vector<std::shared_ptr<Outcome>>& outcomes) {
+  for (const auto& o : outcomes) {
+    std::lock_guard lock(o->mutex);
+    if (o->code != 0) return RoleResult{o->code, o->message};
+  }
+  return {};
+}
+
+/// Runs `spawn` in a fresh actor system and waits until every actor is done.
+template <class Spawn>
+void with_actor_system(Spawn&& spawn) {
+  caf::actor_system_config cfg;
+  caf::actor_system system{cfg};
+  spawn(system);
+  system.await_all_actors_done();
+}
+
+}  // namespace
+
+RoleResult run_aggregator(const Config& config, AggregatorHooks hooks,
+                          std::optional<std::string> listen) {
+  at::set_num_threads(cores(config));
+  auto setup = aggregator_setup(config, std::move(hooks), listen.value_or(config.aggregator.listen));
+  if (!setup) return failed(setup.error());
+  with_actor_system([&](caf::actor_system& sys) { sys.spawn(aggregator_actor, *setup); });
+  return outcome_of({(*setup)->outcome});
+}
+
+RoleResult run_client(const Config& config, std::uint32_t id, const std::string& connect) {
+  auto train = load_fashion_mnist(config.data.path, true);
+  if (!train) return failed(train.error());
+  auto setup = client_setup(config, id, connect, *train, cores(config));
+  if (!setup) return failed(setup.error());
+  logger("client-" + std::to_string(id))
+      ->info("{} training examples; connecting to {}", (*setup)->train.size(), connect);
+  with_actor_system([&](caf::actor_system& sys) { sys.spawn<caf::detached>(client_actor, *setup); });
+  return outcome_of({(*setup)->outcome});
+}
+
+RoleResult run_evaluator(const Config& config, const std::string& connect) {
+  auto setup = evaluator_setup(config, connect, cores(config));
+  if (!setup) return failed(setup.error());
+  with_actor_system([&](caf::actor_system& sys) { sys.spawn<caf::detached>(evaluator_actor, *setup); });
+  return outcome_of({(*setup)->outcome});
+}
+
+RoleResult run_all(const Config& config, AggregatorHooks hooks) {
+  const int n_cores = cores(config);
+  auto train = load_fashion_mnist(config.data.path, true);
+  if (!train) return failed(train.error());
+  auto aggregator = aggregator_setup(config, std::move(hooks), config.aggregator.listen);
+  if (!aggregator) return failed(aggregator.error());
+  const std::string address = (*aggregator)->endpoint->address();
+
+  std::vector<std::shared_ptr<Outcome>> outcomes = {(*aggregator)->outcome};
+  std::shared_ptr<EvaluatorSetup> evaluator;
+  if (config.evaluator.enabled) {
+    auto e = evaluator_setup(config, address, 1);
+    if (!e) return failed(e.error());
+    evaluator = *e;
+    outcomes.push_back(evaluator->outcome);
+  }
+  // Clients share the cores: at most one training per core at a time, one thread each, which
+  // keeps every core busy without oversubscribing them.
+  auto slots = std::make_shared<std::counting_semaphore<>>(n_cores);
+  std::vector<std::shared_ptr<ClientSetup>> clients;
+  for (int id = 0; id < config.data.clients; ++id) {
+    auto c = client_setup(config, static_cast<std::uint32_t>(id), address, *train, 1);
+    if (!c) return failed(c.error());
+    (*c)->training_slots = slots;
+    outcomes.push_back((*c)->outcome);
+    clients.push_back(*c);
+  }
+  train = Dataset{};  // each client holds its own slice now
+
+  with_actor_system([&](caf::actor_system& sys) {
+    sys.spawn(aggregator_actor, *aggregator);
+    if (evaluator) sys.spawn<caf::detached>(evaluator_actor, evaluator);
+    for (auto& c : clients) sys.spawn<caf::detached>(client_actor, c);
+  });
+  return outcome_of(outcomes);
+}
+
+}  // namespace flotilla::actors

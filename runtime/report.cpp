@@ -1,0 +1,51 @@
+#include "runtime/report.hpp"
+
+#include <filesystem>
+#include <fmt/format.h>
+
+namespace flotilla {
+
+std::string progress_line(const RoundRecord& r, std::uint32_t total_rounds) {
+  if (r.round == 0) {
+    return fmt::format("round {:>3}/{}  initial model                                     loss {:.4f}  acc {:6.2f}%",
+                       0, total_rounds, r.eval_loss.value_or(NAN), 100 * r.eval_accuracy.value_or(NAN));
+  }
+  std::string line = fmt::format("round {:>3}/{}  updates {}/{}  late {}  rejected {}", r.round,
+                                 total_rounds, r.updates, r.sampled, r.late, r.rejected);
+  if (r.failed) {
+    line += "  FAILED (too few updates by the deadline)";
+  } else {
+    line += fmt::format("  train-loss {:.4f}", r.train_loss);
+    if (r.eval_accuracy) {
+      line += fmt::format("  loss {:.4f}  acc {:6.2f}%", *r.eval_loss, 100 * *r.eval_accuracy);
+    }
+  }
+  line += fmt::format("  round {:.1f}s  elapsed {:.1f}s", r.round_seconds, r.elapsed_seconds);
+  return line;
+}
+
+Expected<RoundsCsv> RoundsCsv::open(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Error{Errc::io, "cannot create output directory '" + dir + "': " + ec.message()};
+  RoundsCsv csv;
+  csv.path_ = (std::filesystem::path(dir) / "rounds.csv").string();
+  csv.out_ = std::make_shared<std::ofstream>(csv.path_, std::ios::trunc);
+  if (!*csv.out_) return Error{Errc::io, "cannot write '" + csv.path_ + "'"};
+  *csv.out_ << "round,model_version,sampled,updates,late,rejected,failed,train_loss,"
+               "train_accuracy,eval_loss,eval_accuracy,round_seconds,elapsed_seconds,"
+               "bytes_received\n";
+  csv.out_->flush();
+  return csv;
+}
+
+void RoundsCsv::append(const RoundRecord& r) {
+  auto opt = [](const std::optional<double>& v) { return v ? fmt::format("{:.6f}", *v) : std::string(); };
+  *out_ << fmt::format("{},{},{},{},{},{},{},{:.6f},{:.6f},{},{},{:.3f},{:.3f},{}\n", r.round,
+                       r.model_version, r.sampled, r.updates, r.late, r.rejected, r.failed ? 1 : 0,
+                       r.train_loss, r.train_accuracy, opt(r.eval_loss), opt(r.eval_accuracy),
+                       r.round_seconds, r.elapsed_seconds, r.bytes_received);
+  out_->flush();
+}
+
+}  // namespace flotilla

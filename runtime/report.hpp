@@ -1,0 +1,28 @@
+#pragma once
+/// Per-round results for people: the one-line progress display and the CSV file.
+#include "runtime/error.hpp"
+#include "runtime/sync_rounds.hpp"
+
+#include <fstream>
+#include <string>
+
+namespace flotilla {
+
+/// "round  3/15  updates 8/8  late 0  rejected 0  train-loss 0.6123  loss 0.5532  acc 79.84%
+///  round 3.1s  elapsed 12.5s"
+[[nodiscard]] std::string progress_line(const RoundRecord& record, std::uint32_t total_rounds);
+
+/// Writes DIR/rounds.csv, one row per round, flushed as each round completes so a run that
+/// is killed keeps what it had.
+class RoundsCsv {
+ public:
+  [[nodiscard]] static Expected<RoundsCsv> open(const std::string& dir);
+  void append(const RoundRecord& record);
+  [[nodiscard]] const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::shared_ptr<std::ofstream> out_;
+};
+
+}  // namespace flotilla
