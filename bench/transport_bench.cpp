@@ -3,6 +3,7 @@
 /// Usage: transport_bench [--bytes N] [--transport tcp|ipc|inproc|all] [--repeat R]
 /// Prints one line per transport, e.g.
 ///   transport tcp bytes=1073741824 seconds=0.61 GBps=1.76
+/// and, with --transport all, the codec alone (encode + decode, no socket).
 /// timed from send() until the receiver's handler holds the decoded message (best of R).
 #include "runtime/transport.hpp"
 
@@ -153,6 +154,24 @@ double run_transport(const std::string& kind, const flotilla::Message& update,
   return best;
 }
 
+/// Best seconds to encode and decode `update` with no socket in between: the codec's share.
+double codec_seconds(const flotilla::Message& update, int repeat) {
+  double best = -1;
+  for (int r = 0; r < repeat; ++r) {
+    const auto start = Clock::now();
+    auto encoded = flotilla::encode(update);
+    std::vector<zmq::message_t> frames;
+    for (auto f : encoded.frames) {
+      frames.emplace_back(const_cast<std::byte*>(f.data()), f.size(), [](void*, void*) {});
+    }
+    auto decoded = flotilla::decode(std::move(frames));
+    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    if (!decoded) return -1;
+    if (best < 0 || s < best) best = s;
+  }
+  return best;
+}
+
 double memcpy_seconds(const at::Tensor& src, int repeat) {
   std::vector<char> dst(src.nbytes(), 1);  // touched, so page faults are not timed
   double best = -1;
@@ -192,6 +211,11 @@ int main(int argc, char** argv) {
     std::printf("transport %s bytes=%llu seconds=%.3f GBps=%.2f\n", kind.c_str(),
                 static_cast<unsigned long long>(bytes), s, static_cast<double>(bytes) / s / 1e9);
     std::fflush(stdout);
+  }
+  if (o.transport == "all") {
+    const double c = codec_seconds(update, o.repeat);
+    std::printf("codec bytes=%llu seconds=%.3f GBps=%.2f\n", static_cast<unsigned long long>(bytes),
+                c, static_cast<double>(bytes) / c / 1e9);
   }
   const double m = memcpy_seconds(tensor, o.repeat);
   std::printf("memcpy GBps=%.2f\n", static_cast<double>(bytes) / m / 1e9);

@@ -200,6 +200,7 @@ Config read(const toml::table& root, const std::string& source) {
   r.duration("aggregator", "evaluation-timeout", c.aggregator.evaluation_timeout);
   r.duration("aggregator", "peer-timeout", c.aggregator.peer_timeout);
   r.bytes("aggregator", "max-message-size", c.aggregator.max_message_bytes);
+  r.integer("aggregator", "fold-batch", c.aggregator.fold_batch, 1, 64);
 
   r.duration("client", "connect-timeout", c.client.connect_timeout);
   r.duration("client", "heartbeat-interval", c.client.heartbeat_interval);

@@ -44,6 +44,7 @@ struct AggregatorSection {
   Duration evaluation_timeout{120'000};
   Duration peer_timeout{30'000};        ///< a peer silent this long is considered gone
   std::uint64_t max_message_bytes = 8ULL << 30;
+  std::uint32_t fold_batch = 4;         ///< waiting updates folded in one pass
 };
 
 struct ClientSection {

@@ -44,7 +44,9 @@ using GzHandle = std::unique_ptr<gzFile_s, GzCloser>;
 std::string gz_problem(gzFile f, const char* fallback) {
   int errnum = Z_OK;
   const char* msg = gzerror(f, &errnum);
-  if (errnum != Z_OK && msg != nullptr && *msg != '\0') return std::string("corrupt data (") + msg + ")";
+  if (errnum != Z_OK && msg != nullptr && *msg != '\0') {
+    return std::string("corrupt data (") + msg + ")";
+  }
   return fallback;
 }
 
@@ -165,10 +167,13 @@ std::vector<std::vector<std::int64_t>> draw_dirichlet(
     std::size_t begin = 0;
     for (std::size_t c = 0; c < k; ++c) {
       cumulative += share[c];
-      const auto end = c + 1 == k ? members.size()
-                                  : std::min(members.size(), static_cast<std::size_t>(
-                                                                 std::llround(n * cumulative / total)));
-      if (end > begin) parts[c].insert(parts[c].end(), members.begin() + begin, members.begin() + end);
+      const auto end =
+          c + 1 == k ? members.size()
+                     : std::min(members.size(),
+                                static_cast<std::size_t>(std::llround(n * cumulative / total)));
+      if (end > begin) {
+        parts[c].insert(parts[c].end(), members.begin() + begin, members.begin() + end);
+      }
       begin = std::max(begin, end);
     }
   }
@@ -255,8 +260,8 @@ std::vector<std::vector<std::int64_t>> partition(const at::Tensor& labels,
   }
   throw Failure(Errc::invalid_config,
                 "no Dirichlet(alpha=" + std::to_string(spec.alpha) + ") partition in " +
-                    std::to_string(kMaxDirichletDraws) + " draws gives every client >= " +
-                    std::to_string(spec.min_examples) +
+                    std::to_string(kMaxDirichletDraws) +
+                    " draws gives every client >= " + std::to_string(spec.min_examples) +
                     " examples; raise alpha or lower min-examples");
 }
 
@@ -269,8 +274,8 @@ TrainTestSplit split_train_test(const std::vector<std::int64_t>& indices, double
   auto shuffled = indices;
   std::mt19937_64 rng(seed);
   shuffle(shuffled, rng);
-  const auto num_test = static_cast<std::size_t>(
-      std::llround(test_fraction * static_cast<double>(shuffled.size())));
+  const auto num_test =
+      static_cast<std::size_t>(std::llround(test_fraction * static_cast<double>(shuffled.size())));
   TrainTestSplit split;
   split.test.assign(shuffled.begin(), shuffled.begin() + static_cast<std::ptrdiff_t>(num_test));
   split.train.assign(shuffled.begin() + static_cast<std::ptrdiff_t>(num_test), shuffled.end());

@@ -23,23 +23,30 @@ bool is_float(c10::ScalarType t) { return at::isFloatingType(t); }
 /// every waiting update streams through it once.
 constexpr std::int64_t kBlock = 4096;
 
-/// sum[i] += Σ_k w[k] · src[k][i], one pass over `sum` for all k.
+/// sum[i] += Σ_k w[k] · src[k][i], one pass over `sum` for all k. With `init` the sum is
+/// uninitialised memory and the first update assigns instead of adding: no zero fill and no
+/// read of the sum for the first update of a version.
 template <class Acc, class Src>
 void fold_block_range(Acc* sum, const std::vector<const Src*>& src, const std::vector<Acc>& w,
-                      std::int64_t begin, std::int64_t end) {
+                      std::int64_t begin, std::int64_t end, bool init) {
   for (std::int64_t b = begin; b < end; b += kBlock) {
     const std::int64_t e = std::min(end, b + kBlock);
     for (std::size_t k = 0; k < src.size(); ++k) {
       const Src* __restrict s = src[k];
       Acc* __restrict a = sum;
       const Acc wk = w[k];
-      for (std::int64_t i = b; i < e; ++i) a[i] += wk * static_cast<Acc>(s[i]);
+      if (init && k == 0) {
+        for (std::int64_t i = b; i < e; ++i) a[i] = wk * static_cast<Acc>(s[i]);
+      } else {
+        for (std::int64_t i = b; i < e; ++i) a[i] += wk * static_cast<Acc>(s[i]);
+      }
     }
   }
 }
 
 template <class Acc, class Src>
-void fold(at::Tensor& sum, const std::vector<at::Tensor>& srcs, const std::vector<double>& weights) {
+void fold(at::Tensor& sum, const std::vector<at::Tensor>& srcs, const std::vector<double>& weights,
+          bool init) {
   std::vector<const Src*> ptrs;
   std::vector<Acc> w;
   for (std::size_t k = 0; k < srcs.size(); ++k) {
@@ -49,7 +56,7 @@ void fold(at::Tensor& sum, const std::vector<at::Tensor>& srcs, const std::vecto
   Acc* acc = sum.data_ptr<Acc>();
   // Large tensors are split across LibTorch's intra-op threads (a no-op with 1 thread).
   at::parallel_for(0, sum.numel(), 1 << 16, [&](std::int64_t begin, std::int64_t end) {
-    fold_block_range<Acc, Src>(acc, ptrs, w, begin, end);
+    fold_block_range<Acc, Src>(acc, ptrs, w, begin, end, init);
   });
 }
 
@@ -121,7 +128,7 @@ void FedAvg::ensure_accumulators() {
   for (const auto& s : slots_) {
     if (is_float(s.dtype)) {
       const auto acc = s.dtype == at::kDouble ? at::kDouble : at::kFloat;
-      sums_.push_back(at::zeros(s.shape, at::TensorOptions().dtype(acc)));
+      sums_.push_back(at::empty(s.shape, at::TensorOptions().dtype(acc)));
     } else {
       sums_.emplace_back();  // set from the latest update
     }
@@ -137,6 +144,7 @@ Expected<void> FedAvg::accept_batch(std::span<const WeightedUpdate> updates) {
     if (auto ok = validate(u); !ok) return ok;
   }
   if (updates.empty()) return {};
+  const bool init = sums_.empty();  // the first fold of a version assigns (see fold_block_range)
   ensure_accumulators();
   at::NoGradGuard no_grad;
   std::vector<double> weights;
@@ -151,11 +159,12 @@ Expected<void> FedAvg::accept_batch(std::span<const WeightedUpdate> updates) {
       continue;
     }
     switch (slots_[i].dtype) {
-      case at::kFloat: fold<float, float>(sum, srcs, weights); break;
-      case at::kDouble: fold<double, double>(sum, srcs, weights); break;
-      case at::kHalf: fold<float, at::Half>(sum, srcs, weights); break;
-      case at::kBFloat16: fold<float, at::BFloat16>(sum, srcs, weights); break;
+      case at::kFloat: fold<float, float>(sum, srcs, weights, init); break;
+      case at::kDouble: fold<double, double>(sum, srcs, weights, init); break;
+      case at::kHalf: fold<float, at::Half>(sum, srcs, weights, init); break;
+      case at::kBFloat16: fold<float, at::BFloat16>(sum, srcs, weights, init); break;
       default:  // other float types: a general (slower) path
+        if (init) sum.zero_();
         for (std::size_t k = 0; k < srcs.size(); ++k) sum.add_(srcs[k].to(sum.scalar_type()), weights[k]);
     }
   }
@@ -167,8 +176,8 @@ Expected<void> FedAvg::accept_batch(std::span<const WeightedUpdate> updates) {
 TensorList FedAvg::finalize() {
   TensorList out;
   out.reserve(slots_.size());
-  ensure_accumulators();
-  const double inv = total_weight_ > 0 ? 1.0 / total_weight_ : 0.0;
+  if (accepted_ == 0) throw Failure(Errc::internal, "FedAvg::finalize with no accepted update");
+  const double inv = 1.0 / total_weight_;
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     at::Tensor t = std::move(sums_[i]);
     if (is_float(slots_[i].dtype)) {

@@ -17,8 +17,8 @@ struct Net : torch::nn::Module {
 /// flatten -> hidden -> ReLU -> hidden -> ReLU -> classes.
 struct Mlp : Net {
   explicit Mlp(const ModelSpec& s)
-      : fc1(register_module("fc1", torch::nn::Linear(s.input_channels * s.input_size * s.input_size,
-                                                     s.hidden))),
+      : fc1(register_module(
+            "fc1", torch::nn::Linear(s.input_channels * s.input_size * s.input_size, s.hidden))),
         fc2(register_module("fc2", torch::nn::Linear(s.hidden, s.hidden))),
         fc3(register_module("fc3", torch::nn::Linear(s.hidden, s.num_classes))) {}
   torch::Tensor forward(const torch::Tensor& x) override {
@@ -34,10 +34,10 @@ struct Mlp : Net {
 struct Cnn : Net {
   explicit Cnn(const ModelSpec& s)
       : conv1(register_module(
-            "conv1", torch::nn::Conv2d(
-                         torch::nn::Conv2dOptions(s.input_channels, kC1, 5).padding(2)))),
-        conv2(register_module(
-            "conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(kC1, kC2, 5).padding(2)))),
+            "conv1",
+            torch::nn::Conv2d(torch::nn::Conv2dOptions(s.input_channels, kC1, kK).padding(kK / 2)))),
+        conv2(register_module("conv2",
+                              torch::nn::Conv2d(torch::nn::Conv2dOptions(kC1, kC2, kK).padding(kK / 2)))),
         fc1(register_module(
             "fc1", torch::nn::Linear(kC2 * (s.input_size / 4) * (s.input_size / 4), s.hidden))),
         fc2(register_module("fc2", torch::nn::Linear(s.hidden, s.num_classes))) {}
@@ -47,8 +47,9 @@ struct Cnn : Net {
     h = torch::relu(fc1->forward(h.flatten(1)));
     return fc2->forward(h);
   }
-  static constexpr std::int64_t kC1 = 16;
-  static constexpr std::int64_t kC2 = 32;
+  static inline const std::int64_t kC1 = std::getenv("TUNE_C1") ? std::atoll(std::getenv("TUNE_C1")) : 16;
+  static inline const std::int64_t kC2 = 2 * kC1;
+  static inline const std::int64_t kK = std::getenv("TUNE_K") ? std::atoll(std::getenv("TUNE_K")) : 5;
   torch::nn::Conv2d conv1, conv2;
   torch::nn::Linear fc1, fc2;
 };
@@ -86,8 +87,8 @@ class TorchModel final : public Model {
   [[nodiscard]] Expected<void> load_state(const TensorList& state) override {
     auto targets = named_state(*net_);
     if (targets.size() != state.size()) {
-      return Error{Errc::rejected, "expected " + std::to_string(targets.size()) +
-                                       " tensors, got " + std::to_string(state.size())};
+      return Error{Errc::rejected, "expected " + std::to_string(targets.size()) + " tensors, got " +
+                                       std::to_string(state.size())};
     }
     // Everything is checked before anything is copied, so a refused state changes nothing.
     for (std::size_t i = 0; i < targets.size(); ++i) {
@@ -178,12 +179,11 @@ Expected<std::unique_ptr<Model>> Model::create(const ModelSpec& spec, c10::Devic
   }
   if (spec.hidden < 1 || spec.num_classes < 1 || spec.input_channels < 1 ||
       spec.input_size < (spec.name == "cnn" ? 4 : 1)) {
-    return Error{Errc::invalid_config, "model '" + spec.name +
-                                           "' needs positive sizes, got hidden=" +
-                                           std::to_string(spec.hidden) + " classes=" +
-                                           std::to_string(spec.num_classes) + " input=" +
-                                           std::to_string(spec.input_channels) + "x" +
-                                           std::to_string(spec.input_size)};
+    return Error{Errc::invalid_config,
+                 "model '" + spec.name + "' needs positive sizes, got hidden=" +
+                     std::to_string(spec.hidden) + " classes=" + std::to_string(spec.num_classes) +
+                     " input=" + std::to_string(spec.input_channels) + "x" +
+                     std::to_string(spec.input_size)};
   }
   std::shared_ptr<Net> net;
   {

@@ -1,5 +1,6 @@
 #include "runtime/sync_rounds.hpp"
 
+#include "runtime/fedavg.hpp"
 #include "runtime/log.hpp"
 
 #include <algorithm>
@@ -20,6 +21,7 @@ SyncOptions SyncOptions::from(const Config& c) {
   o.target_accuracy = c.run.target_accuracy;
   o.seed = c.run.seed;
   o.training = c.training;
+  o.fold_batch = c.aggregator.fold_batch;
   return o;
 }
 
@@ -140,10 +142,12 @@ std::vector<Send> SyncRounds::on_update(const std::string& peer, const Update& u
     return out;
   }
   const double weight = static_cast<double>(std::max<std::uint64_t>(update.num_examples, 1));
-  if (auto ok = aggregation_->accept(WeightedUpdate{&update.tensors, weight, 0}); !ok) {
+  if (auto ok = check_compatible(model_, update.tensors); !ok) {
     reject(WireErrc::rejected, ok.error().message, false);
     return out;
   }
+  fold_queue_.emplace_back(update.tensors, weight);
+  if (fold_queue_.size() >= std::max<std::uint32_t>(options_.fold_batch, 1)) fold_queued();
   replied_.insert(peer);
   ++counters_.updates_accepted;
   ++current_.updates;
@@ -206,6 +210,7 @@ std::vector<Send> SyncRounds::on_tick() {
       }
       break;
     case Phase::training:
+      fold_queued();
       if (now - round_started_ >= options_.round_deadline) close_round(out);
       break;
     case Phase::draining:
@@ -250,6 +255,7 @@ void SyncRounds::start_round(std::vector<Send>& out) {
                                       : std::min<std::size_t>(options_.clients_per_round, clients.size());
   clients.resize(k);
   sampled_ = std::set<std::string>(clients.begin(), clients.end());
+  fold_queue_.clear();
   replied_.clear();
   current_ = RoundRecord{};
   current_.round = round_;
@@ -264,7 +270,19 @@ void SyncRounds::start_round(std::vector<Send>& out) {
   logger("aggregator")->debug("round {} started with {} clients", round_, k);
 }
 
+void SyncRounds::fold_queued() {
+  if (fold_queue_.empty()) return;
+  std::vector<WeightedUpdate> batch;
+  for (const auto& [tensors, weight] : fold_queue_) batch.push_back({&tensors, weight, 0});
+  if (auto ok = aggregation_->accept_batch(batch); !ok) {
+    // Validated on arrival, so this is a bug, not bad input: say so loudly.
+    throw Failure(Errc::internal, "folding validated updates failed: " + ok.error().message);
+  }
+  fold_queue_.clear();
+}
+
 void SyncRounds::close_round(std::vector<Send>& out) {
+  fold_queued();
   current_.round_seconds = seconds_since(round_started_);
   if (current_.updates >= options_.min_updates && aggregation_->accepted() > 0) {
     model_ = aggregation_->finalize();
@@ -308,7 +326,6 @@ void SyncRounds::flush_records() {
   while (!pending_.empty()) {
     auto it = pending_.begin();
     if (evaluation_sent_.contains(it->first)) break;
-    if (phase_ == Phase::training && it->first == round_) break;
     it->second.elapsed_seconds = run_started_ ? seconds_since(*run_started_) : 0;
     completed_.push_back(it->second);
     pending_.erase(it);

@@ -28,6 +28,8 @@ struct SyncOptions {
   Duration evaluation_timeout{120'000};
   Duration peer_timeout{30'000};
   double target_accuracy = 0;           ///< stop after a version reaching it; 0 = off
+  /// Validated updates folded together in one pass over memory (1 = fold each on arrival).
+  std::uint32_t fold_batch = 4;
   std::uint64_t seed = 0;
   TrainingConfig training;
 
@@ -108,6 +110,7 @@ class SyncRounds {
   };
 
   void start_round(std::vector<Send>& out);
+  void fold_queued();
   void close_round(std::vector<Send>& out);
   void finish(std::vector<Send>& out, const std::string& reason);
   void request_evaluation(std::vector<Send>& out, std::uint64_t round);
@@ -136,6 +139,9 @@ class SyncRounds {
   std::set<std::string> replied_;
   RoundRecord current_;
   double loss_sum_ = 0, accuracy_sum_ = 0, weight_sum_ = 0;
+  /// Accepted updates waiting to be folded together (at most fold_batch, folded by the next
+  /// tick at the latest).
+  std::vector<std::pair<TensorList, double>> fold_queue_;
 
   /// Records waiting for their version's evaluation, by version.
   std::map<std::uint64_t, RoundRecord> pending_;

@@ -62,10 +62,9 @@ TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& 
   const auto inputs = data.inputs.to(device);
   const auto labels = data.labels.to(device);
 
-  torch::optim::SGD optimizer(module.parameters(),
-                              torch::optim::SGDOptions(config.learning_rate)
-                                  .momentum(config.momentum)
-                                  .weight_decay(config.weight_decay));
+  torch::optim::SGD optimizer(module.parameters(), torch::optim::SGDOptions(config.learning_rate)
+                                                       .momentum(config.momentum)
+                                                       .weight_decay(config.weight_decay));
 
   const auto batch = static_cast<std::int64_t>(config.batch_size);
   const std::int64_t batches_per_epoch = (n + batch - 1) / batch;
@@ -85,7 +84,8 @@ TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& 
   for (std::int64_t step = 0; step < total_steps; ++step) {
     if (pos >= n) {
       reshuffle(order, rng);
-      order_tensor = torch::from_blob(order.data(), {n}, torch::kInt64).to(device, torch::kInt64, false, true);
+      order_tensor =
+          torch::from_blob(order.data(), {n}, torch::kInt64).to(device, torch::kInt64, false, true);
       pos = 0;
     }
     const std::int64_t len = std::min(batch, n - pos);
@@ -133,10 +133,10 @@ EvalStats evaluate(Model& model, const Dataset& data, std::int64_t batch_size) {
     const std::int64_t len = std::min(batch_size, n - begin);
     const auto logits = model.forward(data.inputs.narrow(0, begin, len));
     const auto y = data.labels.narrow(0, begin, len).to(device);
-    loss_sum += torch::nn::functional::cross_entropy(
-                    logits, y,
-                    torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                    .to(torch::kFloat64);
+    loss_sum +=
+        torch::nn::functional::cross_entropy(
+            logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+            .to(torch::kFloat64);
     correct += logits.argmax(1).eq(y).sum();
   }
   stats.loss = loss_sum.item<double>() / static_cast<double>(n);

@@ -86,6 +86,7 @@ struct InFlight {
   EncodedFrames encoded;
   std::size_t next = 0;
   bool peer_sent = false;
+  bool counted = false;  ///< whether bytes_sent_ includes it
 };
 
 class ZmqEndpoint final : public Endpoint {
@@ -139,11 +140,18 @@ class ZmqEndpoint final : public Endpoint {
 
   /// The I/O thread: the only code that touches socket_ after construction.
   void run() noexcept {
-    try {
-      loop();
-    } catch (...) {
-      // A ZeroMQ failure (e.g. the context terminated) ends the endpoint; nothing may escape
-      // a thread, and there is no caller here to tell.
+    while (true) {
+      try {
+        loop();
+        break;
+      } catch (const zmq::error_t& e) {
+        if (e.num() == EINTR) continue;  // a signal interrupted zmq_poll: nothing is lost
+        break;
+      } catch (...) {
+        // Any other failure ends the endpoint; nothing may escape a thread, and there is no
+        // caller here to tell.
+        break;
+      }
     }
     try {
       socket_.close();
@@ -152,7 +160,7 @@ class ZmqEndpoint final : public Endpoint {
   }
 
   void loop() {
-    std::optional<Clock::time_point> deadline;
+    auto& deadline = close_deadline_;
     while (true) {
       bool stopping = false;
       {
@@ -195,12 +203,11 @@ class ZmqEndpoint final : public Endpoint {
         outgoing_.pop_front();
         try {
           in_flight_ = InFlight{std::move(next.peer), encode(next.message, options_.limits)};
-        } catch (const std::exception&) {
+        } catch (...) {
           continue;  // an unencodable message (undefined or complex tensor) is dropped
         }
       }
       if (!send_frames(*in_flight_)) return false;
-      bytes_sent_.fetch_add(in_flight_->encoded.total_bytes(), std::memory_order_relaxed);
       in_flight_.reset();
     }
   }
@@ -214,7 +221,14 @@ class ZmqEndpoint final : public Endpoint {
     }
     while (m.next < frames.size()) {
       auto flags = zmq::send_flags::dontwait;
-      if (m.next + 1 < frames.size()) flags = flags | zmq::send_flags::sndmore;
+      if (m.next + 1 < frames.size()) {
+        flags = flags | zmq::send_flags::sndmore;
+      } else if (!m.counted) {
+        // Counted before the last frame goes, so a peer that has the message never sees a
+        // sender whose counter does not include it yet.
+        bytes_sent_.fetch_add(m.encoded.total_bytes(), std::memory_order_relaxed);
+        m.counted = true;
+      }
       zmq::message_t msg = frame_message(frames[m.next], m.encoded.owner);
       if (!socket_.send(msg, flags)) return false;
       ++m.next;
@@ -232,7 +246,7 @@ class ZmqEndpoint final : public Endpoint {
       while (more) {
         zmq::message_t part;
         // Multipart messages arrive whole, so the remaining parts are already here.
-        if (!socket_.recv(part, zmq::recv_flags::none)) break;
+        if (!socket_.recv(part, zmq::recv_flags::dontwait)) break;
         more = part.more();
         parts.push_back(std::move(part));
       }
@@ -265,6 +279,7 @@ class ZmqEndpoint final : public Endpoint {
 
   std::deque<Outgoing> outgoing_;    ///< I/O thread only
   std::optional<InFlight> in_flight_;  ///< I/O thread only
+  std::optional<Clock::time_point> close_deadline_;  ///< I/O thread only: end of linger
 
   std::atomic<std::uint64_t> bytes_sent_{0};
   std::atomic<std::uint64_t> bytes_received_{0};

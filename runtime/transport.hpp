@@ -50,7 +50,9 @@ class Endpoint {
   [[nodiscard]] virtual std::string address() const = 0;
 
   /// Queues `message` for `peer` (a ROUTER's routing id; ignored by a DEALER). Thread-safe and
-  /// non-blocking; encoding and the zero-copy send happen on the I/O thread.
+  /// non-blocking; encoding and the zero-copy send happen on the I/O thread. The tensors are
+  /// not copied: they are read after send() returns, so modifying one in place afterwards
+  /// races with the send (send a clone of a tensor that is still being trained).
   virtual void send(const std::string& peer, Message message) = 0;
 
   /// Flushes what is queued (up to linger), stops the I/O thread and closes the socket.

@@ -8,7 +8,10 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
+#include <sys/mman.h>
+
 #include <array>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -348,6 +351,22 @@ Metrics decode_metrics(capnp::List<s::Metric>::Reader in) {
   return out;
 }
 
+/// Tensors at least this large are assembled in transparent huge pages.
+constexpr std::size_t kHugePageBytes = 2U << 20;
+
+/// A fresh tensor to copy a multi-chunk tensor into. Large ones get memory advised for
+/// transparent huge pages: faulting in 4 KiB pages, not the copy, is what made assembling a
+/// 1 GiB tensor slow (about 1 s against about 0.2 s).
+at::Tensor assembly_tensor(const std::vector<std::int64_t>& shape, const at::TensorOptions& options,
+                           std::uint64_t bytes) {
+  if (bytes < 4 * kHugePageBytes) return at::empty(shape, options);
+  const std::size_t size = (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  void* p = std::aligned_alloc(kHugePageBytes, size);
+  if (p == nullptr) throw std::bad_alloc();
+  ::madvise(p, size, MADV_HUGEPAGE);  // advice only: without THP it is plain memory
+  return at::from_blob(p, shape, [](void* q) { std::free(q); }, options);
+}
+
 struct Decoder {
   std::shared_ptr<DecodeOwner> owner;
 
@@ -394,7 +413,7 @@ struct Decoder {
       void* data = const_cast<capnp::byte*>(chunks[0].begin());
       out.tensor = at::from_blob(data, shape, [keep](void*) {}, options);
     } else {
-      out.tensor = at::empty(shape, options);
+      out.tensor = assembly_tensor(shape, options, total);
       auto* dst = static_cast<capnp::byte*>(out.tensor.data_ptr());
       for (auto c : chunks) {
         if (c.size() == 0) continue;

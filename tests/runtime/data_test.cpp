@@ -58,7 +58,8 @@ std::vector<std::uint8_t> idx_bytes(std::uint32_t magic, const std::vector<std::
 
 void write_plain(const std::string& path, const std::vector<std::uint8_t>& bytes) {
   std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
 }
 
 void write_gz(const std::string& path, const std::vector<std::uint8_t>& bytes) {
@@ -212,8 +213,8 @@ TEST(Data, CorruptGzipIsAnIoErrorNamingTheFile) {
   write_tiny_dataset(dir, true);
   // A gzip header followed by bytes that are not a deflate stream.
   write_plain(dir.file("t10k-images-idx3-ubyte.gz"),
-              {0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0x00, 0x03, 0xff, 0xff, 0xff, 0xff, 0x13,
-               0x37, 0x42, 0x42, 0x00, 0x01, 0x02});
+              {0x1f, 0x8b, 0x08, 0x00, 0,    0,    0,    0,    0x00, 0x03, 0xff,
+               0xff, 0xff, 0xff, 0x13, 0x37, 0x42, 0x42, 0x00, 0x01, 0x02});
   auto data = load_fashion_mnist(dir.path().string(), false);
   ASSERT_FALSE(data);
   EXPECT_EQ(data.error().code, Errc::io);

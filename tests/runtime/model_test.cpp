@@ -47,9 +47,9 @@ TEST(Model, ForwardGivesOneLogitPerClass) {
 TEST(Model, StateHasStableNamesAndShapes) {
   auto cnn = make("cnn", 1, 64);
   const auto state = cnn->state();
-  EXPECT_EQ(names(state), (std::vector<std::string>{"conv1.weight", "conv1.bias", "conv2.weight",
-                                                    "conv2.bias", "fc1.weight", "fc1.bias",
-                                                    "fc2.weight", "fc2.bias"}));
+  EXPECT_EQ(names(state),
+            (std::vector<std::string>{"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
+                                      "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}));
   EXPECT_EQ(state[4].tensor.sizes(), (std::vector<std::int64_t>{64, 32 * 7 * 7}));
   std::int64_t total = 0;
   for (const auto& t : state) {
@@ -119,7 +119,8 @@ TEST(Model, LoadStateRejectsMismatchesAndChangesNothing) {
     auto r = model->load_state(bad);
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, Errc::rejected);
-    EXPECT_EQ(r.error().message, "tensor 4 'fc1.weight': expected shape [128, 1568], got [64, 1568]");
+    EXPECT_EQ(r.error().message,
+              "tensor 4 'fc1.weight': expected shape [128, 1568], got [64, 1568]");
   }
   {  // wrong name, after tensors that would have matched
     auto bad = good;

@@ -269,6 +269,22 @@ TEST(Transport, CloseFlushesQueuedMessagesAndIsIdempotent) {
   server.reset();
 }
 
+TEST(Transport, AnUnencodableMessageIsDroppedAndLaterOnesArrive) {
+  Inbox inbox;
+  auto server = must(Endpoint::bind("inproc://unencodable", inbox.handler()));
+  ASSERT_TRUE(server);
+  Inbox unused;
+  auto client = must(Endpoint::connect(server->address(), "client-1", unused.handler()));
+  ASSERT_TRUE(client);
+  Message bad = hello(1);
+  bad.payload = Update{1, 0, 0, {}, {{"ghost", at::Tensor{}}}};
+  client->send("", bad);
+  client->send("", hello(2));
+  ASSERT_TRUE(inbox.wait_for(1));
+  ASSERT_TRUE(inbox.at(0).message.has_value());
+  EXPECT_EQ(2U, std::get<Hello>(inbox.at(0).message->payload).client_id);
+}
+
 TEST(Transport, SendToAnUnknownPeerIsDropped) {
   Inbox inbox;
   auto server = must(Endpoint::bind("inproc://unknown-peer", inbox.handler()));

@@ -120,6 +120,26 @@ TEST(Wire, OddSizedLargeTensorRoundTrips) {
   expect_same_tensor(t, tensors_of(*r)[0].tensor);
 }
 
+TEST(Wire, UnsupportedDtypesAreWidenedLosslessly) {
+  const at::Tensor flags = torch::tensor({true, false, true});
+  const at::Tensor shorts = torch::tensor({-3, 30000}, at::kShort);
+  auto r = round_trip(update_with({{"flags", flags}, {"shorts", shorts}}));
+  ASSERT_TRUE(r.has_value()) << r.error().message;
+  EXPECT_EQ(at::kLong, tensors_of(*r)[0].tensor.scalar_type());
+  EXPECT_TRUE(torch::equal(flags.to(at::kLong), tensors_of(*r)[0].tensor));
+  EXPECT_TRUE(torch::equal(shorts.to(at::kLong), tensors_of(*r)[1].tensor));
+}
+
+TEST(Wire, UndefinedTensorCannotBeEncoded) {
+  try {
+    (void)encode(update_with({{"ghost", at::Tensor{}}}));
+    FAIL() << "encoded an undefined tensor";
+  } catch (const Failure& f) {
+    EXPECT_EQ(Errc::invalid_argument, f.error().code);
+    EXPECT_NE(std::string::npos, f.error().message.find("ghost"));
+  }
+}
+
 TEST(Wire, ManyTensorsKeepOrderAndNames) {
   TensorList list;
   for (int i = 0; i < 500; ++i) {
@@ -443,7 +463,7 @@ TEST(Wire, OtherProtocolMajorIsRefusedNamingBothVersions) {
   EXPECT_EQ("peer speaks protocol 2.x, this build speaks 1.x", r.error().message);
 }
 
-class HandBuilt : public ::testing::Test {
+class WireHandBuilt : public ::testing::Test {
  protected:
   schema::Tensor::Builder tensor() {
     auto env = builder_->initRoot<schema::Envelope>();
@@ -456,7 +476,7 @@ class HandBuilt : public ::testing::Test {
       std::make_unique<capnp::MallocMessageBuilder>();
 };
 
-TEST_F(HandBuilt, CheckedBuilderDecodes) {
+TEST_F(WireHandBuilt, CheckedBuilderDecodes) {
   auto t = tensor();
   t.setDtype(schema::DType::I32);
   t.initShape(1).set(0, 2);
@@ -467,7 +487,7 @@ TEST_F(HandBuilt, CheckedBuilderDecodes) {
   EXPECT_EQ(-6, tensors_of(*r)[0].tensor[1].item<std::int32_t>());
 }
 
-TEST_F(HandBuilt, UnknownDtypeIsMalformed) {
+TEST_F(WireHandBuilt, UnknownDtypeIsMalformed) {
   auto t = tensor();
   t.setDtype(static_cast<schema::DType>(42));
   t.initShape(1).set(0, 1);
@@ -476,7 +496,7 @@ TEST_F(HandBuilt, UnknownDtypeIsMalformed) {
   expect_error(decode_built(), Errc::malformed);
 }
 
-TEST_F(HandBuilt, ShapeNotMatchingBytesIsMalformed) {
+TEST_F(WireHandBuilt, ShapeNotMatchingBytesIsMalformed) {
   auto t = tensor();
   t.setDtype(schema::DType::F32);
   t.initShape(2).set(0, 3);
@@ -486,7 +506,7 @@ TEST_F(HandBuilt, ShapeNotMatchingBytesIsMalformed) {
   expect_error(decode_built(), Errc::malformed);
 }
 
-TEST_F(HandBuilt, NegativeDimensionIsMalformed) {
+TEST_F(WireHandBuilt, NegativeDimensionIsMalformed) {
   auto t = tensor();
   t.setDtype(schema::DType::U8);
   t.initShape(2).set(0, -2);
@@ -496,7 +516,7 @@ TEST_F(HandBuilt, NegativeDimensionIsMalformed) {
   expect_error(decode_built(), Errc::malformed);
 }
 
-TEST_F(HandBuilt, OverflowingShapeIsMalformed) {
+TEST_F(WireHandBuilt, OverflowingShapeIsMalformed) {
   auto t = tensor();
   t.setDtype(schema::DType::F64);
   auto shape = t.initShape(3);
