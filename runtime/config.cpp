@@ -209,8 +209,6 @@ Config read(const toml::table& root, const std::string& source) {
   r.integer("evaluator", "examples", c.evaluator.examples, 0);
   r.integer("evaluator", "batch-size", c.evaluator.batch_size, 1, 1 << 20);
 
-  r.string("metrics", "listen", c.metrics.listen);
-
   r.check_unknown();
 
   // Relations between keys.

@@ -58,10 +58,6 @@ struct EvaluatorSection {
   std::int64_t batch_size = 1000;
 };
 
-struct MetricsSection {
-  std::string listen;  ///< "host:port" for the Prometheus endpoint; empty = off
-};
-
 struct Config {
   std::string source;  ///< the file it was read from
   RunSection run;
@@ -71,7 +67,6 @@ struct Config {
   AggregatorSection aggregator;
   ClientSection client;
   EvaluatorSection evaluator;
-  MetricsSection metrics;
 };
 
 /// Reads and validates a config file. An unknown key, a value of the wrong type or out of

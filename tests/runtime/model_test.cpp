@@ -50,7 +50,7 @@ TEST(Model, StateHasStableNamesAndShapes) {
   EXPECT_EQ(names(state),
             (std::vector<std::string>{"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
                                       "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}));
-  EXPECT_EQ(state[4].tensor.sizes(), (std::vector<std::int64_t>{64, 32 * 7 * 7}));
+  EXPECT_EQ(state[4].tensor.sizes(), (std::vector<std::int64_t>{64, 16 * 7 * 7}));
   std::int64_t total = 0;
   for (const auto& t : state) {
     EXPECT_TRUE(t.tensor.is_contiguous());
@@ -120,7 +120,7 @@ TEST(Model, LoadStateRejectsMismatchesAndChangesNothing) {
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, Errc::rejected);
     EXPECT_EQ(r.error().message,
-              "tensor 4 'fc1.weight': expected shape [128, 1568], got [64, 1568]");
+              "tensor 4 'fc1.weight': expected shape [128, 784], got [64, 784]");
   }
   {  // wrong name, after tensors that would have matched
     auto bad = good;

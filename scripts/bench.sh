@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Flotilla's benchmarks, each printing ratios measured in this one run (the machines are
+# shared and noisy: compare ratios, not absolute numbers across runs).
+#   scripts/bench.sh [fold|transport|e2e ...]     default: all three
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e)
+bash scripts/install-deps.sh
+bash scripts/build.sh flotilla fold_bench transport_bench baseline_bench
+B=${FLOTILLA_BUILD_DIR:-build}/bin
+OUT=$(mktemp -d /tmp/flotilla-bench.XXXXXX)
+trap 'rm -rf "$OUT"' EXIT
+
+for w in "${WHICH[@]}"; do
+case "$w" in
+fold)
+  echo "== aggregation: FedAvg fold vs memcpy (1 thread, 256 MiB model)"
+  "$B/fold_bench" --mb 256 --threads 1
+  ;;
+transport)
+  echo "== transport: one 1 GiB update, client -> aggregator, vs iperf3 on loopback"
+  IPERF=$(bash bench/iperf3_loopback.sh | sed -n 's/^iperf3 GBps=//p')
+  echo "iperf3 GBps=$IPERF"
+  "$B/transport_bench" --transport all | tee "$OUT/transport.txt"
+  python3 - "$IPERF" "$OUT/transport.txt" <<'PY'
+import re, sys
+iperf = float(sys.argv[1])
+for line in open(sys.argv[2]):
+    m = re.match(r"transport (\w+) .*GBps=([\d.]+)", line)
+    if m:
+        print(f"ratio {m.group(1)}_vs_iperf3={float(m.group(2)) / iperf:.2f}")
+PY
+  ;;
+e2e)
+  echo "== end to end: quick start's time to 80% vs a bare single-process LibTorch loop"
+  # The bare loop trains exactly what the quick start trains: same settings, read from its config.
+  ARGS=$(python3 - <<'PY'
+import tomllib
+c = tomllib.load(open("examples/quickstart.toml", "rb"))
+t, d, m, r = c["training"], c["data"], c["model"], c["run"]
+print(f"--clients {d['clients']} --alpha {d['alpha']} --local-steps {t['local-steps']} "
+      f"--batch-size {t['batch-size']} --lr {t['learning-rate']} --momentum {t.get('momentum', 0)} "
+      f"--model {m['name']} --hidden {m['hidden']} --seed {r['seed']} --rounds {r['rounds']} "
+      f"--threads {r.get('threads', 0) or 2}")
+PY
+)
+  echo "baseline args: $ARGS"
+  "$B/baseline_bench" $ARGS | tee "$OUT/baseline.txt"
+  START=$(date +%s.%N)
+  "$B/flotilla" --log-level warn run examples/quickstart.toml --output "$OUT/run" | tee "$OUT/run.txt"
+  END=$(date +%s.%N)
+  python3 - "$OUT/baseline.txt" "$OUT/run/rounds.csv" "$START" "$END" <<'PY'
+import csv, re, sys
+base = None
+for line in open(sys.argv[1]):
+    m = re.search(r"seconds_to_80=([\d.]+)", line)
+    if m: base = float(m.group(1))
+rows = [r for r in csv.DictReader(open(sys.argv[2])) if r["eval_accuracy"] and int(r["round"]) > 0]
+hit = next((r for r in rows if float(r["eval_accuracy"]) >= 0.80), None)
+wall = float(sys.argv[4]) - float(sys.argv[3])
+print(f"flotilla run wall seconds (process start to exit)={wall:.1f}")
+if hit is None or base is None:
+    print("e2e: 80% not reached by", "flotilla" if hit is None else "the baseline")
+    sys.exit(0)
+t = float(hit["elapsed_seconds"])
+print(f"flotilla seconds_to_80={t:.1f} (round {hit['round']})  baseline seconds_to_80={base:.1f}")
+print(f"ratio runtime_vs_bare_loop={t / base:.2f}  (overhead {100 * (t / base - 1):+.0f}%)")
+PY
+  ;;
+*) echo "bench.sh: unknown benchmark '$w' (fold, transport, e2e)" >&2; exit 2 ;;
+esac
+done
