@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Flotilla's benchmarks, each printing ratios measured in this one run (the machines are
 # shared and noisy: compare ratios, not absolute numbers across runs).
-#   scripts/bench.sh [fold|transport|e2e ...]     default: all three
+#   scripts/bench.sh [fold|transport|e2e|blas ...]     default: all four
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e)
+WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas)
 bash scripts/install-deps.sh
-bash scripts/build.sh flotilla fold_bench transport_bench baseline_bench
+bash scripts/build.sh flotilla fold_bench transport_bench baseline_bench blas_bench
 B=${FLOTILLA_BUILD_DIR:-build}/bin
 OUT=$(mktemp -d /tmp/flotilla-bench.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
@@ -67,6 +67,21 @@ print(f"flotilla seconds_to_80={t:.1f} (round {hit['round']})  baseline seconds_
 print(f"ratio runtime_vs_bare_loop={t / base:.2f}  (overhead {100 * (t / base - 1):+.0f}%)")
 PY
   ;;
-*) echo "bench.sh: unknown benchmark '$w' (fold, transport, e2e)" >&2; exit 2 ;;
+blas)
+  echo "== BLAS: installed OpenBLAS vs Debian's reference BLAS, under LibTorch"
+  REF=/usr/lib/x86_64-linux-gnu/blas
+  for t in 1 2; do
+    "$B/blas_bench" --threads $t > "$OUT/openblas.txt"
+    LD_LIBRARY_PATH=$REF "$B/blas_bench" --threads $t > "$OUT/reference.txt"
+    python3 - "$t" "$OUT/openblas.txt" "$OUT/reference.txt" <<'PY'
+import sys
+def read(p): return {l.split()[0]: float(l.split("=")[1]) for l in open(p) if "=" in l}
+o, r = read(sys.argv[2]), read(sys.argv[3])
+for k in o:
+    print(f"threads={sys.argv[1]} {k}: openblas={o[k]:.1f} reference={r[k]:.1f} ratio={o[k] / r[k]:.2f}")
+PY
+  done
+  ;;
+*) echo "bench.sh: unknown benchmark '$w' (fold, transport, e2e, blas)" >&2; exit 2 ;;
 esac
 done

@@ -29,7 +29,7 @@ bool states_equal(const TensorList& a, const TensorList& b) {
 class Trainer : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    at::set_num_threads(2);
+    at::set_num_threads(1);
     auto train = load_fashion_mnist("/usr/share/datasets/fashion-mnist", true);
     ASSERT_TRUE(train) << train.error().message;
     auto test = load_fashion_mnist("/usr/share/datasets/fashion-mnist", false);
