@@ -2,6 +2,7 @@
 /// to: same data, partition, model and local training, but clients run one after another in
 /// one process with no actors, sockets or serialization.
 #include "runtime/data.hpp"
+#include "runtime/federation.hpp"
 #include "runtime/model.hpp"
 #include "runtime/trainer.hpp"
 
@@ -86,14 +87,16 @@ int main(int argc, char** argv) try {
   const auto load_start = Clock::now();
   const auto train = load_fashion_mnist(o.data, true).value();
   const auto test = load_fashion_mnist(o.data, false).value();
-  PartitionSpec spec;
-  spec.kind = PartitionKind::dirichlet;
-  spec.num_clients = o.clients;
-  spec.alpha = o.alpha;
-  spec.seed = o.seed;
-  const auto parts = partition(train.labels, spec);
+  // Exactly the runtime's per-client data: the same partition and held-out split.
+  flotilla::Config config;
+  config.data.clients = o.clients;
+  config.data.alpha = o.alpha;
+  config.data.partition = PartitionKind::dirichlet;
+  config.run.seed = o.seed;
   std::vector<Dataset> client_data;
-  for (const auto& p : parts) client_data.push_back(subset(train, p));
+  for (int c = 0; c < o.clients; ++c) {
+    client_data.push_back(client_train_data(config, train, static_cast<std::uint32_t>(c)).value());
+  }
   const double load_seconds =
       std::chrono::duration<double>(Clock::now() - load_start).count();
 
@@ -124,13 +127,14 @@ int main(int argc, char** argv) try {
     double train_loss = 0;
     for (std::size_t c = 0; c < client_data.size(); ++c) {
       worker->load_state(global).value();
-      TrainingConfig config;
-      config.local_steps = o.local_steps;
-      config.batch_size = o.batch_size;
-      config.learning_rate = o.lr;
-      config.momentum = o.momentum;
-      config.seed = o.seed * 1000003ULL + static_cast<std::uint64_t>(round) * 1009ULL + c;
-      const auto stats = train_local(*worker, client_data[c], config);
+      TrainingConfig task;
+      task.local_steps = o.local_steps;
+      task.batch_size = o.batch_size;
+      task.learning_rate = o.lr;
+      task.momentum = o.momentum;
+      // The seed the aggregator gives client c's task in this round (runtime/sync_rounds.cpp).
+      task.seed = o.seed * 1000003ULL + static_cast<std::uint64_t>(round) * 7919ULL + c;
+      const auto stats = train_local(*worker, client_data[c], task);
       const double weight = static_cast<double>(stats.num_examples) / total_examples;
       train_loss += weight * stats.loss;
       const auto state = worker->state();
