@@ -66,7 +66,10 @@ caf::behavior evaluator_actor(Self* self, std::shared_ptr<EvaluatorSetup> setup)
   self->state.setup = std::move(setup);
   auto& s = *self->state.setup;
   s.mailbox->attach(caf::actor_cast<caf::actor>(self));
-  send(self, Hello{Role::evaluator, 0, {}, static_cast<std::uint64_t>(s.test.size())});
+  Hello hello;
+  hello.role = Role::evaluator;
+  hello.num_examples = static_cast<std::uint64_t>(s.test.size());
+  send(self, std::move(hello));
   self->delayed_send(self, s.config.client.connect_timeout, timeout_atom::value);
   self->delayed_send(self, s.config.client.heartbeat_interval, tick_atom::value);
   return {
