@@ -41,8 +41,10 @@ void handle(Self* self, const Inbound& in) {
       send(self, ErrorReply{WireErrc::rejected, ok.error().message}, m.message_id);
       return;
     }
+    if (s.compute_slots) s.compute_slots->acquire();
     at::set_num_threads(s.threads);
     const auto stats = evaluate(*s.model, s.test, s.config.evaluator.batch_size);
+    if (s.compute_slots) s.compute_slots->release();
     send(self,
          EvaluationResult{req->round, req->model_version, stats.num_examples, stats.loss,
                           stats.accuracy, {{"seconds", stats.seconds}}},

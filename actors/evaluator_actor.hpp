@@ -6,6 +6,8 @@
 #include "runtime/data.hpp"
 #include "runtime/model.hpp"
 
+#include <semaphore>
+
 namespace flotilla::actors {
 
 struct EvaluatorSetup {
@@ -16,6 +18,8 @@ struct EvaluatorSetup {
   std::shared_ptr<Mailbox> mailbox;
   std::shared_ptr<Outcome> outcome;
   int threads = 1;
+  /// Shared with the clients of the same process, so evaluation never oversubscribes the cores.
+  std::shared_ptr<std::counting_semaphore<>> compute_slots;
 };
 
 struct EvaluatorState {

@@ -154,9 +154,11 @@ RoleResult run_all(const Config& config, AggregatorHooks hooks) {
     evaluator = *e;
     outcomes.push_back(evaluator->outcome);
   }
-  // Clients share the cores: at most one training per core at a time, one thread each, which
-  // keeps every core busy without oversubscribing them.
+  // Clients and the evaluator share the cores: at most one training or evaluation per core at
+  // a time, one thread each, which keeps every core busy without oversubscribing them (OpenMP
+  // threads fighting over a busy core were measured 25x slower).
   auto slots = std::make_shared<std::counting_semaphore<>>(n_cores);
+  if (evaluator) evaluator->compute_slots = slots;
   std::vector<std::shared_ptr<ClientSetup>> clients;
   for (int id = 0; id < config.data.clients; ++id) {
     auto c = client_setup(config, static_cast<std::uint32_t>(id), address, *train, 1);

@@ -33,7 +33,7 @@ Expected<RoundsCsv> RoundsCsv::open(const std::string& dir) {
   csv.out_ = std::make_shared<std::ofstream>(csv.path_, std::ios::trunc);
   if (!*csv.out_) return Error{Errc::io, "cannot write '" + csv.path_ + "'"};
   *csv.out_ << "round,model_version,sampled,updates,late,rejected,failed,train_loss,"
-               "train_accuracy,eval_loss,eval_accuracy,round_seconds,elapsed_seconds,"
+               "train_accuracy,eval_loss,eval_accuracy,round_seconds,version_seconds,elapsed_seconds,"
                "bytes_received\n";
   csv.out_->flush();
   return csv;
@@ -41,10 +41,10 @@ Expected<RoundsCsv> RoundsCsv::open(const std::string& dir) {
 
 void RoundsCsv::append(const RoundRecord& r) {
   auto opt = [](const std::optional<double>& v) { return v ? fmt::format("{:.6f}", *v) : std::string(); };
-  *out_ << fmt::format("{},{},{},{},{},{},{},{:.6f},{:.6f},{},{},{:.3f},{:.3f},{}\n", r.round,
+  *out_ << fmt::format("{},{},{},{},{},{},{},{:.6f},{:.6f},{},{},{:.3f},{:.3f},{:.3f},{}\n", r.round,
                        r.model_version, r.sampled, r.updates, r.late, r.rejected, r.failed ? 1 : 0,
                        r.train_loss, r.train_accuracy, opt(r.eval_loss), opt(r.eval_accuracy),
-                       r.round_seconds, r.elapsed_seconds, r.bytes_received);
+                       r.round_seconds, r.version_seconds, r.elapsed_seconds, r.bytes_received);
   out_->flush();
 }
 

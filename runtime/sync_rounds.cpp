@@ -284,6 +284,7 @@ void SyncRounds::fold_queued() {
 void SyncRounds::close_round(std::vector<Send>& out) {
   fold_queued();
   current_.round_seconds = seconds_since(round_started_);
+  current_.version_seconds = run_started_ ? seconds_since(*run_started_) : 0;
   if (current_.updates >= options_.min_updates && aggregation_->accepted() > 0) {
     model_ = aggregation_->finalize();
     ++version_;

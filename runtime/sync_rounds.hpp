@@ -58,6 +58,7 @@ struct RoundRecord {
   std::optional<double> eval_loss;
   std::optional<double> eval_accuracy;
   double round_seconds = 0;         ///< round start to close
+  double version_seconds = 0;       ///< run start to the round's close (its version exists)
   double elapsed_seconds = 0;       ///< run start to the record's completion
   std::uint64_t bytes_received = 0; ///< tensor bytes of the accepted updates
 };
