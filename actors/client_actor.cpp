@@ -1,6 +1,5 @@
 #include "actors/client_actor.hpp"
 
-#include "runtime/log.hpp"
 #include "runtime/trainer.hpp"
 
 #include <ATen/Parallel.h>
@@ -10,36 +9,18 @@ namespace {
 
 using Self = caf::stateful_actor<ClientState>;
 
-std::string name_of(const ClientSetup& s) { return "client-" + std::to_string(s.id); }
-
-void send(Self* self, Payload payload, std::uint64_t reply_to = 0) {
-  auto& s = *self->state.setup;
-  s.endpoint->send("", envelope(self->state.run_id, name_of(s), self->state.next_message_id++,
-                                std::move(payload), reply_to));
-}
-
-void stop(Self* self) {
-  auto& s = *self->state.setup;
-  s.mailbox->detach();
-  s.endpoint->close();
-  self->quit();
-}
-
 void train(Self* self, const Message& m, const Task& task) {
   auto& s = *self->state.setup;
-  auto log = logger(name_of(s));
+  auto& link = *self->state.link;
   if (auto ok = s.model->load_state(task.tensors); !ok) {
-    log->error("cannot use the model of round {}: {}", task.round, ok.error().message);
-    send(self, ErrorReply{WireErrc::rejected, ok.error().message}, m.message_id);
+    link.log()->error("cannot use the model of round {}: {}", task.round, ok.error().message);
+    link.send(ErrorReply{WireErrc::rejected, ok.error().message}, m.message_id);
     return;
   }
-  TrainStats stats;
-  {
-    if (s.training_slots) s.training_slots->acquire();
-    at::set_num_threads(s.threads);
-    stats = train_local(*s.model, s.train, task.config);
-    if (s.training_slots) s.training_slots->release();
-  }
+  if (s.compute_slots) s.compute_slots->acquire();
+  at::set_num_threads(s.threads);
+  const TrainStats stats = train_local(*s.model, s.train, task.config);
+  if (s.compute_slots) s.compute_slots->release();
   Update update;
   update.round = task.round;
   update.base_model_version = task.model_version;
@@ -49,73 +30,56 @@ void train(Self* self, const Message& m, const Task& task) {
                     {"seconds", stats.seconds},
                     {"steps", static_cast<double>(stats.steps)}};
   update.tensors = s.model->state();
-  log->debug("round {}: {} steps, loss {:.4f}, {:.2f} s", task.round, stats.steps, stats.loss,
-             stats.seconds);
-  send(self, std::move(update), m.message_id);
+  link.log()->debug("round {}: {} steps, loss {:.4f}, {:.2f} s", task.round, stats.steps,
+                    stats.loss, stats.seconds);
+  link.send(std::move(update), m.message_id);
 }
 
 void handle(Self* self, const Inbound& in) {
-  auto& s = *self->state.setup;
-  auto log = logger(name_of(s));
+  auto& link = *self->state.link;
   if (!in.message) {
-    log->warn("dropped a message from the aggregator: {}", in.message.error().message);
+    link.log()->warn("dropped a message from the aggregator: {}", in.message.error().message);
     return;
   }
   const Message& m = in.message.value();
-  if (const auto* w = std::get_if<Welcome>(&m.payload)) {
-    self->state.welcomed = true;
-    self->state.run_id = w->run_id;
-    log->info("registered with the aggregator (run {}, model version {})", w->run_id,
-              w->model_version);
-  } else if (const auto* task = std::get_if<Task>(&m.payload)) {
-    self->state.welcomed = true;
+  switch (link.handle_common(m)) {
+    case PeerLink::Next::handled: return;
+    case PeerLink::Next::stop: self->quit(); return;
+    case PeerLink::Next::not_mine: break;
+  }
+  if (const auto* task = std::get_if<Task>(&m.payload)) {
+    link.mark_welcomed();
     train(self, m, *task);
-  } else if (const auto* bye = std::get_if<Shutdown>(&m.payload)) {
-    log->info("shutting down: {}", bye->reason);
-    stop(self);
-  } else if (const auto* err = std::get_if<ErrorReply>(&m.payload)) {
-    if (err->code == WireErrc::protocol_version) {
-      s.outcome->fail(1, "the aggregator refused this client: " + err->message);
-      stop(self);
-      return;
-    }
-    log->warn("the aggregator says: {}", err->message);
   } else {
-    log->warn("ignored a '{}' message", payload_name(m.payload));
+    link.log()->warn("ignored a '{}' message", payload_name(m.payload));
   }
 }
 
 }  // namespace
 
 caf::behavior client_actor(Self* self, std::shared_ptr<ClientSetup> setup) {
+  auto& s = *setup;
   self->state.setup = std::move(setup);
-  auto& s = *self->state.setup;
+  self->state.link = std::make_unique<PeerLink>("client-" + std::to_string(s.id), s.endpoint,
+                                                s.mailbox, s.outcome, s.config.client);
   s.mailbox->attach(caf::actor_cast<caf::actor>(self));
-  send(self, Hello{Role::client, s.id, s.profile, static_cast<std::uint64_t>(s.train.size())});
-  self->delayed_send(self, s.config.client.connect_timeout, timeout_atom::value);
-  self->delayed_send(self, s.config.client.heartbeat_interval, tick_atom::value);
+  Hello hello;
+  hello.role = Role::client;
+  hello.client_id = s.id;
+  hello.profile = s.profile;
+  hello.num_examples = static_cast<std::uint64_t>(s.train.size());
+  self->state.link->send(std::move(hello));
+  start_peer_timers(self, *self->state.link);
   return {
       [=](const InboundPtr& in) {
         try {
           handle(self, *in);
         } catch (const std::exception& e) {
-          logger(name_of(*self->state.setup))->error("while handling a message: {}", e.what());
+          self->state.link->log()->error("while handling a message: {}", e.what());
         }
       },
-      [=](tick_atom) {
-        send(self, Heartbeat{0, false});
-        self->delayed_send(self, self->state.setup->config.client.heartbeat_interval,
-                           tick_atom::value);
-      },
-      [=](timeout_atom) {
-        if (self->state.welcomed) return;
-        auto& st = *self->state.setup;
-        st.outcome->fail(1, "no answer from the aggregator at " + st.endpoint->address() +
-                                " within " +
-                                std::to_string(st.config.client.connect_timeout.count() / 1000) +
-                                " s (client.connect-timeout): is it running, and is the address right?");
-        stop(self);
-      },
+      [=](tick_atom) { peer_tick(self, *self->state.link); },
+      [=](timeout_atom) { peer_timeout(self, *self->state.link); },
   };
 }
 

@@ -1,7 +1,7 @@
 #pragma once
 /// A client: registers, trains each task it is given on its own data, sends the update back.
 /// Spawned detached: local training blocks for seconds and must not hold a scheduler thread.
-#include "actors/bridge.hpp"
+#include "actors/peer_link.hpp"
 #include "runtime/config.hpp"
 #include "runtime/data.hpp"
 #include "runtime/model.hpp"
@@ -21,15 +21,13 @@ struct ClientSetup {
   DeviceProfile profile;
   /// LibTorch intra-op threads this client's thread trains with.
   int threads = 1;
-  /// Limits how many clients of one process train at once (nullptr = no limit).
-  std::shared_ptr<std::counting_semaphore<>> training_slots;
+  /// Limits how many trainings and evaluations of one process run at once (nullptr = none).
+  std::shared_ptr<std::counting_semaphore<>> compute_slots;
 };
 
 struct ClientState {
   std::shared_ptr<ClientSetup> setup;
-  bool welcomed = false;
-  std::uint64_t next_message_id = 1;
-  std::string run_id;
+  std::unique_ptr<PeerLink> link;
   static inline const char* name = "client";
 };
 

@@ -1,7 +1,7 @@
 #pragma once
 /// The evaluator: scores each new model version on held-out data and reports loss and
 /// accuracy back to the aggregator. Spawned detached (evaluation blocks).
-#include "actors/bridge.hpp"
+#include "actors/peer_link.hpp"
 #include "runtime/config.hpp"
 #include "runtime/data.hpp"
 #include "runtime/model.hpp"
@@ -24,9 +24,7 @@ struct EvaluatorSetup {
 
 struct EvaluatorState {
   std::shared_ptr<EvaluatorSetup> setup;
-  bool welcomed = false;
-  std::uint64_t next_message_id = 1;
-  std::string run_id;
+  std::unique_ptr<PeerLink> link;
   static inline const char* name = "evaluator";
 };
 

@@ -163,7 +163,7 @@ RoleResult run_all(const Config& config, AggregatorHooks hooks) {
   for (int id = 0; id < config.data.clients; ++id) {
     auto c = client_setup(config, static_cast<std::uint32_t>(id), address, *train, 1);
     if (!c) return failed(c.error());
-    (*c)->training_slots = slots;
+    (*c)->compute_slots = slots;
     outcomes.push_back((*c)->outcome);
     clients.push_back(*c);
   }

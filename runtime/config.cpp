@@ -6,6 +6,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -262,17 +263,27 @@ Expected<Config> load_config(const std::string& path) {
   return parse_config(buffer.str(), path);
 }
 
+namespace {
+
+/// "30s" -> {30, "s"}; nothing if the text does not start with a number.
+std::optional<std::pair<double, std::string>> number_and_unit(const std::string& text) {
+  std::size_t pos = 0;
+  try {
+    const double value = std::stod(text, &pos);
+    return std::pair{value, text.substr(pos)};
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+}  // namespace
+
 Expected<Duration> parse_duration(const std::string& text) {
   const auto bad = Error{Errc::invalid_config,
                          "'" + text + "' is not a duration: use a number and a unit (ms, s, m, h)"};
-  std::size_t pos = 0;
-  double value = 0;
-  try {
-    value = std::stod(text, &pos);
-  } catch (...) {
-    return bad;
-  }
-  const std::string unit = text.substr(pos);
+  const auto parsed = number_and_unit(text);
+  if (!parsed) return bad;
+  const auto& [value, unit] = *parsed;
   double ms = 0;
   if (unit == "ms") ms = value;
   else if (unit == "s") ms = value * 1e3;
@@ -286,17 +297,13 @@ Expected<Duration> parse_duration(const std::string& text) {
 Expected<std::uint64_t> parse_bytes(const std::string& text) {
   const auto bad = Error{Errc::invalid_config,
                          "'" + text + "' is not a size: use e.g. 512, 64KiB, 64MiB, 8GiB"};
-  std::size_t pos = 0;
-  double value = 0;
-  try {
-    value = std::stod(text, &pos);
-  } catch (...) {
-    return bad;
-  }
+  const auto parsed = number_and_unit(text);
+  if (!parsed) return bad;
+  const auto& [value, unit] = *parsed;
   static const std::map<std::string, double> units = {
       {"", 1},      {"B", 1},        {"KiB", 1024.0}, {"MiB", 1048576.0},
       {"GiB", 1073741824.0},         {"KB", 1e3},     {"MB", 1e6}, {"GB", 1e9}};
-  auto it = units.find(text.substr(pos));
+  auto it = units.find(unit);
   if (it == units.end() || value < 0) return bad;
   const double bytes = value * it->second;
   if (!std::isfinite(bytes) || bytes > 1.8e19) return bad;

@@ -1,0 +1,63 @@
+#pragma once
+/// What clients and evaluators share: their link to the aggregator (registration, heartbeats,
+/// the connect timeout, shutdown and error replies). Each actor keeps only its own work.
+#include "actors/bridge.hpp"
+#include "runtime/config.hpp"
+
+#include <spdlog/spdlog.h>
+
+namespace flotilla::actors {
+
+class PeerLink {
+ public:
+  PeerLink(std::string name, std::shared_ptr<Endpoint> endpoint, std::shared_ptr<Mailbox> mailbox,
+           std::shared_ptr<Outcome> outcome, ClientSection timing);
+
+  /// Sends a payload to the aggregator in an envelope from this peer.
+  void send(Payload payload, std::uint64_t reply_to = 0);
+  /// Stops receiving and closes the socket (flushing what is queued).
+  void close();
+
+  enum class Next { handled, not_mine, stop };
+  /// Handles what every peer handles alike: Welcome, Shutdown, ErrorReply.
+  [[nodiscard]] Next handle_common(const Message& message);
+  /// The connect timeout fired: fails the role unless the aggregator has answered.
+  [[nodiscard]] bool give_up_if_unanswered();
+  void heartbeat() { send(Heartbeat{0, false}); }
+
+  [[nodiscard]] const ClientSection& timing() const { return timing_; }
+  [[nodiscard]] const std::shared_ptr<spdlog::logger>& log() const { return log_; }
+  void mark_welcomed() { welcomed_ = true; }
+
+ private:
+  std::string name_;
+  std::shared_ptr<Endpoint> endpoint_;
+  std::shared_ptr<Mailbox> mailbox_;
+  std::shared_ptr<Outcome> outcome_;
+  ClientSection timing_;
+  std::shared_ptr<spdlog::logger> log_;
+  std::string run_id_;
+  std::uint64_t next_message_id_ = 1;
+  bool welcomed_ = false;
+};
+
+/// Starts a peer actor's timers: heartbeats every client.heartbeat-interval, and the connect
+/// timeout. The actor routes tick_atom to peer_tick and timeout_atom to peer_timeout.
+template <class Self>
+void start_peer_timers(Self* self, const PeerLink& link) {
+  self->delayed_send(self, link.timing().connect_timeout, timeout_atom::value);
+  self->delayed_send(self, link.timing().heartbeat_interval, tick_atom::value);
+}
+
+template <class Self>
+void peer_tick(Self* self, PeerLink& link) {
+  link.heartbeat();
+  self->delayed_send(self, link.timing().heartbeat_interval, tick_atom::value);
+}
+
+template <class Self>
+void peer_timeout(Self* self, PeerLink& link) {
+  if (link.give_up_if_unanswered()) self->quit();
+}
+
+}  // namespace flotilla::actors
