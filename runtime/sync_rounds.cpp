@@ -66,7 +66,7 @@ std::vector<Send> SyncRounds::on_hello(const std::string& peer, const Hello& hel
     out.push_back(error_to(peer, WireErrc::rejected, "only clients and evaluators register"));
     return out;
   }
-  const bool known = peers_.contains(peer);
+  const bool known = peers_.contains(peer) || gone_.erase(peer) > 0;
   peers_[peer] = Peer{hello.role, hello.client_id, hello.num_examples, clock_.now()};
   logger("aggregator")->info("{} {} {} ({} examples, {})", known ? "re-registered" : "registered",
                              hello.role == Role::client ? "client" : "evaluator", peer,
@@ -83,8 +83,25 @@ std::vector<Send> SyncRounds::on_hello(const std::string& peer, const Hello& hel
   return out;
 }
 
+void SyncRounds::heard_from(const std::string& peer) {
+  if (auto it = peers_.find(peer); it != peers_.end()) {
+    it->second.last_seen = clock_.now();
+  } else if (auto g = gone_.find(peer); g != gone_.end()) {
+    g->second.last_seen = clock_.now();
+    peers_.insert(*g);
+    gone_.erase(g);
+    logger("aggregator")->info("{} is back", peer);
+  }
+}
+
+void SyncRounds::set_aside(std::map<std::string, Peer>::iterator it, const char* why) {
+  logger("aggregator")->warn("{} {}, considered gone until it is heard from again", it->first, why);
+  gone_.insert(*it);
+  peers_.erase(it);
+}
+
 std::vector<Send> SyncRounds::on_heartbeat(const std::string& peer, const Heartbeat&) {
-  if (auto it = peers_.find(peer); it != peers_.end()) it->second.last_seen = clock_.now();
+  heard_from(peer);
   return {};
 }
 
@@ -117,7 +134,7 @@ std::vector<Send> SyncRounds::on_update(const std::string& peer, const Update& u
     out.push_back(error_to(peer, code, why));
   };
 
-  if (auto it = peers_.find(peer); it != peers_.end()) it->second.last_seen = clock_.now();
+  heard_from(peer);
   if (phase_ != Phase::training || update.round != round_) {
     if (update.round < round_ || (update.round == round_ && phase_ != Phase::training)) {
       reject(WireErrc::rejected, "round " + std::to_string(update.round) + " is over", true);
@@ -181,12 +198,14 @@ std::vector<Send> SyncRounds::on_evaluation(const std::string& peer, const Evalu
 std::vector<Send> SyncRounds::on_tick() {
   std::vector<Send> out;
   const auto now = clock_.now();
-  // Peers silent for too long are gone: never sampled again until they register anew.
+  // Peers silent for too long are gone: never sampled again until they register anew. A client
+  // that owes the current round an update is training, not gone (it cannot send heartbeats
+  // while it trains); the round deadline bounds how long it is waited for.
   for (auto it = peers_.begin(); it != peers_.end();) {
-    if (now - it->second.last_seen > options_.peer_timeout) {
-      logger("aggregator")->warn("{} silent for over {} ms, considered gone", it->first,
-                                 options_.peer_timeout.count());
-      it = peers_.erase(it);
+    const bool training = phase_ == Phase::training && sampled_.contains(it->first) &&
+                          !replied_.contains(it->first);
+    if (!training && now - it->second.last_seen > options_.peer_timeout) {
+      set_aside(it++, "silent for longer than aggregator.peer-timeout");
     } else {
       ++it;
     }
@@ -301,6 +320,15 @@ void SyncRounds::close_round(std::vector<Send>& out) {
     logger("aggregator")->warn("round {} failed: {} of {} updates by the deadline (min-updates {})",
                                round_, current_.updates, current_.sampled, options_.min_updates);
     pending_[round_] = current_;
+  }
+  // A sampled client that never replied and has been silent past the peer timeout is not
+  // sampled again until it is heard from (a slow but live one comes back with its heartbeat).
+  for (const auto& peer : sampled_) {
+    auto it = peers_.find(peer);
+    if (it != peers_.end() && !replied_.contains(peer) &&
+        clock_.now() - it->second.last_seen > options_.peer_timeout) {
+      set_aside(it, "missed the round and is silent");
+    }
   }
   sampled_.clear();
   replied_.clear();

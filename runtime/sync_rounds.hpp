@@ -112,6 +112,9 @@ class SyncRounds {
 
   void start_round(std::vector<Send>& out);
   void fold_queued();
+  /// Records that `peer` was heard from now, re-admitting it if it had been timed out.
+  void heard_from(const std::string& peer);
+  void set_aside(std::map<std::string, Peer>::iterator it, const char* why);
   void close_round(std::vector<Send>& out);
   void finish(std::vector<Send>& out, const std::string& reason);
   void request_evaluation(std::vector<Send>& out, std::uint64_t round);
@@ -130,6 +133,8 @@ class SyncRounds {
   Phase phase_ = Phase::registering;
   std::string failure_;
   std::map<std::string, Peer> peers_;
+  /// Peers timed out; re-admitted as soon as anything arrives from them.
+  std::map<std::string, Peer> gone_;
   Clock::time_point started_;
   std::optional<Clock::time_point> run_started_;
 

@@ -17,7 +17,7 @@ bash scripts/install-deps.sh
 bash scripts/build.sh
 BUILD_DIR=${FLOTILLA_BUILD_DIR:-build}
 if [ "$ALL" -eq 1 ]; then
-  ctest --test-dir "$BUILD_DIR" --output-on-failure
+  ctest --test-dir "$BUILD_DIR" --output-on-failure -j2
 else
-  ctest --test-dir "$BUILD_DIR" --output-on-failure -LE slow
+  ctest --test-dir "$BUILD_DIR" --output-on-failure -j2 -LE slow
 fi

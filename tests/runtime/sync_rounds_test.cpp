@@ -273,6 +273,21 @@ TEST(SyncRounds, StopsOnceTheTargetAccuracyIsReached) {
   EXPECT_EQ(f.rounds->model_version(), 2U);
 }
 
+TEST(SyncRounds, AClientTrainingLongerThanThePeerTimeoutIsNotDropped) {
+  auto o = options(3, 0, 2, 2);
+  o.peer_timeout = 5s;
+  o.round_deadline = 60s;
+  Fixture f(o);
+  f.register_clients(2);
+  f.clock.advance(20s);  // both train for 20 s without a heartbeat
+  (void)f.rounds->on_tick();
+  EXPECT_EQ(f.rounds->live_clients(), 2U);
+  (void)f.update("client-0", 1);
+  auto out = f.update("client-1", 3);
+  EXPECT_EQ(f.rounds->model_version(), 1U);
+  EXPECT_EQ(sent<Task>(out).size(), 2U) << "both are sampled again";
+}
+
 TEST(SyncRounds, SilentPeersAreNotSampledAgain) {
   auto o = options(5, 0, 1, 2);
   o.peer_timeout = 5s;
@@ -282,12 +297,19 @@ TEST(SyncRounds, SilentPeersAreNotSampledAgain) {
   (void)f.rounds->on_heartbeat("client-0", Heartbeat{});
   (void)f.update("client-0", 1);
   f.clock.advance(3s);
-  (void)f.rounds->on_tick();  // client-1 silent for 6 s: gone
-  EXPECT_EQ(f.rounds->live_clients(), 1U);
+  (void)f.rounds->on_tick();
+  EXPECT_EQ(f.rounds->live_clients(), 2U) << "client-1 owes round 1 an update: it may be training";
   f.clock.advance(5s);
   (void)f.rounds->on_heartbeat("client-0", Heartbeat{});
-  auto out = f.rounds->on_tick();  // deadline: round 1 closes with 1 update
+  auto out = f.rounds->on_tick();  // deadline: round 1 closes with 1 update, client-1 silent 11 s
+  EXPECT_EQ(f.rounds->live_clients(), 1U);
   auto tasks = sent<Task>(out);
   ASSERT_EQ(tasks.size(), 1U);
   EXPECT_EQ(tasks[0].first, "client-0");
+
+  // client-1 was only slow: its heartbeat brings it back for the next round.
+  (void)f.rounds->on_heartbeat("client-1", Heartbeat{});
+  EXPECT_EQ(f.rounds->live_clients(), 2U);
+  out = f.update("client-0", 1);
+  EXPECT_EQ(sent<Task>(out).size(), 2U);
 }
