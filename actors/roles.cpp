@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include <thread>
+#include <unistd.h>
 
 namespace flotilla::actors {
 namespace {
@@ -65,6 +66,9 @@ Expected<std::shared_ptr<ClientSetup>> client_setup(const Config& config, std::u
   setup->outcome = std::make_shared<Outcome>();
   setup->threads = threads;
   setup->profile.kind = setup->model->device().str();
+  // What this device has; relative compute speed stays 1.0 until device profiles are measured.
+  setup->profile.memory_bytes = static_cast<std::uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
+                                static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
   auto endpoint = Endpoint::connect(connect, "client-" + std::to_string(id),
                                     Mailbox::handler(setup->mailbox), endpoint_options(config));
   if (!endpoint) return endpoint.error();
