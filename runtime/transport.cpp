@@ -1,5 +1,6 @@
 #include "runtime/transport.hpp"
 
+#include <malloc.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -30,11 +31,34 @@ constexpr std::size_t kCopyFrameBytes = 4096;
 /// starve queued sends.
 constexpr int kReceiveBatch = 64;
 
+/// ZeroMQ mallocs a fresh buffer for every received frame. Frames of at least glibc's mmap
+/// threshold are mmap'd and unmapped again on free, so every large message was faulted in and
+/// zeroed by the kernel page by page (most of a 1 GiB transfer's time). Tensor chunks
+/// (WireLimits::chunk_bytes, 16 MiB) are therefore kept under a fixed 32 MiB threshold (the
+/// most glibc allows; fixing it also stops glibc's dynamic threshold from moving), so frames
+/// come from malloc's heaps; a large top pad keeps a thread arena's freed heaps (ZeroMQ's I/O
+/// threads allocate from their own arenas) mapped instead of deleting them, so the next
+/// message reuses memory that is already faulted in. The cost: an arena's freed heaps are not
+/// returned to the system, so the peak of frames held at once (e.g. the updates of one round
+/// not yet folded in) stays resident, for reuse. Process-wide, set once when the first endpoint is
+/// created; values the application set through GLIBC_TUNABLES or mallopt before are
+/// overridden. Other allocators (jemalloc, tcmalloc) ignore mallopt.
+constexpr int kMallocMmapThreshold = 32 << 20;
+constexpr int kMallocTopPad = 64 << 20;
+
+void tune_malloc() noexcept {
+  ::mallopt(M_MMAP_THRESHOLD, kMallocMmapThreshold);
+  ::mallopt(M_TOP_PAD, kMallocTopPad);
+}
+
 /// The process-wide context, so that inproc:// works between any two endpoints. Never
 /// destroyed on purpose: zmq_ctx_term blocks until every socket is closed, which would hang
 /// process exit if an endpoint were still alive during static destruction.
 zmq::context_t& context() {
-  static auto* ctx = new zmq::context_t(kZmqIoThreads);
+  static auto* ctx = [] {
+    tune_malloc();
+    return new zmq::context_t(kZmqIoThreads);
+  }();
   return *ctx;
 }
 

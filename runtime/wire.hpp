@@ -4,8 +4,9 @@
 /// Framing: frame 0 is an 8-byte header ("FLTL", framing version u16 = 1, segment count u16,
 /// little-endian); frames 1..n are the Cap'n Proto segments, one per frame. Tensor bytes are
 /// referenced, never copied, when encoding (each large tensor chunk becomes its own segment);
-/// decoding copies a frame only when ZeroMQ hands it over unaligned, and decoded tensors
-/// point into the received frames (kept alive by the tensors themselves).
+/// decoding: a tensor whose chunk(s) lie in one range of memory points into the received
+/// frames (kept alive by the tensor itself), others are copied once into one buffer (reused
+/// across messages); a frame ZeroMQ hands over unaligned is copied first.
 #include "runtime/error.hpp"
 #include "runtime/message.hpp"
 
@@ -30,7 +31,10 @@ struct WireLimits {
   /// Largest message accepted, in bytes, checked before anything is allocated for it.
   std::uint64_t max_message_bytes = 8ULL << 30;
   /// Largest Data chunk a tensor is split into when encoding (Cap'n Proto's limit is 2^29-1).
-  std::uint64_t chunk_bytes = 256ULL << 20;
+  /// Each chunk is one ZeroMQ frame, which the receiver's ZeroMQ mallocs whole: 16 MiB stays
+  /// under glibc's mmap threshold (see transport.cpp), so received frames reuse heap memory
+  /// instead of being freshly faulted in for every message.
+  std::uint64_t chunk_bytes = 16ULL << 20;
 };
 
 /// Encodes a message. Tensors must be contiguous CPU tensors of a supported dtype (f32, f16,
