@@ -36,23 +36,8 @@ void train(Self* self, const Message& m, const Task& task) {
 }
 
 void handle(Self* self, const Inbound& in) {
-  auto& link = *self->state.link;
-  if (!in.message) {
-    link.log()->warn("dropped a message from the aggregator: {}", in.message.error().message);
-    return;
-  }
-  const Message& m = in.message.value();
-  switch (link.handle_common(m)) {
-    case PeerLink::Next::handled: return;
-    case PeerLink::Next::stop: self->quit(); return;
-    case PeerLink::Next::not_mine: break;
-  }
-  if (const auto* task = std::get_if<Task>(&m.payload)) {
-    link.mark_welcomed();
-    train(self, m, *task);
-  } else {
-    link.log()->warn("ignored a '{}' message", payload_name(m.payload));
-  }
+  route_peer_message<Task>(self, *self->state.link, in,
+                            [self](const Message& m, const Task& w) { train(self, m, w); });
 }
 
 }  // namespace

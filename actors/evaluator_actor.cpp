@@ -27,23 +27,8 @@ void score(Self* self, const Message& m, const EvaluationRequest& req) {
 }
 
 void handle(Self* self, const Inbound& in) {
-  auto& link = *self->state.link;
-  if (!in.message) {
-    link.log()->warn("dropped a message from the aggregator: {}", in.message.error().message);
-    return;
-  }
-  const Message& m = in.message.value();
-  switch (link.handle_common(m)) {
-    case PeerLink::Next::handled: return;
-    case PeerLink::Next::stop: self->quit(); return;
-    case PeerLink::Next::not_mine: break;
-  }
-  if (const auto* req = std::get_if<EvaluationRequest>(&m.payload)) {
-    link.mark_welcomed();
-    score(self, m, *req);
-  } else {
-    link.log()->warn("ignored a '{}' message", payload_name(m.payload));
-  }
+  route_peer_message<EvaluationRequest>(self, *self->state.link, in,
+                            [self](const Message& m, const EvaluationRequest& w) { score(self, m, w); });
 }
 
 }  // namespace

@@ -41,6 +41,29 @@ class PeerLink {
   bool welcomed_ = false;
 };
 
+/// Routes one inbound message of a peer actor: undecodable ones are logged and dropped, the
+/// common payloads go to the link, the actor's own kind of work (`Work`: Task for a client,
+/// EvaluationRequest for the evaluator) to `work`, anything else is logged and ignored.
+template <class Work, class Self, class Fn>
+void route_peer_message(Self* self, PeerLink& link, const Inbound& in, Fn&& work) {
+  if (!in.message) {
+    link.log()->warn("dropped a message from the aggregator: {}", in.message.error().message);
+    return;
+  }
+  const Message& m = in.message.value();
+  switch (link.handle_common(m)) {
+    case PeerLink::Next::handled: return;
+    case PeerLink::Next::stop: self->quit(); return;
+    case PeerLink::Next::not_mine: break;
+  }
+  if (const auto* w = std::get_if<Work>(&m.payload)) {
+    link.mark_welcomed();
+    work(m, *w);
+  } else {
+    link.log()->warn("ignored a '{}' message", payload_name(m.payload));
+  }
+}
+
 /// Starts a peer actor's timers: heartbeats every client.heartbeat-interval, and the connect
 /// timeout. The actor routes tick_atom to peer_tick and timeout_atom to peer_timeout.
 template <class Self>

@@ -4,18 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <sstream>
 
 namespace flotilla {
 namespace {
-
-std::string shape_string(at::IntArrayRef shape) {
-  std::ostringstream out;
-  out << '[';
-  for (std::size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
-  out << ']';
-  return out.str();
-}
 
 bool is_float(c10::ScalarType t) { return at::isFloatingType(t); }
 

@@ -4,7 +4,6 @@
 
 #include <cctype>
 #include <mutex>
-#include <sstream>
 
 namespace flotilla {
 namespace {
@@ -58,13 +57,6 @@ struct Cnn : Net {
   torch::nn::Linear fc1, fc2;
 };
 
-std::string shape_string(c10::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << '[';
-  for (std::size_t i = 0; i < sizes.size(); ++i) out << (i ? ", " : "") << sizes[i];
-  out << ']';
-  return out.str();
-}
 
 /// Parameters then buffers, each in registration order: the order state() promises.
 std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::Module& m) {

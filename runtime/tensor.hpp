@@ -17,6 +17,9 @@ struct NamedTensor {
 /// aggregator matches updates to the global model by position and checks names and shapes.
 using TensorList = std::vector<NamedTensor>;
 
+/// "[10, 784]": a shape as error messages print it.
+[[nodiscard]] std::string shape_string(at::IntArrayRef shape);
+
 /// Sum of the tensors' byte sizes.
 [[nodiscard]] std::uint64_t total_bytes(const TensorList& tensors);
 
