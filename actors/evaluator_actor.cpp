@@ -43,18 +43,7 @@ caf::behavior evaluator_actor(Self* self, std::shared_ptr<EvaluatorSetup> setup)
   hello.role = Role::evaluator;
   hello.num_examples = static_cast<std::uint64_t>(s.test.size());
   self->state.link->send(std::move(hello));
-  start_peer_timers(self, *self->state.link);
-  return {
-      [=](const InboundPtr& in) {
-        try {
-          handle(self, *in);
-        } catch (const std::exception& e) {
-          self->state.link->log()->error("while handling a message: {}", e.what());
-        }
-      },
-      [=](tick_atom) { peer_tick(self, *self->state.link); },
-      [=](timeout_atom) { peer_timeout(self, *self->state.link); },
-  };
+  return peer_behavior(self, handle);
 }
 
 }  // namespace flotilla::actors

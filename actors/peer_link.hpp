@@ -64,23 +64,30 @@ void route_peer_message(Self* self, PeerLink& link, const Inbound& in, Fn&& work
   }
 }
 
-/// Starts a peer actor's timers: heartbeats every client.heartbeat-interval, and the connect
-/// timeout. The actor routes tick_atom to peer_tick and timeout_atom to peer_timeout.
-template <class Self>
-void start_peer_timers(Self* self, const PeerLink& link) {
+/// A peer actor's behavior: `handle(self, inbound)` for each message (anything it throws is
+/// logged, never fatal), heartbeats every client.heartbeat-interval, and the connect timeout.
+template <class Self, class Handle>
+caf::behavior peer_behavior(Self* self, Handle handle) {
+  auto& link = *self->state.link;
   self->delayed_send(self, link.timing().connect_timeout, timeout_atom::value);
   self->delayed_send(self, link.timing().heartbeat_interval, tick_atom::value);
-}
-
-template <class Self>
-void peer_tick(Self* self, PeerLink& link) {
-  link.heartbeat();
-  self->delayed_send(self, link.timing().heartbeat_interval, tick_atom::value);
-}
-
-template <class Self>
-void peer_timeout(Self* self, PeerLink& link) {
-  if (link.give_up_if_unanswered()) self->quit();
+  return {
+      [self, handle](const InboundPtr& in) {
+        try {
+          handle(self, *in);
+        } catch (const std::exception& e) {
+          self->state.link->log()->error("while handling a message: {}", e.what());
+        }
+      },
+      [self](tick_atom) {
+        auto& l = *self->state.link;
+        l.heartbeat();
+        self->delayed_send(self, l.timing().heartbeat_interval, tick_atom::value);
+      },
+      [self](timeout_atom) {
+        if (self->state.link->give_up_if_unanswered()) self->quit();
+      },
+  };
 }
 
 }  // namespace flotilla::actors
