@@ -29,6 +29,13 @@ void dispatch(Self* self, std::vector<Send> sends) {
 std::vector<Send> route(SyncRounds& rounds, const Inbound& in) {
   if (!in.message) return rounds.on_bad_message(in.peer, in.message.error());
   const Message& m = in.message.value();
+  // A peer left over from another run (same address, new run) must not mix into this one. A
+  // peer that has not been welcomed yet does not know the run id and sends none.
+  if (!m.run_id.empty() && m.run_id != rounds.run_id()) {
+    return rounds.on_bad_message(in.peer, Error{Errc::rejected, "message for run '" + m.run_id +
+                                                                    "', this aggregator runs '" +
+                                                                    rounds.run_id() + "'"});
+  }
   return std::visit(
       [&](const auto& p) -> std::vector<Send> {
         using T = std::decay_t<decltype(p)>;

@@ -67,6 +67,8 @@ struct SyncCounters {
   std::uint64_t updates_accepted = 0;
   std::uint64_t updates_rejected = 0;
   std::uint64_t updates_late = 0;
+  /// Messages refused before any round logic: undecodable, another protocol version, another
+  /// run, or a kind the aggregator does not take.
   std::uint64_t messages_malformed = 0;
   std::uint64_t rounds_completed = 0;
   std::uint64_t rounds_failed = 0;

@@ -157,6 +157,14 @@ enabled = false
   EXPECT_EQ(task_a->round, 1U);
   const TensorList initial = task_a->tensors;
 
+  // A message from another run: refused, naming both runs.
+  Message stranger = wrap(update_for(*task_a, 50.0F, 1), "client-0");
+  stranger.run_id = "yesterdays-run";
+  (*a)->send("", stranger);
+  auto foreign = inbox_a.next<ErrorReply>();
+  ASSERT_TRUE(foreign.has_value());
+  EXPECT_NE(foreign->message.find("yesterdays-run"), std::string::npos) << foreign->message;
+
   // Wrong shapes: refused, naming the tensor.
   Update bad = update_for(*task_a, 0, 1);
   bad.tensors[0].tensor = torch::zeros({3, 3});
@@ -196,5 +204,5 @@ enabled = false
   EXPECT_EQ(counters->updates_accepted, 4U);
   EXPECT_EQ(counters->updates_rejected, 1U);
   EXPECT_EQ(counters->updates_late, 1U);
-  EXPECT_EQ(counters->messages_malformed, 2U);
+  EXPECT_EQ(counters->messages_malformed, 3U) << "garbage, protocol 2, another run";
 }
