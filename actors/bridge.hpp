@@ -15,7 +15,6 @@ using InboundPtr = std::shared_ptr<Inbound>;
 
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
 using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
-using start_atom = caf::atom_constant<caf::atom("start")>;
 
 /// Forwards inbound messages to an actor. Created before the actor (the endpoint must exist,
 /// and its bind errors be reported, before anything is spawned); holds messages until the

@@ -335,7 +335,6 @@ void SyncRounds::close_round(std::vector<Send>& out) {
   flush_records();
   if (round_ >= options_.rounds || target_reached_) {
     phase_ = Phase::draining;
-    draining_since_ = clock_.now();
     if (evaluation_sent_.empty()) finish(out, "all rounds done");
   } else {
     start_round(out);

@@ -156,7 +156,6 @@ class SyncRounds {
   std::map<std::uint64_t, Clock::time_point> evaluation_sent_;
   std::vector<RoundRecord> completed_;
   bool target_reached_ = false;
-  Clock::time_point draining_since_;
   SyncCounters counters_;
 };
 
