@@ -2,8 +2,6 @@
 
 #include "runtime/trainer.hpp"
 
-#include <ATen/Parallel.h>
-
 namespace flotilla::actors {
 namespace {
 
@@ -17,10 +15,11 @@ void train(Self* self, const Message& m, const Task& task) {
     link.send(ErrorReply{WireErrc::rejected, ok.error().message}, m.message_id);
     return;
   }
-  if (s.compute_slots) s.compute_slots->acquire();
-  at::set_num_threads(s.threads);
-  const TrainStats stats = train_local(*s.model, s.train, task.config);
-  if (s.compute_slots) s.compute_slots->release();
+  TrainStats stats;
+  {
+    const auto slot = s.compute();
+    stats = train_local(*s.model, s.train, task.config);
+  }
   Update update;
   update.round = task.round;
   update.base_model_version = task.model_version;
@@ -45,8 +44,7 @@ void handle(Self* self, const Inbound& in) {
 caf::behavior client_actor(Self* self, std::shared_ptr<ClientSetup> setup) {
   auto& s = *setup;
   self->state.setup = std::move(setup);
-  self->state.link = std::make_unique<PeerLink>("client-" + std::to_string(s.id), s.endpoint,
-                                                s.mailbox, s.outcome, s.config.client);
+  self->state.link = std::make_unique<PeerLink>("client-" + std::to_string(s.id), s);
   s.mailbox->attach(caf::actor_cast<caf::actor>(self));
   Hello hello;
   hello.role = Role::client;

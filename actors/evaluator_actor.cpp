@@ -2,8 +2,6 @@
 
 #include "runtime/trainer.hpp"
 
-#include <ATen/Parallel.h>
-
 namespace flotilla::actors {
 namespace {
 
@@ -17,10 +15,11 @@ void score(Self* self, const Message& m, const EvaluationRequest& req) {
     link.send(ErrorReply{WireErrc::rejected, ok.error().message}, m.message_id);
     return;
   }
-  if (s.compute_slots) s.compute_slots->acquire();
-  at::set_num_threads(s.threads);
-  const auto stats = evaluate(*s.model, s.test, s.config.evaluator.batch_size);
-  if (s.compute_slots) s.compute_slots->release();
+  EvalStats stats;
+  {
+    const auto slot = s.compute();
+    stats = evaluate(*s.model, s.test, s.config.evaluator.batch_size);
+  }
   link.send(EvaluationResult{req.round, req.model_version, stats.num_examples, stats.loss,
                              stats.accuracy, {{"seconds", stats.seconds}}},
             m.message_id);
@@ -36,8 +35,7 @@ void handle(Self* self, const Inbound& in) {
 caf::behavior evaluator_actor(Self* self, std::shared_ptr<EvaluatorSetup> setup) {
   auto& s = *setup;
   self->state.setup = std::move(setup);
-  self->state.link =
-      std::make_unique<PeerLink>("evaluator", s.endpoint, s.mailbox, s.outcome, s.config.client);
+  self->state.link = std::make_unique<PeerLink>("evaluator", s);
   s.mailbox->attach(caf::actor_cast<caf::actor>(self));
   Hello hello;
   hello.role = Role::evaluator;

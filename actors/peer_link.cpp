@@ -1,17 +1,35 @@
 #include "actors/peer_link.hpp"
 
+#include "runtime/federation.hpp"
 #include "runtime/log.hpp"
+
+#include <ATen/Parallel.h>
 
 namespace flotilla::actors {
 
-PeerLink::PeerLink(std::string name, std::shared_ptr<Endpoint> endpoint,
-                   std::shared_ptr<Mailbox> mailbox, std::shared_ptr<Outcome> outcome,
-                   ClientSection timing)
+Expected<void> PeerSetup::connect(const Config& run_config, const std::string& address,
+                                  const std::string& name) {
+  config = run_config;
+  auto built = build_model(config);
+  if (!built) return built.error();
+  model = std::move(built).value();
+  auto connected = Endpoint::connect(address, name, Mailbox::handler(mailbox), endpoint_options(config));
+  if (!connected) return connected.error();
+  endpoint = std::shared_ptr<Endpoint>(std::move(connected).value());
+  return {};
+}
+
+ComputeSlot PeerSetup::compute() const {
+  at::set_num_threads(threads);
+  return ComputeSlot(compute_slots.get());
+}
+
+PeerLink::PeerLink(std::string name, const PeerSetup& setup)
     : name_(std::move(name)),
-      endpoint_(std::move(endpoint)),
-      mailbox_(std::move(mailbox)),
-      outcome_(std::move(outcome)),
-      timing_(timing),
+      endpoint_(setup.endpoint),
+      mailbox_(setup.mailbox),
+      outcome_(setup.outcome),
+      timing_(setup.config.client),
       log_(logger(name_)) {}
 
 void PeerLink::send(Payload payload, std::uint64_t reply_to) {

@@ -3,15 +3,57 @@
 /// the connect timeout, shutdown and error replies). Each actor keeps only its own work.
 #include "actors/bridge.hpp"
 #include "runtime/config.hpp"
+#include "runtime/model.hpp"
 
 #include <spdlog/spdlog.h>
 
+#include <semaphore>
+
 namespace flotilla::actors {
+
+using ComputeSlots = std::counting_semaphore<>;
+
+/// Holds one of a process's compute slots for as long as it lives (released on every exit
+/// path, exceptions included: a slot lost to a throw would block the other clients forever).
+class ComputeSlot {
+ public:
+  explicit ComputeSlot(ComputeSlots* slots) : slots_(slots) {
+    if (slots_ != nullptr) slots_->acquire();
+  }
+  ~ComputeSlot() {
+    if (slots_ != nullptr) slots_->release();
+  }
+  ComputeSlot(const ComputeSlot&) = delete;
+  ComputeSlot& operator=(const ComputeSlot&) = delete;
+
+ private:
+  ComputeSlots* slots_;
+};
+
+/// What a client or an evaluator is built with: the run's config, its model, and its link to
+/// the aggregator.
+struct PeerSetup {
+  Config config;
+  std::unique_ptr<Model> model;
+  std::shared_ptr<Endpoint> endpoint;
+  std::shared_ptr<Mailbox> mailbox = std::make_shared<Mailbox>();
+  std::shared_ptr<Outcome> outcome = std::make_shared<Outcome>();
+  /// LibTorch intra-op threads this peer computes with.
+  int threads = 1;
+  /// Shared by the clients and the evaluator of one process, so that at most one computation
+  /// per core runs at once (nullptr = no limit).
+  std::shared_ptr<ComputeSlots> compute_slots;
+
+  /// Builds the model and connects to the aggregator at `address` as `name`.
+  [[nodiscard]] Expected<void> connect(const Config& run_config, const std::string& address,
+                                       const std::string& name);
+  /// Sets the thread count and holds a compute slot for one computation.
+  [[nodiscard]] ComputeSlot compute() const;
+};
 
 class PeerLink {
  public:
-  PeerLink(std::string name, std::shared_ptr<Endpoint> endpoint, std::shared_ptr<Mailbox> mailbox,
-           std::shared_ptr<Outcome> outcome, ClientSection timing);
+  PeerLink(std::string name, const PeerSetup& setup);
 
   /// Sends a payload to the aggregator in an envelope from this peer.
   void send(Payload payload, std::uint64_t reply_to = 0);

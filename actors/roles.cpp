@@ -19,12 +19,6 @@ int cores(const Config& config) {
   return static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
 }
 
-EndpointOptions endpoint_options(const Config& config) {
-  EndpointOptions o;
-  o.limits.max_message_bytes = config.aggregator.max_message_bytes;
-  return o;
-}
-
 RoleResult failed(const Error& e) { return RoleResult{1, e.message}; }
 
 Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config,
@@ -55,24 +49,17 @@ Expected<std::shared_ptr<ClientSetup>> client_setup(const Config& config, std::u
                                                     const Dataset& full_train, int threads) {
   auto data = client_train_data(config, full_train, id);
   if (!data) return data.error();
-  auto model = build_model(config);
-  if (!model) return model.error();
   auto setup = std::make_shared<ClientSetup>();
-  setup->config = config;
+  if (auto ok = setup->connect(config, connect, "client-" + std::to_string(id)); !ok) {
+    return ok.error();
+  }
   setup->id = id;
   setup->train = std::move(data).value();
-  setup->model = std::move(model).value();
-  setup->mailbox = std::make_shared<Mailbox>();
-  setup->outcome = std::make_shared<Outcome>();
   setup->threads = threads;
   setup->profile.kind = setup->model->device().str();
   // What this device has; relative compute speed stays 1.0 until device profiles are measured.
   setup->profile.memory_bytes = static_cast<std::uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
                                 static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
-  auto endpoint = Endpoint::connect(connect, "client-" + std::to_string(id),
-                                    Mailbox::handler(setup->mailbox), endpoint_options(config));
-  if (!endpoint) return endpoint.error();
-  setup->endpoint = std::shared_ptr<Endpoint>(std::move(endpoint).value());
   return setup;
 }
 
@@ -80,19 +67,10 @@ Expected<std::shared_ptr<EvaluatorSetup>> evaluator_setup(const Config& config,
                                                           const std::string& connect, int threads) {
   auto test = load_fashion_mnist(config.data.path, false);
   if (!test) return test.error();
-  auto model = build_model(config);
-  if (!model) return model.error();
   auto setup = std::make_shared<EvaluatorSetup>();
-  setup->config = config;
+  if (auto ok = setup->connect(config, connect, "evaluator"); !ok) return ok.error();
   setup->test = evaluation_data(config, *test);
-  setup->model = std::move(model).value();
-  setup->mailbox = std::make_shared<Mailbox>();
-  setup->outcome = std::make_shared<Outcome>();
   setup->threads = threads;
-  auto endpoint =
-      Endpoint::connect(connect, "evaluator", Mailbox::handler(setup->mailbox), endpoint_options(config));
-  if (!endpoint) return endpoint.error();
-  setup->endpoint = std::shared_ptr<Endpoint>(std::move(endpoint).value());
   return setup;
 }
 
@@ -161,7 +139,7 @@ RoleResult run_all(const Config& config, AggregatorHooks hooks) {
   // Clients and the evaluator share the cores: at most one training or evaluation per core at
   // a time, one thread each, which keeps every core busy without oversubscribing them (OpenMP
   // threads fighting over a busy core were measured 25x slower).
-  auto slots = std::make_shared<std::counting_semaphore<>>(n_cores);
+  auto slots = std::make_shared<ComputeSlots>(n_cores);
   if (evaluator) evaluator->compute_slots = slots;
   std::vector<std::shared_ptr<ClientSetup>> clients;
   for (int id = 0; id < config.data.clients; ++id) {

@@ -39,6 +39,12 @@ Expected<std::unique_ptr<Model>> build_model(const Config& config) {
   return Model::create(config.model, *device, config.run.seed);
 }
 
+EndpointOptions endpoint_options(const Config& config) {
+  EndpointOptions o;
+  o.limits.max_message_bytes = config.aggregator.max_message_bytes;
+  return o;
+}
+
 std::string run_id(const Config& config) {
   return config.run.name + "-" + std::to_string(config.run.seed);
 }

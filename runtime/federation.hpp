@@ -4,6 +4,7 @@
 #include "runtime/config.hpp"
 #include "runtime/data.hpp"
 #include "runtime/model.hpp"
+#include "runtime/transport.hpp"
 
 #include <memory>
 
@@ -19,6 +20,9 @@ namespace flotilla {
 
 /// The model every role builds, initialised from run.seed.
 [[nodiscard]] Expected<std::unique_ptr<Model>> build_model(const Config& config);
+
+/// Transport options every role of the run uses (the message size limit).
+[[nodiscard]] EndpointOptions endpoint_options(const Config& config);
 
 /// "<run.name>-<seed>": identifies the run in every message.
 [[nodiscard]] std::string run_id(const Config& config);
