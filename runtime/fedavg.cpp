@@ -53,36 +53,13 @@ void fold(at::Tensor& sum, const std::vector<at::Tensor>& srcs, const std::vecto
 
 }  // namespace
 
-Expected<void> check_compatible(const TensorList& reference, const TensorList& update) {
-  if (reference.size() != update.size()) {
-    return Error{Errc::rejected, "expected " + std::to_string(reference.size()) +
-                                     " tensors, got " + std::to_string(update.size())};
-  }
-  for (std::size_t i = 0; i < reference.size(); ++i) {
-    const auto& r = reference[i];
-    const auto& u = update[i];
-    const std::string where = "tensor " + std::to_string(i) + " '" + r.name + "'";
-    if (r.name != u.name) {
-      return Error{Errc::rejected, where + ": got a tensor named '" + u.name + "'"};
-    }
-    if (!u.tensor.defined()) return Error{Errc::rejected, where + ": undefined tensor"};
-    if (r.tensor.sizes() != u.tensor.sizes()) {
-      return Error{Errc::rejected, where + ": expected shape " + shape_string(r.tensor.sizes()) +
-                                       ", got " + shape_string(u.tensor.sizes())};
-    }
-    if (r.tensor.scalar_type() != u.tensor.scalar_type()) {
-      return Error{Errc::rejected, where + ": expected dtype " +
-                                       std::string(c10::toString(r.tensor.scalar_type())) +
-                                       ", got " + c10::toString(u.tensor.scalar_type())};
-    }
-  }
-  return {};
-}
-
 FedAvg::FedAvg(const TensorList& global) {
-  slots_.reserve(global.size());
+  reference_.reserve(global.size());
   for (const auto& t : global) {
-    slots_.push_back({t.name, t.tensor.sizes().vec(), t.tensor.scalar_type()});
+    // Meta tensors: shapes and dtypes without memory, so the fold does not keep an old
+    // global model alive.
+    reference_.push_back(
+        {t.name, at::empty(t.tensor.sizes(), t.tensor.options().device(at::kMeta))});
   }
 }
 
@@ -91,35 +68,17 @@ Expected<void> FedAvg::validate(const WeightedUpdate& update) const {
   if (!(update.weight > 0) || !std::isfinite(update.weight)) {
     return Error{Errc::rejected, "update weight must be > 0, got " + std::to_string(update.weight)};
   }
-  const TensorList& u = *update.tensors;
-  if (u.size() != slots_.size()) {
-    return Error{Errc::rejected, "expected " + std::to_string(slots_.size()) + " tensors, got " +
-                                     std::to_string(u.size())};
-  }
-  for (std::size_t i = 0; i < slots_.size(); ++i) {
-    const auto& s = slots_[i];
-    const std::string where = "tensor " + std::to_string(i) + " '" + s.name + "'";
-    if (u[i].name != s.name) return Error{Errc::rejected, where + ": got a tensor named '" + u[i].name + "'"};
-    if (!u[i].tensor.defined()) return Error{Errc::rejected, where + ": undefined tensor"};
-    if (u[i].tensor.sizes() != at::IntArrayRef(s.shape)) {
-      return Error{Errc::rejected, where + ": expected shape " + shape_string(s.shape) + ", got " +
-                                       shape_string(u[i].tensor.sizes())};
-    }
-    if (u[i].tensor.scalar_type() != s.dtype) {
-      return Error{Errc::rejected, where + ": expected dtype " + std::string(c10::toString(s.dtype)) +
-                                       ", got " + c10::toString(u[i].tensor.scalar_type())};
-    }
-  }
-  return {};
+  return check_compatible(reference_, *update.tensors);
 }
 
 void FedAvg::ensure_accumulators() {
   if (!sums_.empty()) return;
-  sums_.reserve(slots_.size());
-  for (const auto& s : slots_) {
-    if (is_float(s.dtype)) {
-      const auto acc = s.dtype == at::kDouble ? at::kDouble : at::kFloat;
-      sums_.push_back(at::empty(s.shape, at::TensorOptions().dtype(acc)));
+  sums_.reserve(reference_.size());
+  for (const auto& r : reference_) {
+    const auto dtype = r.tensor.scalar_type();
+    if (is_float(dtype)) {
+      const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+      sums_.push_back(at::empty(r.tensor.sizes(), at::TensorOptions().dtype(acc)));
     } else {
       sums_.emplace_back();  // set from the latest update
     }
@@ -140,16 +99,17 @@ Expected<void> FedAvg::accept_batch(std::span<const WeightedUpdate> updates) {
   at::NoGradGuard no_grad;
   std::vector<double> weights;
   for (const auto& u : updates) weights.push_back(u.weight);
-  for (std::size_t i = 0; i < slots_.size(); ++i) {
+  for (std::size_t i = 0; i < reference_.size(); ++i) {
+    const auto dtype = reference_[i].tensor.scalar_type();
     std::vector<at::Tensor> srcs;
     srcs.reserve(updates.size());
     for (const auto& u : updates) srcs.push_back((*u.tensors)[i].tensor.to(at::kCPU).contiguous());
     auto& sum = sums_[i];
-    if (!is_float(slots_[i].dtype)) {
+    if (!is_float(dtype)) {
       sum = srcs.back().clone();
       continue;
     }
-    switch (slots_[i].dtype) {
+    switch (dtype) {
       case at::kFloat: fold<float, float>(sum, srcs, weights, init); break;
       case at::kDouble: fold<double, double>(sum, srcs, weights, init); break;
       case at::kHalf: fold<float, at::Half>(sum, srcs, weights, init); break;
@@ -166,16 +126,17 @@ Expected<void> FedAvg::accept_batch(std::span<const WeightedUpdate> updates) {
 
 TensorList FedAvg::finalize() {
   TensorList out;
-  out.reserve(slots_.size());
+  out.reserve(reference_.size());
   if (accepted_ == 0) throw Failure(Errc::internal, "FedAvg::finalize with no accepted update");
   const double inv = 1.0 / total_weight_;
-  for (std::size_t i = 0; i < slots_.size(); ++i) {
+  for (std::size_t i = 0; i < reference_.size(); ++i) {
+    const auto dtype = reference_[i].tensor.scalar_type();
     at::Tensor t = std::move(sums_[i]);
-    if (is_float(slots_[i].dtype)) {
+    if (is_float(dtype)) {
       t.mul_(inv);  // in place: the accumulator becomes the new model, no extra copy
-      if (t.scalar_type() != slots_[i].dtype) t = t.to(slots_[i].dtype);
+      if (t.scalar_type() != dtype) t = t.to(dtype);
     }
-    out.push_back({slots_[i].name, std::move(t)});
+    out.push_back({reference_[i].name, std::move(t)});
   }
   sums_.clear();
   accepted_ = 0;

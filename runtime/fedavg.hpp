@@ -26,22 +26,13 @@ class FedAvg final : public Aggregation {
   [[nodiscard]] Expected<void> validate(const WeightedUpdate& update) const;
   void ensure_accumulators();
 
-  struct Slot {
-    std::string name;
-    std::vector<std::int64_t> shape;
-    c10::ScalarType dtype;
-  };
-  std::vector<Slot> slots_;
+  /// Names, shapes and dtypes updates must have (meta tensors: no memory).
+  TensorList reference_;
   /// float32 sums (float64 for float64 tensors) of weight × tensor; integer tensors instead
   /// keep the latest accepted value (counters, indices: averaging them means nothing).
   std::vector<at::Tensor> sums_;
   std::size_t accepted_ = 0;
   double total_weight_ = 0;
 };
-
-/// Validates `update` against `reference` (names, count, shapes, dtypes), naming the first
-/// mismatch ("tensor 3 'fc.weight': expected shape [10, 64], got [10, 32]").
-[[nodiscard]] Expected<void> check_compatible(const TensorList& reference,
-                                              const TensorList& update);
 
 }  // namespace flotilla

@@ -59,10 +59,10 @@ struct Cnn : Net {
 
 
 /// Parameters then buffers, each in registration order: the order state() promises.
-std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::Module& m) {
-  std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& p : m.named_parameters(true)) out.emplace_back(p.key(), p.value());
-  for (const auto& b : m.named_buffers(true)) out.emplace_back(b.key(), b.value());
+TensorList named_state(const torch::nn::Module& m) {
+  TensorList out;
+  for (const auto& p : m.named_parameters(true)) out.push_back({p.key(), p.value()});
+  for (const auto& b : m.named_buffers(true)) out.push_back({b.key(), b.value()});
   return out;
 }
 
@@ -73,7 +73,7 @@ class TorchModel final : public Model {
 
   [[nodiscard]] TensorList state() const override {
     TensorList out;
-    for (auto& [name, t] : named_state(*net_)) {
+    for (const auto& [name, t] : named_state(*net_)) {
       // copy=true: the caller's tensors must not change when training continues.
       out.push_back({name, t.detach().to(torch::kCPU, t.scalar_type(), false, true).contiguous()});
     }
@@ -81,32 +81,11 @@ class TorchModel final : public Model {
   }
 
   [[nodiscard]] Expected<void> load_state(const TensorList& state) override {
-    auto targets = named_state(*net_);
-    if (targets.size() != state.size()) {
-      return Error{Errc::rejected, "expected " + std::to_string(targets.size()) + " tensors, got " +
-                                       std::to_string(state.size())};
-    }
-    // Everything is checked before anything is copied, so a refused state changes nothing.
-    for (std::size_t i = 0; i < targets.size(); ++i) {
-      const auto& [name, target] = targets[i];
-      const auto& given = state[i];
-      const auto where = "tensor " + std::to_string(i) + " '" + name + "'";
-      if (given.name != name) {
-        return Error{Errc::rejected, where + ": got a tensor named '" + given.name + "'"};
-      }
-      if (!given.tensor.defined()) return Error{Errc::rejected, where + ": tensor is undefined"};
-      if (given.tensor.sizes() != target.sizes()) {
-        return Error{Errc::rejected, where + ": expected shape " + shape_string(target.sizes()) +
-                                         ", got " + shape_string(given.tensor.sizes())};
-      }
-      if (!c10::isFloatingType(given.tensor.scalar_type()) &&
-          c10::isFloatingType(target.scalar_type())) {
-        return Error{Errc::rejected, where + ": expected a floating-point tensor, got " +
-                                         std::string(c10::toString(given.tensor.scalar_type()))};
-      }
-    }
+    const auto targets = named_state(*net_);
+    // Checked before anything is copied, so a refused state changes nothing.
+    if (auto ok = check_compatible(targets, state, DtypeMatch::same_kind); !ok) return ok;
     torch::NoGradGuard no_grad;
-    for (std::size_t i = 0; i < targets.size(); ++i) targets[i].second.copy_(state[i].tensor);
+    for (std::size_t i = 0; i < targets.size(); ++i) targets[i].tensor.copy_(state[i].tensor);
     return {};
   }
 

@@ -1,5 +1,7 @@
 #pragma once
 /// Named tensors: the unit every model, update and wire message is made of.
+#include "runtime/error.hpp"
+
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -19,6 +21,18 @@ using TensorList = std::vector<NamedTensor>;
 
 /// "[10, 784]": a shape as error messages print it.
 [[nodiscard]] std::string shape_string(at::IntArrayRef shape);
+
+enum class DtypeMatch {
+  exact,         ///< the same dtype (an aggregator folding updates)
+  same_kind,     ///< floating for floating, integral for integral (loading into a model converts)
+};
+
+/// Checks `candidate` against `reference`: the same count, names in the same order, shapes and
+/// dtypes (per `dtypes`). The first mismatch is Errc::rejected, named:
+/// "tensor 3 'fc.weight': expected shape [10, 64], got [10, 32]".
+[[nodiscard]] Expected<void> check_compatible(const TensorList& reference,
+                                              const TensorList& candidate,
+                                              DtypeMatch dtypes = DtypeMatch::exact);
 
 /// Sum of the tensors' byte sizes.
 [[nodiscard]] std::uint64_t total_bytes(const TensorList& tensors);
