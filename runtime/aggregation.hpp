@@ -20,8 +20,13 @@ class Aggregation {
  public:
   virtual ~Aggregation() = default;
 
-  /// Folds one update in. Names, order and shapes must match the global model; a mismatch is
-  /// Errc::rejected naming the first bad tensor, and nothing already accepted changes.
+  /// Whether `accept` would take this update: the method decides what an update must look
+  /// like (FedAvg: the global model's names, order, shapes and dtypes; a LoRA method: only
+  /// the adapters). Errc::rejected names the first problem. Cheap: metadata only.
+  [[nodiscard]] virtual Expected<void> check(const WeightedUpdate& update) const = 0;
+
+  /// Folds one update in. An update `check` refuses is Errc::rejected, and nothing already
+  /// accepted changes.
   [[nodiscard]] virtual Expected<void> accept(const WeightedUpdate& update) = 0;
 
   /// Folds several waiting updates in one pass over memory (faster than one at a time).

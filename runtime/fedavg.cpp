@@ -63,7 +63,7 @@ FedAvg::FedAvg(const TensorList& global) {
   }
 }
 
-Expected<void> FedAvg::validate(const WeightedUpdate& update) const {
+Expected<void> FedAvg::check(const WeightedUpdate& update) const {
   if (update.tensors == nullptr) return Error{Errc::rejected, "update has no tensors"};
   if (!(update.weight > 0) || !std::isfinite(update.weight)) {
     return Error{Errc::rejected, "update weight must be > 0, got " + std::to_string(update.weight)};
@@ -91,7 +91,7 @@ Expected<void> FedAvg::accept(const WeightedUpdate& update) {
 
 Expected<void> FedAvg::accept_batch(std::span<const WeightedUpdate> updates) {
   for (const auto& u : updates) {
-    if (auto ok = validate(u); !ok) return ok;
+    if (auto ok = check(u); !ok) return ok;
   }
   if (updates.empty()) return {};
   const bool init = sums_.empty();  // the first fold of a version assigns (see fold_block_range)

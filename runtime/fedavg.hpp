@@ -13,6 +13,7 @@ class FedAvg final : public Aggregation {
   /// `global` fixes the names, order, shapes and dtypes updates must have.
   explicit FedAvg(const TensorList& global);
 
+  [[nodiscard]] Expected<void> check(const WeightedUpdate& update) const override;
   [[nodiscard]] Expected<void> accept(const WeightedUpdate& update) override;
   [[nodiscard]] Expected<void> accept_batch(std::span<const WeightedUpdate> updates) override;
   [[nodiscard]] std::size_t accepted() const override { return accepted_; }
@@ -23,7 +24,6 @@ class FedAvg final : public Aggregation {
   [[nodiscard]] double total_weight() const { return total_weight_; }
 
  private:
-  [[nodiscard]] Expected<void> validate(const WeightedUpdate& update) const;
   void ensure_accumulators();
 
   /// Names, shapes and dtypes updates must have (meta tensors: no memory).

@@ -1,6 +1,5 @@
 #include "runtime/sync_rounds.hpp"
 
-#include "runtime/fedavg.hpp"
 #include "runtime/log.hpp"
 
 #include <algorithm>
@@ -159,7 +158,7 @@ std::vector<Send> SyncRounds::on_update(const std::string& peer, const Update& u
     return out;
   }
   const double weight = static_cast<double>(std::max<std::uint64_t>(update.num_examples, 1));
-  if (auto ok = check_compatible(model_, update.tensors); !ok) {
+  if (auto ok = aggregation_->check(WeightedUpdate{&update.tensors, weight, 0}); !ok) {
     reject(WireErrc::rejected, ok.error().message, false);
     return out;
   }
