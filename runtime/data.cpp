@@ -114,16 +114,6 @@ std::string find_file(const std::string& dir, const std::string& name) {
   return base.string();
 }
 
-/// Fisher-Yates with a plain modulo draw: unlike std::shuffle and
-/// std::uniform_int_distribution its output is fixed by the standard's mt19937_64 alone,
-/// so every process and standard library computes the same partition.
-void shuffle(std::vector<std::int64_t>& v, std::mt19937_64& rng) {
-  for (std::size_t i = v.size(); i > 1; --i) {
-    const std::size_t j = rng() % i;
-    std::swap(v[i - 1], v[j]);
-  }
-}
-
 std::vector<std::vector<std::int64_t>> partition_iid(std::int64_t n, const PartitionSpec& spec) {
   std::vector<std::int64_t> all(static_cast<std::size_t>(n));
   std::iota(all.begin(), all.end(), std::int64_t{0});
@@ -142,6 +132,8 @@ std::vector<std::vector<std::int64_t>> partition_iid(std::int64_t n, const Parti
 
 /// One Dirichlet draw: each class's shuffled examples are cut into per-client runs whose
 /// lengths follow proportions drawn from Dirichlet(alpha) (normalized Gamma(alpha, 1) draws).
+/// std::gamma_distribution's algorithm is the standard library's own: the same everywhere one
+/// libstdc++ runs (every Debian 12 machine of a run), not necessarily across libraries.
 std::vector<std::vector<std::int64_t>> draw_dirichlet(
     const std::vector<std::vector<std::int64_t>>& by_class, const PartitionSpec& spec,
     std::uint64_t seed) {
@@ -181,6 +173,10 @@ std::vector<std::vector<std::int64_t>> draw_dirichlet(
 }
 
 }  // namespace
+
+void shuffle(std::vector<std::int64_t>& v, std::mt19937_64& rng) {
+  for (std::size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[rng() % i]);
+}
 
 Expected<Dataset> load_fashion_mnist(const std::string& dir, bool train) {
   const std::string prefix = train ? "train" : "t10k";

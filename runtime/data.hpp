@@ -5,10 +5,16 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <random>
 #include <string>
 #include <vector>
 
 namespace flotilla {
+
+/// Fisher-Yates with a plain modulo draw. Unlike std::shuffle, its output is fixed by
+/// mt19937_64 alone (which the standard defines exactly), so every process, standard library
+/// and LibTorch version orders the same indices the same way.
+void shuffle(std::vector<std::int64_t>& v, std::mt19937_64& rng);
 
 struct Dataset {
   at::Tensor inputs;  ///< N×C×H×W float32, normalized

@@ -15,13 +15,6 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-/// A fresh epoch order. Drawn from mt19937_64 by Fisher-Yates (not torch::randperm) so the
-/// order, and with it the trained weights, does not change with the LibTorch version.
-void reshuffle(std::vector<std::int64_t>& order, std::mt19937_64& rng) {
-  std::iota(order.begin(), order.end(), std::int64_t{0});
-  for (std::size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
-}
-
 torch::nn::Module& as_module(Model& model) {
   return *static_cast<torch::nn::Module*>(model.module());
 }
@@ -83,7 +76,8 @@ TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& 
 
   for (std::int64_t step = 0; step < total_steps; ++step) {
     if (pos >= n) {
-      reshuffle(order, rng);
+      std::iota(order.begin(), order.end(), std::int64_t{0});
+      shuffle(order, rng);  // runtime/data.hpp: the same order on every LibTorch version
       order_tensor =
           torch::from_blob(order.data(), {n}, torch::kInt64).to(device, torch::kInt64, false, true);
       pos = 0;
