@@ -6,14 +6,20 @@
 #include "runtime/tensor.hpp"
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <span>
+#include <string>
 
 namespace flotilla {
+
+class PluginLibrary;
 
 struct WeightedUpdate {
   const TensorList* tensors = nullptr;
   double weight = 0;            ///< e.g. the client's number of training examples
   std::uint64_t staleness = 0;  ///< versions between the update's base and the current model
+  std::uint32_t client_id = 0;
 };
 
 class Aggregation {
@@ -42,6 +48,26 @@ class Aggregation {
 
   /// Drops the updates accepted so far (a failed round) without producing a version.
   virtual void discard() = 0;
+
+  /// What client `client_id` loads instead of the global model's tensors of the same names
+  /// (methods with per-client models, e.g. FlexLoRA at each client's rank), shaped like
+  /// `client_template`; nothing = the global model as it is.
+  [[nodiscard]] virtual std::optional<TensorList> client_model(std::uint32_t client_id,
+                                                               const TensorList& client_template) {
+    return std::nullopt;
+  }
+
+  /// For logs: "fedavg (built in)", "fedadam 1.0.0 (/path/flotilla-fedadam.so)".
+  [[nodiscard]] virtual std::string describe() const = 0;
+
+  /// The plugin behind it, if any ("" for a built-in method).
+  [[nodiscard]] virtual std::string plugin_name() const { return ""; }
+
+  /// Switches to a new build of the same plugin, keeping the method's state between versions.
+  /// Only at a safe point: accepted() == 0. On failure the old version keeps running.
+  [[nodiscard]] virtual Expected<void> reload(std::shared_ptr<PluginLibrary> library) {
+    return Error{Errc::invalid_argument, describe() + " is not a plugin and cannot be reloaded"};
+  }
 };
 
 }  // namespace flotilla

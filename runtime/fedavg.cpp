@@ -1,5 +1,7 @@
 #include "runtime/fedavg.hpp"
 
+#include "flotilla/fold.hpp"
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -9,47 +11,6 @@ namespace flotilla {
 namespace {
 
 bool is_float(c10::ScalarType t) { return at::isFloatingType(t); }
-
-/// Elements per block of the multi-update fold: the accumulator's block stays in L1 while
-/// every waiting update streams through it once.
-constexpr std::int64_t kBlock = 4096;
-
-/// sum[i] += Σ_k w[k] · src[k][i], one pass over `sum` for all k. With `init` the sum is
-/// uninitialised memory and the first update assigns instead of adding: no zero fill and no
-/// read of the sum for the first update of a version.
-template <class Acc, class Src>
-void fold_block_range(Acc* sum, const std::vector<const Src*>& src, const std::vector<Acc>& w,
-                      std::int64_t begin, std::int64_t end, bool init) {
-  for (std::int64_t b = begin; b < end; b += kBlock) {
-    const std::int64_t e = std::min(end, b + kBlock);
-    for (std::size_t k = 0; k < src.size(); ++k) {
-      const Src* __restrict s = src[k];
-      Acc* __restrict a = sum;
-      const Acc wk = w[k];
-      if (init && k == 0) {
-        for (std::int64_t i = b; i < e; ++i) a[i] = wk * static_cast<Acc>(s[i]);
-      } else {
-        for (std::int64_t i = b; i < e; ++i) a[i] += wk * static_cast<Acc>(s[i]);
-      }
-    }
-  }
-}
-
-template <class Acc, class Src>
-void fold(at::Tensor& sum, const std::vector<at::Tensor>& srcs, const std::vector<double>& weights,
-          bool init) {
-  std::vector<const Src*> ptrs;
-  std::vector<Acc> w;
-  for (std::size_t k = 0; k < srcs.size(); ++k) {
-    ptrs.push_back(srcs[k].data_ptr<Src>());
-    w.push_back(static_cast<Acc>(weights[k]));
-  }
-  Acc* acc = sum.data_ptr<Acc>();
-  // Large tensors are split across LibTorch's intra-op threads (a no-op with 1 thread).
-  at::parallel_for(0, sum.numel(), 1 << 16, [&](std::int64_t begin, std::int64_t end) {
-    fold_block_range<Acc, Src>(acc, ptrs, w, begin, end, init);
-  });
-}
 
 }  // namespace
 
@@ -77,8 +38,8 @@ void FedAvg::ensure_accumulators() {
   for (const auto& r : reference_) {
     const auto dtype = r.tensor.scalar_type();
     if (is_float(dtype)) {
-      const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
-      sums_.push_back(at::empty(r.tensor.sizes(), at::TensorOptions().dtype(acc)));
+      sums_.push_back(at::empty(r.tensor.sizes(),
+                                at::TensorOptions().dtype(sdk::accumulator_type(dtype))));
     } else {
       sums_.emplace_back();  // set from the latest update
     }
@@ -109,15 +70,7 @@ Expected<void> FedAvg::accept_batch(std::span<const WeightedUpdate> updates) {
       sum = srcs.back().clone();
       continue;
     }
-    switch (dtype) {
-      case at::kFloat: fold<float, float>(sum, srcs, weights, init); break;
-      case at::kDouble: fold<double, double>(sum, srcs, weights, init); break;
-      case at::kHalf: fold<float, at::Half>(sum, srcs, weights, init); break;
-      case at::kBFloat16: fold<float, at::BFloat16>(sum, srcs, weights, init); break;
-      default:  // other float types: a general (slower) path
-        if (init) sum.zero_();
-        for (std::size_t k = 0; k < srcs.size(); ++k) sum.add_(srcs[k].to(sum.scalar_type()), weights[k]);
-    }
+    sdk::fold(sum, srcs, weights, init);
   }
   accepted_ += updates.size();
   for (double w : weights) total_weight_ += w;

@@ -19,6 +19,7 @@ class FedAvg final : public Aggregation {
   [[nodiscard]] std::size_t accepted() const override { return accepted_; }
   [[nodiscard]] TensorList finalize() override;
   void discard() override;
+  [[nodiscard]] std::string describe() const override { return "fedavg (built in)"; }
 
   /// Total weight accepted since the last finalize.
   [[nodiscard]] double total_weight() const { return total_weight_; }
