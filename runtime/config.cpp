@@ -89,6 +89,53 @@ class Reader {
     });
   }
 
+  void strings(const std::string& s, const std::string& k, std::vector<std::string>& out) {
+    key(s, k, [&](const toml::node& n, const std::string& name) {
+      const toml::array* a = n.as_array();
+      if (a == nullptr) bad(name, n, "an array of strings");
+      out.clear();
+      for (const auto& e : *a) {
+        if (!e.is_string()) bad(name, n, "an array of strings");
+        out.push_back(*e.value<std::string>());
+      }
+    });
+  }
+
+  void integers(const std::string& s, const std::string& k, std::vector<std::int64_t>& out,
+                std::int64_t min, std::int64_t max) {
+    key(s, k, [&](const toml::node& n, const std::string& name) {
+      const toml::array* a = n.as_array();
+      const std::string expected =
+          "an array of integers in [" + std::to_string(min) + ", " + std::to_string(max) + "]";
+      if (a == nullptr) bad(name, n, expected);
+      out.clear();
+      for (const auto& e : *a) {
+        auto v = e.value<std::int64_t>();
+        if (!e.is_integer() || !v || *v < min || *v > max) bad(name, n, expected);
+        out.push_back(*v);
+      }
+    });
+  }
+
+  /// A table of a plugin's options ([aggregator.options], [training.options]): scalars kept as
+  /// text; the plugin's own specs check keys and values once it is loaded.
+  void options(const std::string& s, const std::string& k, PluginOptions& out) {
+    key(s, k, [&](const toml::node& n, const std::string& name) {
+      const toml::table* t = n.as_table();
+      if (t == nullptr) bad(name, n, "a table ([" + name + "])");
+      for (const auto& [key, value] : *t) {
+        const std::string full = name + "." + std::string(key.str());
+        if (value.is_string()) {
+          out[std::string(key.str())] = *value.value<std::string>();
+        } else if (value.is_integer() || value.is_floating_point() || value.is_boolean()) {
+          out[std::string(key.str())] = describe(value);
+        } else {
+          bad(full, value, "a number, a string or true/false");
+        }
+      }
+    });
+  }
+
   void duration(const std::string& s, const std::string& k, Duration& out) {
     key(s, k, [&](const toml::node& n, const std::string& name) {
       if (!n.is_string()) bad(name, n, "a duration with a unit, such as \"500ms\", \"30s\", \"2m\"");
@@ -170,6 +217,7 @@ Config read(const toml::table& root, const std::string& source) {
   r.integer("run", "threads", c.run.threads, 0, 1024);
   r.real("run", "target-accuracy", c.run.target_accuracy, 0.0, 1.0, "a number in [0, 1]");
   r.string("run", "output", c.run.output);
+  r.strings("run", "plugin-path", c.run.plugin_path);
 
   r.string("data", "dataset", c.data.dataset);
   r.string("data", "path", c.data.path);
@@ -191,6 +239,15 @@ Config read(const toml::table& root, const std::string& source) {
   r.real("training", "learning-rate", c.training.learning_rate, 1e-12, inf, "a positive number");
   r.real("training", "momentum", c.training.momentum, 0.0, 0.999999, "a number in [0, 1)");
   r.real("training", "weight-decay", c.training.weight_decay, 0.0, inf, "a number >= 0");
+  r.string("training", "optimizer", c.optimizer.name);
+  r.options("training", "options", c.optimizer.options);
+
+  r.integer("lora", "rank", c.lora.rank, 0, 1 << 16);
+  r.integers("lora", "ranks", c.lora.ranks, 1, 1 << 16);
+  r.real("lora", "alpha", c.lora.alpha, 1e-6, 1e6, "a positive number");
+  r.real("lora", "dropout", c.lora.dropout, 0.0, 0.999, "a number in [0, 1)");
+  r.strings("lora", "targets", c.lora.targets);
+  r.boolean("lora", "freeze-a", c.lora.freeze_a);
 
   r.string("aggregator", "listen", c.aggregator.listen);
   r.integer("aggregator", "clients-per-round", c.aggregator.clients_per_round, 0, 1'000'000);
@@ -202,6 +259,9 @@ Config read(const toml::table& root, const std::string& source) {
   r.duration("aggregator", "peer-timeout", c.aggregator.peer_timeout);
   r.bytes("aggregator", "max-message-size", c.aggregator.max_message_bytes);
   r.integer("aggregator", "fold-batch", c.aggregator.fold_batch, 1, 64);
+  r.string("aggregator", "strategy", c.aggregator.strategy);
+  r.options("aggregator", "options", c.aggregator.options);
+  r.boolean("aggregator", "watch-plugins", c.aggregator.watch_plugins);
 
   r.duration("client", "connect-timeout", c.client.connect_timeout);
   r.duration("client", "heartbeat-interval", c.client.heartbeat_interval);
@@ -235,6 +295,22 @@ Config read(const toml::table& root, const std::string& source) {
          ") is larger than data.clients (" + std::to_string(c.data.clients) + ")");
   }
   if (c.aggregator.listen.empty()) fail(source + ": aggregator.listen is empty");
+  if (c.aggregator.strategy.empty()) fail(source + ": aggregator.strategy is empty");
+  if (c.optimizer.name.empty()) fail(source + ": training.optimizer is empty");
+  if (c.aggregator.strategy == "builtin" && !c.aggregator.options.empty()) {
+    fail(source + ": aggregator.options are given, but aggregator.strategy \"builtin\" takes none");
+  }
+  if (!c.lora.ranks.empty() && c.lora.ranks.size() != static_cast<std::size_t>(c.data.clients)) {
+    fail(source + ": lora.ranks has " + std::to_string(c.lora.ranks.size()) +
+         " entries, expected one per client (data.clients = " + std::to_string(c.data.clients) + ")");
+  }
+  if (!c.lora.ranks.empty() && c.lora.rank == 0) {
+    fail(source + ": lora.ranks is set but lora.rank is 0; set lora.rank (the global model's rank)");
+  }
+  if (c.lora.rank > 0 && c.lora.targets.empty()) {
+    fail(source + ": lora.targets is empty; name the layers to adapt, e.g. [\"fc1\", \"fc2\"]");
+  }
+  if (c.lora.freeze_a && c.lora.rank == 0) fail(source + ": lora.freeze-a needs lora.rank > 0");
   if (auto d = resolve_device(c.run.device); !d) fail(source + ": key 'run.device': " + d.error().message);
   return c;
 }

@@ -5,10 +5,12 @@
 #include "runtime/error.hpp"
 #include "runtime/message.hpp"
 #include "runtime/model.hpp"
+#include "runtime/plugin_host.hpp"
 
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace flotilla {
 
@@ -22,6 +24,8 @@ struct RunSection {
   int threads = 0;               ///< LibTorch intra-op threads per process; 0 = all cores
   double target_accuracy = 0;    ///< stop once the evaluator reports this; 0 = run all rounds
   std::string output;            ///< directory for rounds.csv; empty = none
+  /// Directories searched for plugins before $FLOTILLA_PLUGIN_PATH and the built-in ones.
+  std::vector<std::string> plugin_path;
 };
 
 struct DataSection {
@@ -45,6 +49,27 @@ struct AggregatorSection {
   Duration peer_timeout{30'000};        ///< a peer silent this long is considered gone
   std::uint64_t max_message_bytes = 8ULL << 30;
   std::uint32_t fold_batch = 4;         ///< waiting updates folded in one pass
+  /// Aggregation plugin: a name on the plugin path or a path to a .so; "builtin" = the core's
+  /// FedAvg fold without a plugin.
+  std::string strategy = "fedavg";
+  PluginOptions options;                ///< [aggregator.options], checked by the plugin's specs
+  bool watch_plugins = true;            ///< reload a plugin whose file changes
+};
+
+/// The client's optimizer plugin ([training] optimizer and [training.options]).
+struct OptimizerSection {
+  std::string name = "sgd";
+  PluginOptions options;
+};
+
+/// Low-rank adapters (LoRA) on the model's linear layers; rank 0 = train the full weights.
+struct LoraSection {
+  std::int64_t rank = 0;                ///< the global model's rank
+  std::vector<std::int64_t> ranks;      ///< per client id (overrides rank); empty = rank for all
+  double alpha = 16;                    ///< scale alpha/r of B·A
+  double dropout = 0;                   ///< on the adapter's input, while training
+  std::vector<std::string> targets = {"fc1", "fc2"};  ///< linear layers adapted, by name
+  bool freeze_a = false;                ///< FFA-LoRA: A from the shared seed, never trained
 };
 
 struct ClientSection {
@@ -64,6 +89,8 @@ struct Config {
   DataSection data;
   ModelSpec model;
   TrainingConfig training;
+  OptimizerSection optimizer;
+  LoraSection lora;
   AggregatorSection aggregator;
   ClientSection client;
   EvaluatorSection evaluator;
