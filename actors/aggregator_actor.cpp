@@ -26,7 +26,44 @@ void dispatch(Self* self, std::vector<Send> sends) {
   }
 }
 
-std::vector<Send> route(SyncRounds& rounds, const Inbound& in) {
+/// Loads the current file of the aggregation plugin and has the rounds switch to it at the next
+/// safe point. The reply says what was loaded, or why nothing was (the old build keeps running).
+AdminReply reload_plugin(AggregatorSetup& s, const std::string& reason) {
+  const std::string name = s.rounds->aggregation().plugin_name();
+  if (name.empty()) {
+    return {false, "aggregator.strategy is \"builtin\": there is no plugin to reload"};
+  }
+  auto library = s.plugins->reload(name);
+  if (!library) {
+    logger("aggregator")->error("plugin reload ({}) failed; still running {}: {}", reason,
+                                s.rounds->aggregation().describe(), library.error().message);
+    return {false, library.error().message + "; still running " + s.rounds->aggregation().describe()};
+  }
+  const auto& info = (*library)->info();
+  s.rounds->request_reload(*library, reason);
+  const bool now = !s.rounds->reload_pending();
+  return {true, "loaded " + info.name + " " + info.version + " from " + info.path.string() +
+                    (now ? "; running it now" : "; switching after round " +
+                                                    std::to_string(s.rounds->round()) + " closes")};
+}
+
+AdminReply admin(AggregatorSetup& s, const AdminCommand& c) {
+  if (c.command == "reload") return reload_plugin(s, "admin command");
+  if (c.command == "status") {
+    const auto& r = *s.rounds;
+    const auto& k = r.counters();
+    return {true, "run " + r.run_id() + ": round " + std::to_string(r.round()) + ", model version " +
+                      std::to_string(r.model_version()) + ", " + std::to_string(r.live_clients()) +
+                      " clients; aggregation " + r.aggregation().describe() + "; " +
+                      std::to_string(k.updates_accepted) + " updates accepted, " +
+                      std::to_string(k.plugin_reloads) + " plugin reloads (" +
+                      std::to_string(k.plugin_reload_failures) + " failed)"};
+  }
+  return {false, "unknown admin command '" + c.command + "' (known: reload, status)"};
+}
+
+std::vector<Send> route(AggregatorSetup& s, const Inbound& in) {
+  auto& rounds = *s.rounds;
   if (!in.message) return rounds.on_bad_message(in.peer, in.message.error());
   const Message& m = in.message.value();
   // A peer left over from another run (same address, new run) must not mix into this one. A
@@ -50,6 +87,9 @@ std::vector<Send> route(SyncRounds& rounds, const Inbound& in) {
         } else if constexpr (std::is_same_v<T, ErrorReply>) {
           logger("aggregator")->warn("{} reports an error: {}", in.peer, p.message);
           return {};
+        } else if constexpr (std::is_same_v<T, AdminCommand>) {
+          logger("aggregator")->info("admin command '{}' from {}", p.command, m.sender);
+          return {Send{in.peer, admin(s, p), m.message_id}};
         } else {
           return rounds.on_bad_message(
               in.peer, Error{Errc::rejected, std::string("the aggregator does not take '") +
@@ -68,13 +108,19 @@ caf::behavior aggregator_actor(Self* self, std::shared_ptr<AggregatorSetup> setu
   return {
       [=](const InboundPtr& in) {
         try {
-          dispatch(self, route(*self->state.setup->rounds, *in));
+          dispatch(self, route(*self->state.setup, *in));
         } catch (const std::exception& e) {
           // A message must never take the aggregator down with the accepted updates in it.
           logger("aggregator")->error("while handling a message from {}: {}", in->peer, e.what());
         }
       },
       [=](tick_atom) {
+        auto& s = *self->state.setup;
+        // About once a second: has the plugin's file changed (a new build dropped in)?
+        if (s.watcher && ++self->state.ticks % 10 == 0 && s.watcher->poll()) {
+          logger("aggregator")->info("plugin file {} changed", s.watcher->file().string());
+          (void)reload_plugin(s, "file changed");
+        }
         dispatch(self, self->state.setup->rounds->on_tick());
         if (!self->state.setup->rounds->done()) {
           self->delayed_send(self, self->state.setup->tick, tick_atom::value);

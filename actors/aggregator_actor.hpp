@@ -5,6 +5,7 @@
 #include "runtime/sync_rounds.hpp"
 
 #include <functional>
+#include <optional>
 
 namespace flotilla::actors {
 
@@ -14,7 +15,10 @@ struct AggregatorHooks {
 };
 
 struct AggregatorSetup {
+  std::unique_ptr<PluginRegistry> plugins;  ///< loads new builds of the aggregation plugin
   std::unique_ptr<SyncRounds> rounds;
+  /// Watches the aggregation plugin's file (aggregator.watch-plugins); none for "builtin".
+  std::optional<PluginWatcher> watcher;
   std::shared_ptr<Endpoint> endpoint;
   std::shared_ptr<Mailbox> mailbox;
   std::shared_ptr<Outcome> outcome;
@@ -26,6 +30,7 @@ struct AggregatorState {
   std::shared_ptr<AggregatorSetup> setup;
   SteadyClock clock;
   std::uint64_t next_message_id = 1;
+  std::uint64_t ticks = 0;
   static inline const char* name = "aggregator";
 };
 

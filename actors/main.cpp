@@ -1,6 +1,8 @@
 /// `flotilla`: run a whole federation in one process, or one role of it per process.
 #include "actors/roles.hpp"
+#include "runtime/admin.hpp"
 #include "runtime/config.hpp"
+#include "runtime/plugin_host.hpp"
 #include "runtime/log.hpp"
 #include "runtime/report.hpp"
 
@@ -8,6 +10,7 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 
@@ -42,6 +45,12 @@ struct Reporter {
                            rounds.model_version(), elapsed, c.updates_accepted, c.updates_late,
                            c.updates_rejected, c.messages_malformed)
                     << std::endl;
+          if (c.plugin_reloads + c.plugin_reload_failures > 0) {
+            std::cout << fmt::format("aggregation plugin: {} reload(s), {} failed; now {}",
+                                     c.plugin_reloads, c.plugin_reload_failures,
+                                     rounds.aggregation().describe())
+                      << std::endl;
+          }
           if (last_accuracy) {
             std::cout << fmt::format("final accuracy {:.2f}% (best {:.2f}%)", 100 * *last_accuracy,
                                      100 * *best_accuracy)
@@ -52,6 +61,38 @@ struct Reporter {
     };
   }
 };
+
+/// `flotilla plugins list DIR`: one line per library, or why it does not load.
+int list_plugins(const std::filesystem::path& dir) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) {
+    std::cerr << "flotilla: plugin directory '" << dir.string() << "' does not exist" << std::endl;
+    return 2;
+  }
+  const auto found = scan_plugins(dir);
+  std::cout << dir.string() << ": " << found.size() << " plugin file(s)" << std::endl;
+  int broken = 0;
+  for (const auto& f : found) {
+    if (!f.info) {
+      ++broken;
+      std::cout << fmt::format("  {:<28} NOT LOADABLE: {}", f.path.filename().string(),
+                               f.info.error().message)
+                << std::endl;
+      continue;
+    }
+    const auto& i = *f.info;
+    std::cout << fmt::format("  {:<16} {:<10} {:<8} ABI {}.{}  {}", i.name, kind_name(i.kind),
+                             i.version, i.abi_major, i.abi_minor, f.path.filename().string())
+              << std::endl;
+    if (!i.description.empty()) std::cout << "      " << i.description << std::endl;
+    for (const auto& o : i.options) {
+      std::cout << fmt::format("      option {} ({}, default {}): {}", o.key, o.type,
+                               o.default_value, o.help)
+                << std::endl;
+    }
+  }
+  return broken == 0 ? 0 : 1;
+}
 
 int finish(const actors::RoleResult& result) {
   if (result.code != 0) std::cerr << "flotilla: " << result.message << std::endl;
@@ -101,11 +142,43 @@ int main(int argc, char** argv) {
   eval->add_option("CONFIG", config_path, "Run config (TOML)")->required()->check(CLI::ExistingFile);
   eval->add_option("--connect", connect, "Aggregator endpoint")->required();
 
+  auto* plugins = app.add_subcommand("plugins", "Inspect plugins");
+  plugins->require_subcommand(1);
+  std::string plugin_dir;
+  auto* plugins_list = plugins->add_subcommand(
+      "list", "List the plugins in DIR (default: the built-in plugins) with versions and ABI");
+  plugins_list->add_option("DIR", plugin_dir, "Directory of plugin libraries (*.so)");
+
+  auto* adm = app.add_subcommand("admin", "Send an operator's command to a running aggregator");
+  adm->require_subcommand(1);
+  auto* adm_reload = adm->add_subcommand(
+      "reload", "Reload the aggregation plugin's file (switches between rounds, keeps its state)");
+  auto* adm_status = adm->add_subcommand("status", "Show the run's round, model and plugin");
+  double admin_timeout = 10;
+  for (auto* sub : {adm_reload, adm_status}) {
+    sub->add_option("--connect", connect, "Aggregator endpoint, e.g. tcp://10.0.0.5:5555")->required();
+    sub->add_option("--timeout", admin_timeout, "Seconds to wait for the reply")->capture_default_str();
+  }
+
   CLI11_PARSE(app, argc, argv);
   if (!set_log_level(log_level)) {
     std::cerr << "flotilla: --log-level '" << log_level
               << "' is not one of trace, debug, info, warn, error, off" << std::endl;
     return 2;
+  }
+  route_plugin_logs();
+  if (*plugins_list) return list_plugins(plugin_dir.empty() ? builtin_plugin_dir() : std::filesystem::path(plugin_dir));
+  if (*adm) {
+    const std::string command = *adm_reload ? "reload" : "status";
+    auto reply = send_admin(connect, command, {},
+                            std::chrono::milliseconds(static_cast<long>(admin_timeout * 1000)));
+    if (!reply) {
+      std::cerr << "flotilla: " << reply.error().message << std::endl;
+      return 1;
+    }
+    (reply->ok ? std::cout : std::cerr) << (reply->ok ? "" : "flotilla: ") << reply->message
+                                        << std::endl;
+    return reply->ok ? 0 : 1;
   }
   auto config = load(config_path);
   if (!config) return 2;

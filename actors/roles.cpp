@@ -2,7 +2,7 @@
 
 #include "actors/client_actor.hpp"
 #include "actors/evaluator_actor.hpp"
-#include "runtime/fedavg.hpp"
+#include "runtime/plugin_aggregation.hpp"
 #include "runtime/federation.hpp"
 #include "runtime/log.hpp"
 
@@ -34,10 +34,19 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
   if (!endpoint) return endpoint.error();
   setup->endpoint = std::shared_ptr<Endpoint>(std::move(endpoint).value());
   auto initial = (*model)->state();
-  auto fold = std::make_unique<FedAvg>(initial);
+  auto plugins = plugin_registry(config);
+  if (!plugins) return plugins.error();
+  setup->plugins = std::move(plugins).value();
+  auto aggregation = build_aggregation(config, *setup->plugins, initial);
+  if (!aggregation) return aggregation.error();
+  if (auto* plugin = dynamic_cast<PluginAggregation*>(aggregation->get());
+      plugin != nullptr && config.aggregator.watch_plugins) {
+    setup->watcher.emplace(plugin->library().info().path, plugin->library().loaded_mtime());
+  }
+  logger("aggregator")->info("aggregation: {}", (*aggregation)->describe());
   static SteadyClock clock;
   setup->rounds = std::make_unique<SyncRounds>(SyncOptions::from(config), std::move(initial),
-                                               std::move(fold), clock, run_id(config));
+                                               std::move(aggregation).value(), clock, run_id(config));
   logger("aggregator")->info("listening on {} (run {}, {} rounds, waiting for {} clients)",
                              setup->endpoint->address(), run_id(config), config.run.rounds,
                              SyncOptions::from(config).min_clients);

@@ -1,5 +1,8 @@
 #include "runtime/federation.hpp"
 
+#include "runtime/fedavg.hpp"
+#include "runtime/plugin_aggregation.hpp"
+
 #include <algorithm>
 #include <numeric>
 
@@ -47,6 +50,30 @@ EndpointOptions endpoint_options(const Config& config) {
 
 std::string run_id(const Config& config) {
   return config.run.name + "-" + std::to_string(config.run.seed);
+}
+
+Expected<std::unique_ptr<PluginRegistry>> plugin_registry(const Config& config) {
+  auto device = resolve_device(config.run.device);
+  if (!device) return device.error();
+  std::vector<std::filesystem::path> path(config.run.plugin_path.begin(), config.run.plugin_path.end());
+  return std::make_unique<PluginRegistry>(std::move(path), *device);
+}
+
+Expected<std::unique_ptr<Aggregation>> build_aggregation(const Config& config,
+                                                         PluginRegistry& registry,
+                                                         const TensorList& initial) {
+  const auto& name = config.aggregator.strategy;
+  if (name == "builtin") return std::unique_ptr<Aggregation>(std::make_unique<FedAvg>(initial));
+  auto library = registry.load_spec(name, FLOTILLA_KIND_AGGREGATOR);
+  if (!library) {
+    return Error{library.error().code,
+                 config.source + ": aggregator.strategy \"" + name + "\": " + library.error().message};
+  }
+  auto agg = PluginAggregation::create(*library, config.aggregator.options, initial);
+  if (!agg) {
+    return Error{agg.error().code, config.source + ": " + agg.error().message};
+  }
+  return std::unique_ptr<Aggregation>(std::move(agg).value());
 }
 
 }  // namespace flotilla

@@ -3,7 +3,9 @@
 /// model, the run id. Every process of a run computes the same values from the same file.
 #include "runtime/config.hpp"
 #include "runtime/data.hpp"
+#include "runtime/aggregation.hpp"
 #include "runtime/model.hpp"
+#include "runtime/plugin_host.hpp"
 #include "runtime/transport.hpp"
 
 #include <memory>
@@ -20,6 +22,17 @@ namespace flotilla {
 
 /// The model every role builds, initialised from run.seed.
 [[nodiscard]] Expected<std::unique_ptr<Model>> build_model(const Config& config);
+
+/// The plugin search path the config asks for (run.plugin-path, then $FLOTILLA_PLUGIN_PATH,
+/// then the built-in plugins), on the config's device.
+[[nodiscard]] Expected<std::unique_ptr<PluginRegistry>> plugin_registry(const Config& config);
+
+/// The aggregation method aggregator.strategy names ("builtin": the core's FedAvg fold; else a
+/// plugin loaded through `registry`, created with aggregator.options for `initial`).
+/// Errc::invalid_config or invalid_argument naming the config file and the plugin's problem.
+[[nodiscard]] Expected<std::unique_ptr<Aggregation>> build_aggregation(const Config& config,
+                                                                       PluginRegistry& registry,
+                                                                       const TensorList& initial);
 
 /// Transport options every role of the run uses (the message size limit).
 [[nodiscard]] EndpointOptions endpoint_options(const Config& config);

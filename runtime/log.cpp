@@ -1,5 +1,7 @@
 #include "runtime/log.hpp"
 
+#include "runtime/plugin_host.hpp"
+
 #include <spdlog/sinks/stdout_color_sinks.h>
 
 #include <mutex>
@@ -17,6 +19,18 @@ std::shared_ptr<spdlog::logger> logger(const std::string& component) {
   made->set_pattern("%^[%H:%M:%S.%e] %l [%n]%$ %v");
   made->set_level(level);
   return made;
+}
+
+void route_plugin_logs() {
+  set_plugin_log_sink([](flotilla_log_level lvl, const std::string& plugin, const std::string& msg) {
+    auto log = logger("plugin:" + plugin);
+    switch (lvl) {
+      case FLOTILLA_LOG_DEBUG: log->debug("{}", msg); break;
+      case FLOTILLA_LOG_INFO: log->info("{}", msg); break;
+      case FLOTILLA_LOG_WARN: log->warn("{}", msg); break;
+      default: log->error("{}", msg); break;
+    }
+  });
 }
 
 bool set_log_level(const std::string& name) {

@@ -10,6 +10,9 @@ namespace flotilla {
 
 [[nodiscard]] std::shared_ptr<spdlog::logger> logger(const std::string& component);
 
+/// Sends plugins' log lines to this logging ("plugin:<name>" components).
+void route_plugin_logs();
+
 /// "trace", "debug", "info", "warn", "error", "off"; false if the name is unknown.
 bool set_log_level(const std::string& level);
 

@@ -13,7 +13,8 @@ const char* payload_name(const Payload& payload) noexcept {
   static constexpr const char* names[] = {"hello",     "welcome",  "task",
                                           "update",    "evaluation-request",
                                           "evaluation-result", "heartbeat",
-                                          "shutdown",  "error"};
+                                          "shutdown",  "error",
+                                          "admin-command", "admin-reply"};
   return names[payload.index()];
 }
 

@@ -11,7 +11,7 @@
 namespace flotilla {
 
 inline constexpr std::uint16_t kProtocolMajor = 1;
-inline constexpr std::uint16_t kProtocolMinor = 0;
+inline constexpr std::uint16_t kProtocolMinor = 1;  ///< 1.1: admin commands
 
 enum class Role : std::uint8_t { client, evaluator, aggregator, admin };
 
@@ -98,8 +98,19 @@ struct ErrorReply {
   std::string message;
 };
 
+/// An operator's command to the aggregator (`flotilla admin reload`).
+struct AdminCommand {
+  std::string command;
+  std::vector<std::string> args;
+};
+
+struct AdminReply {
+  bool ok = false;
+  std::string message;
+};
+
 using Payload = std::variant<Hello, Welcome, Task, Update, EvaluationRequest, EvaluationResult,
-                             Heartbeat, Shutdown, ErrorReply>;
+                             Heartbeat, Shutdown, ErrorReply, AdminCommand, AdminReply>;
 
 struct Message {
   std::uint16_t protocol_major = kProtocolMajor;

@@ -381,6 +381,22 @@ Expected<std::shared_ptr<PluginLibrary>> PluginRegistry::reload(const std::strin
   return lib;
 }
 
+bool PluginWatcher::poll() {
+  std::error_code ec;
+  const auto now = fs::last_write_time(file_, ec);
+  if (ec || now == loaded_) {
+    pending_.reset();
+    return false;
+  }
+  if (pending_ && *pending_ == now) {
+    pending_.reset();
+    loaded_ = now;  // report each change once, whether or not its reload succeeds
+    return true;
+  }
+  pending_ = now;
+  return false;
+}
+
 fs::path builtin_plugin_dir() {
   const std::string exe = self_dir();
   std::error_code ec;

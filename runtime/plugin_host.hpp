@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -145,6 +146,24 @@ class PluginRegistry {
   c10::Device device_;
   std::mutex mutex_;
   std::map<std::string, std::filesystem::path> loaded_;  ///< name -> file
+};
+
+/// Notices that a loaded plugin's file changed on disk, once the change has settled (the same
+/// new modification time at two polls in a row, so a file still being written is not loaded).
+class PluginWatcher {
+ public:
+  PluginWatcher(std::filesystem::path file, std::filesystem::file_time_type loaded)
+      : file_(std::move(file)), loaded_(loaded) {}
+  /// True (once per change) when the file has a new, settled modification time.
+  [[nodiscard]] bool poll();
+  /// The version now running was loaded from a file with this time.
+  void loaded(std::filesystem::file_time_type t) { loaded_ = t; }
+  [[nodiscard]] const std::filesystem::path& file() const { return file_; }
+
+ private:
+  std::filesystem::path file_;
+  std::filesystem::file_time_type loaded_;
+  std::optional<std::filesystem::file_time_type> pending_;
 };
 
 /// The built-in plugins' directory (next to the executable: ../plugins, or the build tree's).

@@ -158,11 +158,12 @@ std::vector<Send> SyncRounds::on_update(const std::string& peer, const Update& u
     return out;
   }
   const double weight = static_cast<double>(std::max<std::uint64_t>(update.num_examples, 1));
-  if (auto ok = aggregation_->check(WeightedUpdate{&update.tensors, weight, 0}); !ok) {
+  const auto client_id = peers_[peer].client_id;
+  if (auto ok = aggregation_->check(WeightedUpdate{&update.tensors, weight, 0, client_id}); !ok) {
     reject(WireErrc::rejected, ok.error().message, false);
     return out;
   }
-  fold_queue_.emplace_back(update.tensors, weight);
+  fold_queue_.push_back({update.tensors, weight, client_id});
   if (fold_queue_.size() >= std::max<std::uint32_t>(options_.fold_batch, 1)) fold_queued();
   replied_.insert(peer);
   ++counters_.updates_accepted;
@@ -258,7 +259,30 @@ std::vector<Send> SyncRounds::on_tick() {
   return out;
 }
 
+void SyncRounds::request_reload(std::shared_ptr<PluginLibrary> library, std::string reason) {
+  pending_reload_ = std::move(library);
+  pending_reason_ = std::move(reason);
+  if (phase_ != Phase::training) apply_pending_reload();
+}
+
+void SyncRounds::apply_pending_reload() {
+  if (!pending_reload_) return;
+  auto library = std::move(pending_reload_);
+  pending_reload_.reset();
+  const std::string before = aggregation_->describe();
+  if (auto ok = aggregation_->reload(library); !ok) {
+    ++counters_.plugin_reload_failures;
+    logger("aggregator")->error("plugin reload ({}) failed; still running {}: {}", pending_reason_,
+                                before, ok.error().message);
+    return;
+  }
+  ++counters_.plugin_reloads;
+  logger("aggregator")->info("plugin reloaded ({}) before round {}: {} -> {}", pending_reason_,
+                             round_ + 1, before, aggregation_->describe());
+}
+
 void SyncRounds::start_round(std::vector<Send>& out) {
+  apply_pending_reload();  // between rounds: nothing is folded in yet
   std::vector<std::string> clients;
   for (const auto& [id, p] : peers_) {
     if (p.role == Role::client) clients.push_back(id);
@@ -291,10 +315,18 @@ void SyncRounds::start_round(std::vector<Send>& out) {
 void SyncRounds::fold_queued() {
   if (fold_queue_.empty()) return;
   std::vector<WeightedUpdate> batch;
-  for (const auto& [tensors, weight] : fold_queue_) batch.push_back({&tensors, weight, 0});
+  for (const auto& q : fold_queue_) batch.push_back({&q.tensors, q.weight, 0, q.client_id});
+  const auto before = aggregation_->accepted();
   if (auto ok = aggregation_->accept_batch(batch); !ok) {
-    // Validated on arrival, so this is a bug, not bad input: say so loudly.
-    throw Failure(Errc::internal, "folding validated updates failed: " + ok.error().message);
+    // Validated on arrival, so the method itself failed (e.g. a plugin's bug): the updates it
+    // did not take are counted as rejected and the round goes on with the others.
+    const auto lost = batch.size() - (aggregation_->accepted() - before);
+    logger("aggregator")->error("round {}: {} update(s) could not be folded: {}", round_, lost,
+                                ok.error().message);
+    counters_.updates_accepted -= lost;
+    counters_.updates_rejected += lost;
+    current_.updates -= static_cast<std::uint32_t>(lost);
+    current_.rejected += static_cast<std::uint32_t>(lost);
   }
   fold_queue_.clear();
 }
@@ -303,8 +335,18 @@ void SyncRounds::close_round(std::vector<Send>& out) {
   fold_queued();
   current_.round_seconds = seconds_since(round_started_);
   current_.version_seconds = run_started_ ? seconds_since(*run_started_) : 0;
+  std::optional<TensorList> next;
   if (current_.updates >= options_.min_updates && aggregation_->accepted() > 0) {
-    model_ = aggregation_->finalize();
+    try {
+      next = aggregation_->finalize();
+    } catch (const Failure& f) {
+      // A plugin that fails to produce a version fails the round; the model stays as it was.
+      logger("aggregator")->error("round {}: {}", round_, f.what());
+      aggregation_->discard();
+    }
+  }
+  if (next) {
+    model_ = std::move(*next);
     ++version_;
     ++counters_.rounds_completed;
     current_.model_version = version_;
@@ -313,7 +355,7 @@ void SyncRounds::close_round(std::vector<Send>& out) {
     pending_[round_] = current_;
     request_evaluation(out, round_);
   } else {
-    aggregation_->discard();
+    if (aggregation_->accepted() > 0) aggregation_->discard();
     ++counters_.rounds_failed;
     current_.failed = true;
     logger("aggregator")->warn("round {} failed: {} of {} updates by the deadline (min-updates {})",

@@ -72,6 +72,8 @@ struct SyncCounters {
   std::uint64_t messages_malformed = 0;
   std::uint64_t rounds_completed = 0;
   std::uint64_t rounds_failed = 0;
+  std::uint64_t plugin_reloads = 0;          ///< aggregation plugin switched to a new build
+  std::uint64_t plugin_reload_failures = 0;  ///< a new build refused; the old one kept running
 };
 
 class SyncRounds {
@@ -89,6 +91,14 @@ class SyncRounds {
   [[nodiscard]] std::vector<Send> on_bad_message(const std::string& peer, const Error& error);
   /// Deadlines and timeouts; call often (e.g. every 100 ms).
   [[nodiscard]] std::vector<Send> on_tick();
+
+  /// Switches the aggregation plugin to `library` (a new build of it) at the next safe point:
+  /// now if no round is collecting updates, else right after the current round closes, so no
+  /// accepted update is lost. A failing switch keeps the old build (logged and counted).
+  void request_reload(std::shared_ptr<PluginLibrary> library, std::string reason);
+  [[nodiscard]] bool reload_pending() const { return pending_reload_ != nullptr; }
+
+  [[nodiscard]] const Aggregation& aggregation() const { return *aggregation_; }
 
   /// Round records completed since the last call, in round order.
   [[nodiscard]] std::vector<RoundRecord> take_completed();
@@ -113,6 +123,7 @@ class SyncRounds {
   };
 
   void start_round(std::vector<Send>& out);
+  void apply_pending_reload();
   void fold_queued();
   /// Records that `peer` was heard from now, re-admitting it if it had been timed out.
   void heard_from(const std::string& peer);
@@ -149,7 +160,12 @@ class SyncRounds {
   double loss_sum_ = 0, accuracy_sum_ = 0, weight_sum_ = 0;
   /// Accepted updates waiting to be folded together (at most fold_batch, folded by the next
   /// tick at the latest).
-  std::vector<std::pair<TensorList, double>> fold_queue_;
+  struct Queued {
+    TensorList tensors;
+    double weight = 0;
+    std::uint32_t client_id = 0;
+  };
+  std::vector<Queued> fold_queue_;
 
   /// Records waiting for their version's evaluation, by version.
   std::map<std::uint64_t, RoundRecord> pending_;
@@ -157,6 +173,8 @@ class SyncRounds {
   std::vector<RoundRecord> completed_;
   bool target_reached_ = false;
   SyncCounters counters_;
+  std::shared_ptr<PluginLibrary> pending_reload_;
+  std::string pending_reason_;
 };
 
 }  // namespace flotilla

@@ -285,6 +285,15 @@ void encode_payload(s::Envelope::Payload::Builder out, const Payload& payload, E
           auto e = out.initError();
           e.setCode(to_wire(p.code));
           e.setMessage(text(p.message));
+        } else if constexpr (std::is_same_v<T, AdminCommand>) {
+          auto c = out.initAdminCommand();
+          c.setCommand(text(p.command));
+          auto args = c.initArgs(list_size(p.args.size(), "admin arguments"));
+          for (unsigned i = 0; i < p.args.size(); ++i) args.set(i, text(p.args[i]));
+        } else if constexpr (std::is_same_v<T, AdminReply>) {
+          auto r = out.initAdminReply();
+          r.setOk(p.ok);
+          r.setMessage(text(p.message));
         }
       },
       payload);
@@ -601,6 +610,16 @@ struct Decoder {
       case s::Envelope::Payload::ERROR: {
         auto e = in.getError();
         return ErrorReply{from_wire(e.getCode()), str(e.getMessage())};
+      }
+      case s::Envelope::Payload::ADMIN_COMMAND: {
+        auto c = in.getAdminCommand();
+        AdminCommand p{str(c.getCommand()), {}};
+        for (auto a : c.getArgs()) p.args.push_back(str(a));
+        return p;
+      }
+      case s::Envelope::Payload::ADMIN_REPLY: {
+        auto r = in.getAdminReply();
+        return AdminReply{r.getOk(), str(r.getMessage())};
       }
     }
     fail("unknown payload kind " + std::to_string(static_cast<unsigned>(in.which())));

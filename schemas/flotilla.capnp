@@ -122,6 +122,17 @@ struct Error {
   message @1 :Text;
 }
 
+# An operator's command to the aggregator (`flotilla admin ...`), on the aggregator's endpoint.
+struct AdminCommand {
+  command @0 :Text;        # "reload", "status"
+  args @1 :List(Text);
+}
+
+struct AdminReply {
+  ok @0 :Bool;
+  message @1 :Text;
+}
+
 struct Envelope {
   protocolMajor @0 :UInt16;
   protocolMinor @1 :UInt16;
@@ -139,5 +150,7 @@ struct Envelope {
     heartbeat @12 :Heartbeat;
     shutdown @13 :Shutdown;
     error @14 :Error;
+    adminCommand @15 :AdminCommand;  # since protocol 1.1
+    adminReply @16 :AdminReply;      # since protocol 1.1
   }
 }
