@@ -398,15 +398,16 @@ bool PluginWatcher::poll() {
 }
 
 fs::path builtin_plugin_dir() {
-  const std::string exe = self_dir();
+  // The build tree (build/bin/flotilla, build/plugins) or an install (bin/, lib/flotilla/plugins).
+  const fs::path exe = self_dir();
   std::error_code ec;
-  if (!exe.empty() && fs::is_directory(fs::path(exe) / ".." / "plugins", ec)) {
-    return fs::weakly_canonical(fs::path(exe) / ".." / "plugins", ec);
+  for (const auto& candidate : {exe / ".." / "plugins", exe / ".." / "lib" / "flotilla" / "plugins"}) {
+    if (!exe.empty() && fs::is_directory(candidate, ec)) return fs::weakly_canonical(candidate, ec);
   }
 #ifdef FLOTILLA_BUILTIN_PLUGIN_DIR
   return FLOTILLA_BUILTIN_PLUGIN_DIR;
 #else
-  return fs::path(exe) / ".." / "plugins";
+  return exe / ".." / "plugins";
 #endif
 }
 
