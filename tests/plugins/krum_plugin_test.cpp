@@ -57,6 +57,21 @@ TEST(KrumPlugin, PicksTheBestScoredUpdate) {
   for (const auto& t : updates[order[0]]) EXPECT_TRUE(at::equal(find(out, t.name), t.tensor)) << t.name;
 }
 
+TEST(KrumPlugin, ScoresOverTheNMinusFMinus2NearestNeighbours) {
+  // Updates whose every coordinate is one of these values. With n = 7, f = 1, scores over the
+  // 4 nearest pick 22; over 3 they would pick 24, over 5 they would pick 19.
+  const auto global = seeded_model(0);
+  std::vector<TensorList> updates;
+  for (double value : {19, 0, 24, 8, 28, 22, 14}) {
+    TensorList u;
+    for (const auto& t : global) u.push_back({t.name, at::full(t.tensor.sizes(), value)});
+    updates.push_back(std::move(u));
+  }
+  auto agg = aggregation("krum", global, {{"byzantine", "1"}});
+  const auto out = aggregate(*agg, updates, std::vector<double>(7, 1.0));
+  EXPECT_TRUE(at::equal(find(out, "fc.weight"), at::full({10, 64}, 22.0)));
+}
+
 TEST(KrumPlugin, MultiKrumAveragesTheBestScored) {
   const auto updates = spread_models(7);
   const auto order = krum_order(updates, 1);
@@ -69,18 +84,25 @@ TEST(KrumPlugin, MultiKrumAveragesTheBestScored) {
 
 TEST(KrumPlugin, WithstandsAScaledOutlier) { expect_withstands_outlier("krum"); }
 
+/// The message finalize fails with after accepting `updates` ("" if it does not fail).
+std::string finalize_error(Aggregation& agg, const std::vector<TensorList>& updates) {
+  for (const auto& u : updates) EXPECT_TRUE(agg.accept({&u, 1.0, 0, 0}));
+  try {
+    (void)agg.finalize();
+  } catch (const Failure& e) {
+    return e.what();
+  }
+  return "";
+}
+
 TEST(KrumPlugin, TooFewUpdatesFailTheVersionAndTheNextStartsClean) {
   auto agg = aggregation("krum", seeded_model(0), {{"byzantine", "1"}});
-  const auto few = spread_models(4);  // needs n > 2f + 2 = 4
-  for (const auto& u : few) ASSERT_TRUE(agg->accept({&u, 1.0, 0, 0}));
-  try {
-    (void)agg->finalize();
-    FAIL() << "finalize with 4 updates and byzantine=1 succeeded";
-  } catch (const Failure& e) {
-    EXPECT_NE(std::string(e.what()).find("needs more than 4 updates, got 4"), std::string::npos)
-        << e.what();
-  }
-  // The failed version's updates are gone: 5 new ones give Krum over exactly those.
+  // n > 2f + 2 = 4 is needed.
+  const auto four = finalize_error(*agg, spread_models(4));
+  EXPECT_NE(four.find("needs more than 4 updates, got 4"), std::string::npos) << four;
+  // The failed version's updates are gone: 3 more are 3, not 7.
+  const auto three = finalize_error(*agg, spread_models(3));
+  EXPECT_NE(three.find("got 3"), std::string::npos) << three;
   const auto updates = spread_models(5);
   const auto out = aggregate(*agg, updates, std::vector<double>(5, 1.0));
   const auto best = krum_order(updates, 1)[0];

@@ -40,7 +40,7 @@ TEST(MedianPlugin, EqualsTheSortedMiddleForOddAndEvenCounts) {
 
 TEST(MedianPlugin, WithstandsAScaledOutlier) { expect_withstands_outlier("median"); }
 
-TEST(MedianPlugin, SubsetsIntegersAndDiscard) {
+TEST(MedianPlugin, SubsetsIntegersDiscardAndNextVersion) {
   TensorList global = seeded_model(0);
   global.push_back({"steps", at::full({1}, 5, at::kLong)});
   auto agg = aggregation("median", global);
@@ -55,6 +55,9 @@ TEST(MedianPlugin, SubsetsIntegersAndDiscard) {
   EXPECT_TRUE(at::allclose(find(out, "fc.bias"), at::full({10}, 2.0)));
   EXPECT_EQ(find(out, "steps").item<std::int64_t>(), 12);  // the latest update's
   EXPECT_TRUE(at::equal(find(out, "fc.weight"), find(global, "fc.weight")));
+  // The next version starts empty: its one update is its median.
+  const std::vector<TensorList> next = {{{"fc.bias", at::full({10}, 9.0)}, {"steps", at::full({1}, 1, at::kLong)}}};
+  EXPECT_TRUE(at::allclose(find(aggregate(*agg, next, {1}), "fc.bias"), at::full({10}, 9.0)));
 }
 
 }  // namespace
