@@ -15,10 +15,25 @@ void train(Self* self, const Message& m, const Task& task) {
     link.send(ErrorReply{WireErrc::rejected, ok.error().message}, m.message_id);
     return;
   }
+  const auto plugin = s.optimizer->current();
+  if (!plugin.event.empty()) {
+    if (plugin.failed) {
+      link.log()->warn("{}", plugin.event);
+    } else {
+      link.log()->info("{}", plugin.event);
+    }
+  }
+  auto optimizer = make_optimizer(plugin.library, s.config.optimizer.options, task.config, *s.model,
+                                  s.config.source + ": training.options");
+  if (!optimizer) {
+    link.log()->error("cannot train round {}: {}", task.round, optimizer.error().message);
+    link.send(ErrorReply{WireErrc::rejected, optimizer.error().message}, m.message_id);
+    return;
+  }
   TrainStats stats;
   {
     const auto slot = s.compute();
-    stats = train_local(*s.model, s.train, task.config);
+    stats = train_local(*s.model, s.train, task.config, **optimizer);
   }
   Update update;
   update.round = task.round;

@@ -3,6 +3,7 @@
 /// Spawned detached: local training blocks for seconds and must not hold a scheduler thread.
 #include "actors/peer_link.hpp"
 #include "runtime/data.hpp"
+#include "runtime/plugin_host.hpp"
 
 namespace flotilla::actors {
 
@@ -10,6 +11,9 @@ struct ClientSetup : PeerSetup {
   std::uint32_t id = 0;
   Dataset train;
   DeviceProfile profile;
+  /// The optimizer plugin (training.optimizer), reloaded between tasks when its file changes;
+  /// shared by the clients of one process. Each task gets a fresh optimizer state from it.
+  std::shared_ptr<WatchedPlugin> optimizer;
 };
 
 struct ClientState {

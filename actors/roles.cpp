@@ -5,6 +5,7 @@
 #include "runtime/plugin_aggregation.hpp"
 #include "runtime/federation.hpp"
 #include "runtime/log.hpp"
+#include "runtime/trainer.hpp"
 
 #include <ATen/Parallel.h>
 
@@ -53,9 +54,32 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
   return setup;
 }
 
+/// The clients' optimizer plugin (training.optimizer on run.plugin-path), checked with the run's
+/// [training] and [training.options] by creating it once over a model like the clients'.
+Expected<std::shared_ptr<WatchedPlugin>> optimizer_plugin(const Config& config) {
+  auto device = resolve_device(config.run.device);
+  if (!device) return device.error();
+  std::vector<std::filesystem::path> path(config.run.plugin_path.begin(), config.run.plugin_path.end());
+  auto registry = std::make_shared<PluginRegistry>(std::move(path), *device);
+  auto library = registry->load_spec(config.optimizer.name, FLOTILLA_KIND_OPTIMIZER);
+  if (!library) {
+    return Error{Errc::invalid_config, config.source + ": training.optimizer: " + library.error().message};
+  }
+  auto model = build_model(config);
+  if (!model) return model.error();
+  const std::string where = config.source + ": training.options";
+  auto options = optimizer_options((*library)->info(), config.optimizer.options, config.training);
+  if (!options) return Error{Errc::invalid_config, config.source + ": " + options.error().message};
+  if (auto ok = (*library)->check_options(*options, where); !ok) return ok.error();
+  auto trial = PluginOptimizer::create(*library, *options, trainable_parameters(**model), where);
+  if (!trial) return Error{Errc::invalid_config, where + ": " + trial.error().message};
+  return std::make_shared<WatchedPlugin>(std::move(registry), std::move(library).value());
+}
+
 Expected<std::shared_ptr<ClientSetup>> client_setup(const Config& config, std::uint32_t id,
                                                     const std::string& connect,
-                                                    const Dataset& full_train, int threads) {
+                                                    const Dataset& full_train, int threads,
+                                                    std::shared_ptr<WatchedPlugin> optimizer) {
   auto data = client_train_data(config, full_train, id);
   if (!data) return data.error();
   auto setup = std::make_shared<ClientSetup>();
@@ -63,6 +87,7 @@ Expected<std::shared_ptr<ClientSetup>> client_setup(const Config& config, std::u
     return ok.error();
   }
   setup->id = id;
+  setup->optimizer = std::move(optimizer);
   setup->train = std::move(data).value();
   setup->threads = threads;
   setup->profile.kind = setup->model->device().str();
@@ -114,7 +139,9 @@ RoleResult run_aggregator(const Config& config, AggregatorHooks hooks,
 RoleResult run_client(const Config& config, std::uint32_t id, const std::string& connect) {
   auto train = load_fashion_mnist(config.data.path, true);
   if (!train) return failed(train.error());
-  auto setup = client_setup(config, id, connect, *train, cores(config));
+  auto optimizer = optimizer_plugin(config);
+  if (!optimizer) return failed(optimizer.error());
+  auto setup = client_setup(config, id, connect, *train, cores(config), *optimizer);
   if (!setup) return failed(setup.error());
   logger("client-" + std::to_string(id))
       ->info("{} training examples; connecting to {}", (*setup)->train.size(), connect);
@@ -133,6 +160,8 @@ RoleResult run_all(const Config& config, AggregatorHooks hooks) {
   const int n_cores = cores(config);
   auto train = load_fashion_mnist(config.data.path, true);
   if (!train) return failed(train.error());
+  auto optimizer = optimizer_plugin(config);
+  if (!optimizer) return failed(optimizer.error());
   auto aggregator = aggregator_setup(config, std::move(hooks), config.aggregator.listen);
   if (!aggregator) return failed(aggregator.error());
   const std::string address = (*aggregator)->endpoint->address();
@@ -152,7 +181,7 @@ RoleResult run_all(const Config& config, AggregatorHooks hooks) {
   if (evaluator) evaluator->compute_slots = slots;
   std::vector<std::shared_ptr<ClientSetup>> clients;
   for (int id = 0; id < config.data.clients; ++id) {
-    auto c = client_setup(config, static_cast<std::uint32_t>(id), address, *train, 1);
+    auto c = client_setup(config, static_cast<std::uint32_t>(id), address, *train, 1, *optimizer);
     if (!c) return failed(c.error());
     (*c)->compute_slots = slots;
     outcomes.push_back((*c)->outcome);

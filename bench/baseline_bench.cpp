@@ -104,6 +104,9 @@ int main(int argc, char** argv) try {
   model_spec.name = o.model;
   model_spec.hidden = o.hidden;
   const auto device = c10::Device(c10::kCPU);
+  // The same optimizer plugin as Flotilla's clients (training.optimizer = "sgd").
+  flotilla::PluginRegistry registry({}, device);
+  const auto sgd = registry.load("sgd", FLOTILLA_KIND_OPTIMIZER).value();
   auto global_model = Model::create(model_spec, device, o.seed).value();
   auto worker = Model::create(model_spec, device, o.seed).value();
   TensorList global = global_model->state();
@@ -135,7 +138,8 @@ int main(int argc, char** argv) try {
       task.momentum = o.momentum;
       // The seed the aggregator gives client c's task in this round (runtime/sync_rounds.cpp).
       task.seed = o.seed * 1000003ULL + static_cast<std::uint64_t>(round) * 7919ULL + c;
-      const auto stats = train_local(*worker, client_data[c], task);
+      auto optimizer = make_optimizer(sgd, {}, task, *worker).value();
+      const auto stats = train_local(*worker, client_data[c], task, *optimizer);
       const double weight = static_cast<double>(stats.num_examples) / total_examples;
       train_loss += weight * stats.loss;
       const auto state = worker->state();

@@ -297,6 +297,12 @@ Config read(const toml::table& root, const std::string& source) {
   if (c.aggregator.listen.empty()) fail(source + ": aggregator.listen is empty");
   if (c.aggregator.strategy.empty()) fail(source + ": aggregator.strategy is empty");
   if (c.optimizer.name.empty()) fail(source + ": training.optimizer is empty");
+  for (const char* key : {"learning-rate", "momentum", "weight-decay"}) {
+    if (c.optimizer.options.count(key) != 0) {
+      fail(source + ": training.options." + key + " duplicates training." + key +
+           "; set it in [training] (the optimizer receives it as its option '" + key + "')");
+    }
+  }
   if (c.aggregator.strategy == "builtin" && !c.aggregator.options.empty()) {
     fail(source + ": aggregator.options are given, but aggregator.strategy \"builtin\" takes none");
   }

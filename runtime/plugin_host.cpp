@@ -381,6 +381,43 @@ Expected<std::shared_ptr<PluginLibrary>> PluginRegistry::reload(const std::strin
   return lib;
 }
 
+WatchedPlugin::WatchedPlugin(std::shared_ptr<PluginRegistry> registry,
+                             std::shared_ptr<PluginLibrary> library)
+    : registry_(std::move(registry)), library_(std::move(library)) {}
+
+std::shared_ptr<PluginLibrary> WatchedPlugin::library() const {
+  std::lock_guard lock(mutex_);
+  return library_;
+}
+
+WatchedPlugin::Current WatchedPlugin::current() {
+  std::lock_guard lock(mutex_);
+  const auto& info = library_->info();
+  std::error_code ec;
+  const auto mtime = fs::last_write_time(info.path, ec);
+  // A missing file (being replaced) or one unchanged, or changed to a version that failed: keep.
+  if (ec || mtime == library_->loaded_mtime() || mtime == failed_mtime_) return {library_, {}, false};
+  auto fresh = registry_->reload(info.name);
+  if (fresh && (*fresh)->info().kind != info.kind) {
+    fresh = Error{Errc::invalid_argument, "it is now an " + std::string(kind_name((*fresh)->info().kind)) +
+                                              " plugin, expected an " + kind_name(info.kind) + " plugin"};
+  }
+  if (!fresh) {
+    failed_mtime_ = mtime;
+    return {library_,
+            "plugin '" + info.name + "' changed on disk (" + info.path.string() +
+                ") but cannot be reloaded, keeping version " + info.version + ": " + fresh.error().message,
+            true};
+  }
+  const std::string old_version = info.version;
+  library_ = *fresh;
+  failed_mtime_ = {};
+  return {library_,
+          "reloaded plugin '" + library_->info().name + "' from " + library_->info().path.string() +
+              " (version " + old_version + " -> " + library_->info().version + ")",
+          false};
+}
+
 bool PluginWatcher::poll() {
   std::error_code ec;
   const auto now = fs::last_write_time(file_, ec);

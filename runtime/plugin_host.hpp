@@ -166,6 +166,31 @@ class PluginWatcher {
   std::optional<std::filesystem::file_time_type> pending_;
 };
 
+/// A loaded plugin that follows its file (thread-safe): current() loads the file again when its
+/// modification time is no longer the loaded library's, and keeps the old library when that
+/// fails (trying again only once the file changes again).
+class WatchedPlugin {
+ public:
+  WatchedPlugin(std::shared_ptr<PluginRegistry> registry, std::shared_ptr<PluginLibrary> library);
+
+  struct Current {
+    std::shared_ptr<PluginLibrary> library;  ///< the library to use now
+    /// One line when something happened: "reloaded ... (version 1.0.0 -> 1.1.0)", or why a
+    /// reload failed (then `failed` is set and `library` is the old one).
+    std::string event;
+    bool failed = false;
+  };
+  /// The library to use now, reloaded first if its file changed.
+  [[nodiscard]] Current current();
+  [[nodiscard]] std::shared_ptr<PluginLibrary> library() const;
+
+ private:
+  std::shared_ptr<PluginRegistry> registry_;
+  mutable std::mutex mutex_;
+  std::shared_ptr<PluginLibrary> library_;
+  std::filesystem::file_time_type failed_mtime_{};  ///< the file version a reload failed for
+};
+
 /// The built-in plugins' directory (next to the executable: ../plugins, or the build tree's).
 [[nodiscard]] std::filesystem::path builtin_plugin_dir();
 

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cstdio>
 #include <numeric>
 #include <random>
 
@@ -34,9 +35,72 @@ class ModeGuard {
   bool was_training_;
 };
 
+/// `v` as text that parses back to exactly the same double.
+std::string exact(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+/// `v` as a person writes it ("0.9").
+std::string shown(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+bool declares(const PluginInfo& plugin, const std::string& key) {
+  for (const auto& o : plugin.options) {
+    if (o.key == key) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
-TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& config) {
+TensorList trainable_parameters(Model& model) {
+  TensorList out;
+  for (const auto& p : as_module(model).named_parameters(/*recurse=*/true)) {
+    if (p.value().requires_grad()) out.push_back({p.key(), p.value()});
+  }
+  return out;
+}
+
+Expected<PluginOptions> optimizer_options(const PluginInfo& plugin, const PluginOptions& options,
+                                          const TrainingConfig& config) {
+  const std::pair<const char*, double> from_training[] = {
+      {"learning-rate", config.learning_rate},
+      {"momentum", config.momentum},
+      {"weight-decay", config.weight_decay}};
+  PluginOptions out = options;
+  for (const auto& [key, value] : from_training) {
+    if (options.count(key) != 0) {
+      return Error{Errc::invalid_config, std::string("training.options.") + key +
+                                             " duplicates training." + key + "; set it in [training]"};
+    }
+    if (declares(plugin, key)) {
+      out[key] = exact(value);
+    } else if (value != 0 && std::string(key) != "learning-rate") {
+      return Error{Errc::invalid_config,
+                   std::string("training.") + key + " is " + shown(value) +
+                       ", but training.optimizer '" + plugin.name + "' has no option '" + key +
+                       "'; set training." + key + " = 0 or use an optimizer with " + key};
+    }
+  }
+  return out;
+}
+
+Expected<std::unique_ptr<PluginOptimizer>> make_optimizer(std::shared_ptr<PluginLibrary> plugin,
+                                                          const PluginOptions& options,
+                                                          const TrainingConfig& config, Model& model,
+                                                          const std::string& where) {
+  auto opts = optimizer_options(plugin->info(), options, config);
+  if (!opts) return opts.error();
+  return PluginOptimizer::create(std::move(plugin), *opts, trainable_parameters(model), where);
+}
+
+TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& config,
+                       PluginOptimizer& optimizer) {
   if (config.batch_size == 0) throw Failure(Errc::invalid_config, "batch-size must be > 0, got 0");
   if (!(config.learning_rate > 0)) {
     throw Failure(Errc::invalid_config,
@@ -54,10 +118,6 @@ TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& 
   // Client datasets are small: one transfer up front beats one per batch.
   const auto inputs = data.inputs.to(device);
   const auto labels = data.labels.to(device);
-
-  torch::optim::SGD optimizer(module.parameters(), torch::optim::SGDOptions(config.learning_rate)
-                                                       .momentum(config.momentum)
-                                                       .weight_decay(config.weight_decay));
 
   const auto batch = static_cast<std::int64_t>(config.batch_size);
   const std::int64_t batches_per_epoch = (n + batch - 1) / batch;
@@ -88,11 +148,11 @@ TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& 
     const auto x = inputs.index_select(0, index);
     const auto y = labels.index_select(0, index);
 
-    optimizer.zero_grad();
+    for (const auto& p : optimizer.params()) p.tensor.mutable_grad().reset();
     const auto logits = model.forward(x);
     auto loss = torch::nn::functional::cross_entropy(logits, y);
     loss.backward();
-    optimizer.step();
+    if (auto ok = optimizer.step(); !ok) throw Failure(ok.error());
 
     loss_sum += loss.detach().to(torch::kFloat64);
     correct += logits.detach().argmax(1).eq(y).sum();

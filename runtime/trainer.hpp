@@ -3,8 +3,10 @@
 #include "runtime/data.hpp"
 #include "runtime/message.hpp"
 #include "runtime/model.hpp"
+#include "runtime/plugin_optimizer.hpp"
 
 #include <cstdint>
+#include <memory>
 
 namespace flotilla {
 
@@ -16,11 +18,30 @@ struct TrainStats {
   double seconds = 0;
 };
 
-/// Trains `model` in place with SGD (learning rate, momentum, weight decay from `config`) for
-/// config.local_steps mini-batches (or config.local_epochs epochs when local_steps is 0),
-/// shuffling with config.seed. Deterministic for a given seed on the CPU.
-[[nodiscard]] TrainStats train_local(Model& model, const Dataset& data,
-                                     const TrainingConfig& config);
+/// The parameters an optimizer steps: `model`'s parameters that require gradients, by name
+/// (frozen ones, e.g. LoRA's base weights, are left out).
+[[nodiscard]] TensorList trainable_parameters(Model& model);
+
+/// The options optimizer plugin `plugin` is created with for a task: `options` ([training.options])
+/// plus `config`'s learning-rate, momentum and weight-decay as the plugin's options of those names,
+/// where it declares them. Errc::invalid_config for a key of `options` that is one of those three
+/// (set in [training]), and for a momentum or weight decay != 0 the plugin has no option for.
+[[nodiscard]] Expected<PluginOptions> optimizer_options(const PluginInfo& plugin,
+                                                        const PluginOptions& options,
+                                                        const TrainingConfig& config);
+
+/// A fresh optimizer (new state: each task restarts local optimization) from `plugin` over
+/// `model`'s trainable parameters, with optimizer_options(); `where` names [training.options]
+/// in errors (e.g. "run.toml: training.options").
+[[nodiscard]] Expected<std::unique_ptr<PluginOptimizer>> make_optimizer(
+    std::shared_ptr<PluginLibrary> plugin, const PluginOptions& options,
+    const TrainingConfig& config, Model& model, const std::string& where = "training.options");
+
+/// Trains `model` in place with `optimizer` (over `model`'s trainable parameters, e.g. from
+/// make_optimizer) for config.local_steps mini-batches (or config.local_epochs epochs when
+/// local_steps is 0), shuffling with config.seed. Deterministic for a given seed on the CPU.
+[[nodiscard]] TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& config,
+                                     PluginOptimizer& optimizer);
 
 struct EvalStats {
   std::uint64_t num_examples = 0;

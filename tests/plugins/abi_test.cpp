@@ -188,4 +188,54 @@ TEST(PluginAbi, FailedReloadKeepsTheOldVersion) {
   EXPECT_TRUE(at::allclose(find(out, "w"), at::ones({2, 3})));
 }
 
+TEST(PluginAbi, WatchedPluginFollowsItsFile) {
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path() / "flotilla-watch-test";
+  fs::create_directories(dir);
+  const auto file = dir / "flotilla-scaled-mean.so";
+  auto t = fs::file_time_type::clock::now();
+  auto put = [&](const fs::path& from) {  // a new file version, with a later mtime
+    fs::copy_file(from, file, fs::copy_options::overwrite_existing);
+    t += std::chrono::seconds(1);
+    fs::last_write_time(file, t);
+  };
+  put(fixture("scaled-mean-v1"));
+  auto registry = std::make_shared<PluginRegistry>(std::vector<fs::path>{dir}, c10::Device(c10::kCPU));
+  auto lib = registry->load("scaled-mean", FLOTILLA_KIND_AGGREGATOR);
+  ASSERT_TRUE(lib) << lib.error().message;
+  WatchedPlugin watched(registry, *lib);
+
+  auto now = watched.current();  // unchanged: the same library, nothing to say
+  EXPECT_EQ(now.library, *lib);
+  EXPECT_TRUE(now.event.empty());
+
+  put(fixture("scaled-mean-v2"));
+  now = watched.current();
+  EXPECT_FALSE(now.failed);
+  EXPECT_EQ(now.library->info().version, "2.0.0");
+  EXPECT_THAT(now.event, HasSubstr("reloaded plugin 'scaled-mean'"));
+  EXPECT_THAT(now.event, HasSubstr("1.0.0 -> 2.0.0"));
+  EXPECT_TRUE(watched.current().event.empty());
+
+  // A broken file: said once, the loaded version kept until the file changes again.
+  {
+    std::ofstream(file, std::ios::trunc) << "not a library";
+  }
+  t += std::chrono::seconds(1);
+  fs::last_write_time(file, t);
+  now = watched.current();
+  EXPECT_TRUE(now.failed);
+  EXPECT_THAT(now.event, HasSubstr("cannot be reloaded, keeping version 2.0.0"));
+  EXPECT_EQ(now.library->info().version, "2.0.0");
+  now = watched.current();
+  EXPECT_TRUE(now.event.empty());
+  EXPECT_EQ(now.library->info().version, "2.0.0");
+
+  put(fixture("scaled-mean-v1"));
+  now = watched.current();
+  EXPECT_FALSE(now.failed);
+  EXPECT_EQ(now.library->info().version, "1.0.0");
+  fs::remove_all(dir);
+}
+
 }  // namespace

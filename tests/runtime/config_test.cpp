@@ -101,6 +101,19 @@ TEST(Config, InconsistentKeysAreRefused) {
   EXPECT_NE(e.message.find("local-steps"), std::string::npos) << e.message;
 }
 
+TEST(Config, OptimizerOptionsThatDuplicateTrainingKeysAreRefused) {
+  auto ok = parse_config("[training]\noptimizer = \"galore-adamw\"\n[training.options]\nrank = 8\n", "t.toml");
+  ASSERT_TRUE(ok) << ok.error().message;
+  EXPECT_EQ(ok->optimizer.name, "galore-adamw");
+  EXPECT_EQ(ok->optimizer.options.at("rank"), "8");
+  for (const std::string key : {"learning-rate", "momentum", "weight-decay"}) {
+    auto e = config_error("[training.options]\n" + key + " = 0.1\n");
+    EXPECT_NE(e.message.find("training.options." + key + " duplicates training." + key),
+              std::string::npos)
+        << e.message;
+  }
+}
+
 TEST(Config, SyntaxErrorHasLineAndColumn) {
   auto e = config_error("[run]\nrounds = = 3\n");
   EXPECT_NE(e.message.find("test.toml:2:"), std::string::npos) << e.message;

@@ -1,0 +1,219 @@
+// galore-adamw: AdamW with GaLore gradient low-rank projection (Zhao et al., "GaLore:
+// Memory-Efficient LLM Training by Gradient Low-Rank Projection", ICML 2024).
+//
+// For a 2-D parameter W (m x n) with min(m, n) > rank:
+//  - at its steps 0, T, 2T, ... (T = update-interval) the projection P is recomputed from the
+//    current gradient G's thin SVD: m >= n: P = the top-`rank` right singular vectors (n x r)
+//    and R = G P (m x r); m < n: P = the top-`rank` left singular vectors (m x r) and
+//    R = P^T G (r x n). Each column of P is signed so that its largest-magnitude entry is
+//    positive (SVD signs are arbitrary and differ between libraries and devices; a fixed sign
+//    keeps the moments meaningful across recomputations of a barely moving subspace).
+//  - Adam's moments live in the projected space (the shape of R) and are kept when P is
+//    recomputed (as in the paper's reference implementation).
+//  - N = m_hat / (sqrt(v_hat) + eps) with torch's bias correction (as adamw); the update is
+//    scale * (N P^T) or scale * (P N), projected back to W's shape:
+//      W = W * (1 - lr * weight_decay);  W = W - lr * scale * back-projected N
+//    The decoupled weight decay is applied first, to the weights before the step, exactly as in
+//    torch::optim::AdamW and the adamw plugin (the paper's code decays after the step; the two
+//    differ by lr^2 * weight_decay * update).
+// Every other parameter (not 2-D, or min(m, n) <= rank, where a projection would save nothing)
+// gets plain AdamW with full-size moments, identical to the adamw plugin.
+//
+// State: projected parameters hold 2 * r * max(m, n) moment entries plus the r * min(m, n)
+// projection, instead of AdamW's 2 * m * n.
+#include "flotilla/plugin.hpp"
+
+#include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using flotilla::sdk::Host;
+using flotilla::sdk::Invalid;
+using flotilla::sdk::NamedTensors;
+using flotilla::sdk::Options;
+
+/// The option's value, refused unless lo <= v (or lo < v when `open_lo`) and v < hi (or <= hi).
+double bounded(const Options& options, const char* key, double fallback, double lo, double hi,
+               bool open_lo, bool open_hi, const char* range) {
+  const double v = options.real(key, fallback);
+  const bool ok = std::isfinite(v) && (open_lo ? v > lo : v >= lo) && (open_hi ? v < hi : v <= hi);
+  if (!ok) {
+    const auto* text = options.find(key);
+    throw Invalid("option '" + std::string(key) + "' is " + (text ? *text : std::to_string(v)) +
+                  ", expected " + range);
+  }
+  return v;
+}
+
+std::int64_t at_least_one(const Options& options, const char* key, std::int64_t fallback) {
+  const auto v = options.integer(key, fallback);
+  if (v < 1) throw Invalid("option '" + std::string(key) + "' is " + std::to_string(v) + ", expected >= 1");
+  return v;
+}
+
+class GaloreAdamW final : public flotilla::sdk::Optimizer {
+ public:
+  GaloreAdamW(const Host& host, const Options& options, const NamedTensors& params)
+      : host_(host),
+        lr_(bounded(options, "learning-rate", 1e-3, 0, INFINITY, false, true, ">= 0")),
+        beta1_(bounded(options, "beta1", 0.9, 0, 1, false, true, "in [0, 1)")),
+        beta2_(bounded(options, "beta2", 0.999, 0, 1, false, true, "in [0, 1)")),
+        eps_(bounded(options, "eps", 1e-8, 0, INFINITY, true, true, "> 0")),
+        weight_decay_(bounded(options, "weight-decay", 0.01, 0, INFINITY, false, true, ">= 0")),
+        rank_(at_least_one(options, "rank", 128)),
+        interval_(at_least_one(options, "update-interval", 200)),
+        scale_(bounded(options, "scale", 0.25, 0, INFINITY, true, true, "> 0")) {
+    std::size_t projected = 0;
+    for (const auto& p : params) {
+      const auto& w = p.tensor;
+      State s{p.name, {}, {}, {}, 0, false, false};
+      if (w.dim() == 2 && std::min(w.size(0), w.size(1)) > rank_) {
+        const auto m = w.size(0), n = w.size(1);
+        s.projected = true;
+        s.left = m < n;
+        const auto opts = w.options();
+        s.projection = at::zeros({s.left ? m : n, rank_}, opts);
+        s.exp_avg = at::zeros(s.left ? std::vector<std::int64_t>{rank_, n} : std::vector<std::int64_t>{m, rank_}, opts);
+        s.exp_avg_sq = at::zeros_like(s.exp_avg);
+        ++projected;
+      } else {
+        s.exp_avg = at::zeros_like(w);
+        s.exp_avg_sq = at::zeros_like(w);
+      }
+      state_.push_back(std::move(s));
+    }
+    host_.log(FLOTILLA_LOG_DEBUG, "galore-adamw: " + std::to_string(projected) + " of " +
+                                      std::to_string(params.size()) + " parameters projected at rank " +
+                                      std::to_string(rank_));
+  }
+
+  void step(const NamedTensors& params, const NamedTensors& grads) override {
+    if (params.size() != state_.size() || grads.size() != state_.size()) {
+      throw Invalid("step: expected " + std::to_string(state_.size()) + " parameters and gradients");
+    }
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const auto& g = grads[i].tensor;
+      if (!g.defined()) continue;
+      auto w = params[i].tensor;
+      auto& s = state_[i];
+      w.mul_(1 - lr_ * weight_decay_);
+      if (s.projected && s.step % interval_ == 0) s.projection.copy_(project(g, s.left));
+      const auto r = !s.projected ? g : s.left ? s.projection.t().mm(g) : g.mm(s.projection);
+      s.step += 1;
+      const double bc1 = 1 - std::pow(beta1_, static_cast<double>(s.step));
+      const double bc2 = 1 - std::pow(beta2_, static_cast<double>(s.step));
+      s.exp_avg.mul_(beta1_).add_(r, 1 - beta1_);
+      s.exp_avg_sq.mul_(beta2_).addcmul_(r, r, 1 - beta2_);
+      const auto denom = (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(eps_);
+      if (!s.projected) {
+        w.addcdiv_(s.exp_avg, denom, -lr_ / bc1);
+        continue;
+      }
+      const auto n = s.exp_avg / denom;  // bias correction 1 folded into the step size below
+      w.add_(s.left ? s.projection.mm(n) : n.mm(s.projection.t()), -lr_ * scale_ / bc1);
+    }
+  }
+
+  [[nodiscard]] std::uint64_t state_bytes() const override {
+    std::uint64_t total = 0;
+    for (const auto& s : state_) {
+      total += flotilla::sdk::bytes_of(s.exp_avg) + flotilla::sdk::bytes_of(s.exp_avg_sq) +
+               flotilla::sdk::bytes_of(s.projection);
+    }
+    return total;
+  }
+
+  void save(flotilla_output* out) override {
+    for (const auto& s : state_) {
+      host_.emit(out, s.name + "/exp_avg", s.exp_avg);
+      host_.emit(out, s.name + "/exp_avg_sq", s.exp_avg_sq);
+      if (s.projected) host_.emit(out, s.name + "/projection", s.projection);
+      host_.emit(out, s.name + "/step", at::scalar_tensor(s.step, at::kLong));
+    }
+  }
+
+  void load(const NamedTensors& saved) override {
+    auto next = state_;
+    for (auto& s : next) {
+      s.exp_avg = s.exp_avg.clone();
+      s.exp_avg_sq = s.exp_avg_sq.clone();
+      if (s.projected) s.projection = s.projection.clone();
+    }
+    for (const auto& t : saved) {
+      const auto slash = t.name.rfind('/');
+      const std::string param = slash == std::string::npos ? "" : t.name.substr(0, slash);
+      const std::string field = slash == std::string::npos ? t.name : t.name.substr(slash + 1);
+      State* s = nullptr;
+      for (auto& c : next) {
+        if (c.name == param) s = &c;
+      }
+      if (s == nullptr) {
+        throw Invalid("saved tensor '" + t.name + "' is not galore-adamw state of these parameters");
+      }
+      if (field == "step") {
+        if (t.tensor.numel() != 1) throw Invalid("'" + t.name + "' must hold one number");
+        s->step = t.tensor.to(at::kCPU).to(at::kLong).item<std::int64_t>();
+        continue;
+      }
+      at::Tensor* dst = field == "exp_avg"                     ? &s->exp_avg
+                        : field == "exp_avg_sq"                ? &s->exp_avg_sq
+                        : field == "projection" && s->projected ? &s->projection
+                                                               : nullptr;
+      if (dst == nullptr) throw Invalid("saved tensor '" + t.name + "' is not galore-adamw state");
+      if (!t.tensor.sizes().equals(dst->sizes())) {
+        throw Invalid("'" + t.name + "' has another shape than expected (another rank?)");
+      }
+      dst->copy_(t.tensor);
+    }
+    state_ = std::move(next);
+  }
+
+ private:
+  struct State {
+    std::string name;
+    at::Tensor exp_avg, exp_avg_sq, projection;
+    std::int64_t step;
+    bool projected;  ///< GaLore (else plain AdamW)
+    bool left;       ///< P holds left singular vectors (m < n)
+  };
+
+  /// The top-rank singular vectors of `g` (right: n x r, or left when `left`: m x r), each
+  /// signed so that its largest-magnitude entry is positive.
+  [[nodiscard]] at::Tensor project(const at::Tensor& g, bool left) const {
+    const auto a = g.scalar_type() == at::kDouble ? g : g.to(at::kFloat);
+    at::Tensor u, sv, vh;
+    std::tie(u, sv, vh) = at::linalg_svd(a, /*full_matrices=*/false);
+    auto p = left ? u.narrow(1, 0, rank_) : vh.narrow(0, 0, rank_).t();
+    const auto peak = p.gather(0, p.abs().argmax(0, /*keepdim=*/true));
+    const auto sign = at::where(peak < 0, at::full_like(peak, -1), at::full_like(peak, 1));
+    return (p * sign).to(g.scalar_type());
+  }
+
+  Host host_;
+  double lr_, beta1_, beta2_, eps_, weight_decay_;
+  std::int64_t rank_, interval_;
+  double scale_;
+  std::vector<State> state_;
+};
+
+const flotilla_option_spec kOptions[] = {
+    {"learning-rate", "float", "0.001", "step size (>= 0)"},
+    {"beta1", "float", "0.9", "decay of the first moment, in [0, 1)"},
+    {"beta2", "float", "0.999", "decay of the second moment, in [0, 1)"},
+    {"eps", "float", "1e-8", "added to the denominator (> 0)"},
+    {"weight-decay", "float", "0.01", "decoupled weight decay: w -= learning-rate * weight-decay * w (>= 0)"},
+    {"rank", "int", "128",
+     "rank r of the gradient projection (>= 1); 2-D parameters with min(m, n) <= r get plain AdamW"},
+    {"update-interval", "int", "200", "steps between recomputations of the projection (SVD) (>= 1)"},
+    {"scale", "float", "0.25", "factor on the back-projected update (> 0)"},
+};
+
+}  // namespace
+
+FLOTILLA_OPTIMIZER_PLUGIN(GaloreAdamW, "galore-adamw", "1.0.0",
+                          "AdamW with GaLore gradient low-rank projection: Adam moments of 2-D "
+                          "weights live in a rank-r subspace recomputed from the gradient's SVD",
+                          kOptions)
