@@ -55,7 +55,12 @@ TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& 
   const auto inputs = data.inputs.to(device);
   const auto labels = data.labels.to(device);
 
-  torch::optim::SGD optimizer(module.parameters(), torch::optim::SGDOptions(config.learning_rate)
+  // Only what is trained (with LoRA: the adapters; the frozen weights get no gradient).
+  std::vector<torch::Tensor> params;
+  for (const auto& p : module.parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+  torch::optim::SGD optimizer(params, torch::optim::SGDOptions(config.learning_rate)
                                                        .momentum(config.momentum)
                                                        .weight_decay(config.weight_decay));
 
