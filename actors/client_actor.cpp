@@ -43,7 +43,8 @@ void train(Self* self, const Message& m, const Task& task) {
                     {"accuracy", stats.accuracy},
                     {"seconds", stats.seconds},
                     {"steps", static_cast<double>(stats.steps)}};
-  update.tensors = s.model->state();
+  // Exactly what was trained: the full weights, or only the LoRA adapters.
+  update.tensors = s.model->trainable_state();
   link.log()->debug("round {}: {} steps, loss {:.4f}, {:.2f} s", task.round, stats.steps,
                     stats.loss, stats.seconds);
   link.send(std::move(update), m.message_id);

@@ -8,9 +8,9 @@
 namespace flotilla::actors {
 
 Expected<void> PeerSetup::connect(const Config& run_config, const std::string& address,
-                                  const std::string& name) {
+                                  const std::string& name, std::optional<std::uint32_t> client_id) {
   config = run_config;
-  auto built = build_model(config);
+  auto built = client_id ? build_client_model(config, *client_id) : build_model(config);
   if (!built) return built.error();
   model = std::move(built).value();
   auto connected = Endpoint::connect(address, name, Mailbox::handler(mailbox), endpoint_options(config));

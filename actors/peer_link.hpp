@@ -7,6 +7,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <optional>
 #include <semaphore>
 
 namespace flotilla::actors {
@@ -44,9 +45,11 @@ struct PeerSetup {
   /// per core runs at once (nullptr = no limit).
   std::shared_ptr<ComputeSlots> compute_slots;
 
-  /// Builds the model and connects to the aggregator at `address` as `name`.
+  /// Builds the model (client `client_id`'s, at its own LoRA rank, when given; else the
+  /// global model) and connects to the aggregator at `address` as `name`.
   [[nodiscard]] Expected<void> connect(const Config& run_config, const std::string& address,
-                                       const std::string& name);
+                                       const std::string& name,
+                                       std::optional<std::uint32_t> client_id = std::nullopt);
   /// Sets the thread count and holds a compute slot for one computation.
   [[nodiscard]] ComputeSlot compute() const;
 };

@@ -83,7 +83,7 @@ Expected<std::shared_ptr<ClientSetup>> client_setup(const Config& config, std::u
   auto data = client_train_data(config, full_train, id);
   if (!data) return data.error();
   auto setup = std::make_shared<ClientSetup>();
-  if (auto ok = setup->connect(config, connect, "client-" + std::to_string(id)); !ok) {
+  if (auto ok = setup->connect(config, connect, "client-" + std::to_string(id), id); !ok) {
     return ok.error();
   }
   setup->id = id;

@@ -317,6 +317,10 @@ Config read(const toml::table& root, const std::string& source) {
     fail(source + ": lora.targets is empty; name the layers to adapt, e.g. [\"fc1\", \"fc2\"]");
   }
   if (c.lora.freeze_a && c.lora.rank == 0) fail(source + ": lora.freeze-a needs lora.rank > 0");
+  if (c.lora.rank > 0 && c.aggregator.strategy == "builtin") {
+    fail(source + ": aggregator.strategy \"builtin\" averages full models, but with lora.rank > 0 "
+                  "clients send only adapters; use \"fedit\", \"ffa-lora\", \"flexlora\" or \"fedavg\"");
+  }
   if (auto d = resolve_device(c.run.device); !d) fail(source + ": key 'run.device': " + d.error().message);
   return c;
 }

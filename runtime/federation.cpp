@@ -2,8 +2,11 @@
 
 #include "runtime/fedavg.hpp"
 #include "runtime/plugin_aggregation.hpp"
+#include <ATen/ATen.h>
+#include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 #include <numeric>
 
 namespace flotilla {
@@ -36,10 +39,60 @@ Dataset evaluation_data(const Config& config, const Dataset& full_test) {
   return subset(full_test, idx);
 }
 
+ModelSpec model_spec(const Config& config, std::int64_t rank) {
+  ModelSpec spec = config.model;
+  spec.lora.rank = rank;
+  spec.lora.alpha = config.lora.alpha;
+  spec.lora.dropout = config.lora.dropout;
+  spec.lora.targets = config.lora.targets;
+  spec.lora.freeze_a = config.lora.freeze_a;
+  return spec;
+}
+
 Expected<std::unique_ptr<Model>> build_model(const Config& config) {
   auto device = resolve_device(config.run.device);
   if (!device) return device.error();
-  return Model::create(config.model, *device, config.run.seed);
+  return Model::create(model_spec(config, config.lora.rank), *device, config.run.seed);
+}
+
+std::int64_t client_lora_rank(const Config& config, std::uint32_t id) {
+  if (id < config.lora.ranks.size()) return config.lora.ranks[id];
+  return config.lora.rank;
+}
+
+Expected<std::unique_ptr<Model>> build_client_model(const Config& config, std::uint32_t id) {
+  auto device = resolve_device(config.run.device);
+  if (!device) return device.error();
+  return Model::create(model_spec(config, client_lora_rank(config, id)), *device, config.run.seed);
+}
+
+std::function<TensorList(std::uint32_t)> client_templates(const Config& config) {
+  auto cache = std::make_shared<std::map<std::int64_t, TensorList>>();
+  return [config, cache](std::uint32_t id) -> TensorList {
+    const auto rank = client_lora_rank(config, id);
+    auto it = cache->find(rank);
+    if (it == cache->end()) {
+      // On the CPU: only names and shapes are kept.
+      auto model = Model::create(model_spec(config, rank), c10::Device(c10::kCPU), config.run.seed);
+      if (!model) throw Failure(model.error());
+      TensorList meta;
+      for (const auto& t : (*model)->trainable_state()) {
+        meta.push_back({t.name, at::empty(t.tensor.sizes(), t.tensor.options().device(at::kMeta))});
+      }
+      it = cache->emplace(rank, std::move(meta)).first;
+    }
+    return it->second;
+  };
+}
+
+PluginOptions lora_plugin_options(const Config& config, const PluginLibrary& library) {
+  PluginOptions options = config.aggregator.options;
+  for (const auto& spec : library.info().options) {
+    if (spec.key == "alpha" && !options.contains("alpha")) {
+      options["alpha"] = fmt::format("{}", config.lora.alpha);
+    }
+  }
+  return options;
 }
 
 EndpointOptions endpoint_options(const Config& config) {
@@ -69,7 +122,7 @@ Expected<std::unique_ptr<Aggregation>> build_aggregation(const Config& config,
     return Error{library.error().code,
                  config.source + ": aggregator.strategy \"" + name + "\": " + library.error().message};
   }
-  auto agg = PluginAggregation::create(*library, config.aggregator.options, initial);
+  auto agg = PluginAggregation::create(*library, lora_plugin_options(config, **library), initial);
   if (!agg) {
     return Error{agg.error().code, config.source + ": " + agg.error().message};
   }

@@ -8,6 +8,7 @@
 #include "runtime/plugin_host.hpp"
 #include "runtime/transport.hpp"
 
+#include <functional>
 #include <memory>
 
 namespace flotilla {
@@ -20,7 +21,8 @@ namespace flotilla {
 /// The evaluator's held-out set: the first evaluator.examples of the test split (all if 0).
 [[nodiscard]] Dataset evaluation_data(const Config& config, const Dataset& full_test);
 
-/// The model every role builds, initialised from run.seed.
+/// The global model (what the aggregator holds and the evaluator scores), initialised from
+/// run.seed, with LoRA adapters at lora.rank when lora.rank > 0.
 [[nodiscard]] Expected<std::unique_ptr<Model>> build_model(const Config& config);
 
 /// The plugin search path the config asks for (run.plugin-path, then $FLOTILLA_PLUGIN_PATH,
@@ -33,6 +35,27 @@ namespace flotilla {
 [[nodiscard]] Expected<std::unique_ptr<Aggregation>> build_aggregation(const Config& config,
                                                                        PluginRegistry& registry,
                                                                        const TensorList& initial);
+
+/// LoRA rank of client `id`: lora.ranks[id] when lora.ranks is set, else lora.rank.
+[[nodiscard]] std::int64_t client_lora_rank(const Config& config, std::uint32_t id);
+
+/// The model client `id` trains: the global model's, with adapters at the client's own rank
+/// (client_lora_rank). Same seed: same base weights, and A's rows are a prefix of the global A's.
+[[nodiscard]] Expected<std::unique_ptr<Model>> build_client_model(const Config& config,
+                                                                  std::uint32_t id);
+
+/// The ModelSpec (with its LoRA settings at `rank`) the config describes.
+[[nodiscard]] ModelSpec model_spec(const Config& config, std::int64_t rank);
+
+/// The names and shapes (meta tensors, no data) of what client `id` trains and sends:
+/// its model's trainable_state(). Built once per distinct rank and cached by the returned
+/// function; for the aggregator's per-client models (Aggregation::client_model).
+[[nodiscard]] std::function<TensorList(std::uint32_t)> client_templates(const Config& config);
+
+/// Options the config passes to an aggregation plugin on top of [aggregator.options]: when
+/// the plugin declares an option "alpha" that the user did not set, lora.alpha (the LoRA
+/// methods need the adapters' scale alpha/r). Returns [aggregator.options] with those added.
+[[nodiscard]] PluginOptions lora_plugin_options(const Config& config, const PluginLibrary& library);
 
 /// Transport options every role of the run uses (the message size limit).
 [[nodiscard]] EndpointOptions endpoint_options(const Config& config);

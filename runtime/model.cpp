@@ -1,31 +1,102 @@
 #include "runtime/model.hpp"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <mutex>
+#include <set>
 
 namespace flotilla {
 namespace {
 
+/// A linear layer that can carry a LoRA adapter. Without one it is exactly torch::nn::Linear
+/// (same parameters "weight" and "bias", same initialisation draws from the global generator).
+struct LoraLinear : torch::nn::Module {
+  LoraLinear(std::int64_t in, std::int64_t out) : in_features(in), out_features(out) {
+    torch::nn::Linear base(in, out);  // draws its init exactly as a plain Linear layer would
+    weight = register_parameter("weight", base->weight);
+    bias = register_parameter("bias", base->bias);
+  }
+
+  /// Adds A (rank×in, kaiming-uniform with a = sqrt(5) as PEFT does, i.e. U(-1/sqrt(in),
+  /// 1/sqrt(in)), drawn from `seed` row by row so a lower rank's A is the first rows of a higher
+  /// rank's) and B (out×rank, zeros).
+  void add_adapter(const LoraSpec& spec, std::uint64_t seed) {
+    rank = spec.rank;
+    scale = spec.scale();
+    dropout = spec.dropout;
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
+    auto a = torch::empty({rank, in_features}).uniform_(-bound, bound, gen);
+    auto b = torch::zeros({out_features, rank});
+    lora_a_module = register_module("lora_A", std::make_shared<torch::nn::Module>());
+    lora_b_module = register_module("lora_B", std::make_shared<torch::nn::Module>());
+    lora_a = lora_a_module->register_parameter("weight", a, !spec.freeze_a);
+    lora_b = lora_b_module->register_parameter("weight", b, true);
+  }
+
+  [[nodiscard]] torch::Tensor delta() const { return scale * lora_b.mm(lora_a); }
+
+  torch::Tensor forward(const torch::Tensor& x) {
+    auto y = torch::nn::functional::linear(x, weight, bias);
+    if (rank > 0 && !merged) {
+      const auto h = dropout > 0 ? torch::dropout(x, dropout, is_training()) : x;
+      y = y + scale * torch::nn::functional::linear(torch::nn::functional::linear(h, lora_a), lora_b);
+    }
+    return y;
+  }
+
+  void merge() {
+    if (rank == 0 || merged) return;
+    torch::NoGradGuard no_grad;
+    weight.add_(delta());
+    merged = true;
+  }
+  void unmerge() {
+    if (rank == 0 || !merged) return;
+    torch::NoGradGuard no_grad;
+    weight.sub_(delta());
+    merged = false;
+  }
+
+  std::int64_t in_features, out_features;
+  torch::Tensor weight, bias, lora_a, lora_b;
+  std::shared_ptr<torch::nn::Module> lora_a_module, lora_b_module;
+  std::int64_t rank = 0;
+  double scale = 0;
+  double dropout = 0;
+  bool merged = false;
+};
+
 /// A network with a forward pass, so one wrapper serves every architecture.
 struct Net : torch::nn::Module {
   virtual torch::Tensor forward(const torch::Tensor& x) = 0;
+  /// The linear layers LoRA can target, by name, in registration order.
+  std::vector<std::pair<std::string, std::shared_ptr<LoraLinear>>> linear_layers;
+
+ protected:
+  std::shared_ptr<LoraLinear> linear(const std::string& name, std::int64_t in, std::int64_t out) {
+    auto layer = register_module(name, std::make_shared<LoraLinear>(in, out));
+    linear_layers.emplace_back(name, layer);
+    return layer;
+  }
 };
 
 /// flatten -> hidden -> ReLU -> hidden -> ReLU -> classes.
 struct Mlp : Net {
   explicit Mlp(const ModelSpec& s)
-      : fc1(register_module(
-            "fc1", torch::nn::Linear(s.input_channels * s.input_size * s.input_size, s.hidden))),
-        fc2(register_module("fc2", torch::nn::Linear(s.hidden, s.hidden))),
-        fc3(register_module("fc3", torch::nn::Linear(s.hidden, s.num_classes))) {}
+      : fc1(linear("fc1", s.input_channels * s.input_size * s.input_size, s.hidden)),
+        fc2(linear("fc2", s.hidden, s.hidden)),
+        fc3(linear("fc3", s.hidden, s.num_classes)) {}
   torch::Tensor forward(const torch::Tensor& x) override {
     auto h = torch::relu(fc1->forward(x.flatten(1)));
     h = torch::relu(fc2->forward(h));
     return fc3->forward(h);
   }
-  torch::nn::Linear fc1, fc2, fc3;
+  std::shared_ptr<LoraLinear> fc1, fc2, fc3;
 };
 
 /// Two 3x3 conv + 2x2 max-pool stages (8 then 16 channels), then one hidden fully connected
@@ -41,9 +112,8 @@ struct Cnn : Net {
         conv2(register_module(
             "conv2",
             torch::nn::Conv2d(torch::nn::Conv2dOptions(kC1, kC2, kKernel).padding(kKernel / 2)))),
-        fc1(register_module(
-            "fc1", torch::nn::Linear(kC2 * (s.input_size / 4) * (s.input_size / 4), s.hidden))),
-        fc2(register_module("fc2", torch::nn::Linear(s.hidden, s.num_classes))) {}
+        fc1(linear("fc1", kC2 * (s.input_size / 4) * (s.input_size / 4), s.hidden)),
+        fc2(linear("fc2", s.hidden, s.num_classes)) {}
   torch::Tensor forward(const torch::Tensor& x) override {
     auto h = torch::max_pool2d(torch::relu(conv1->forward(x)), 2);
     h = torch::max_pool2d(torch::relu(conv2->forward(h)), 2);
@@ -54,9 +124,49 @@ struct Cnn : Net {
   static constexpr std::int64_t kC2 = 16;
   static constexpr std::int64_t kKernel = 3;
   torch::nn::Conv2d conv1, conv2;
-  torch::nn::Linear fc1, fc2;
+  std::shared_ptr<LoraLinear> fc1, fc2;
 };
 
+/// Seed of layer `name`'s A: the model's seed mixed with the name (FNV-1a, then splitmix64),
+/// the same in every process of a run.
+std::uint64_t adapter_seed(std::uint64_t seed, const std::string& name) {
+  std::uint64_t h = 1469598103934665603ULL;
+  for (const char c : "lora_A:" + name) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ULL;
+  }
+  std::uint64_t z = seed ^ h;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+/// Adds adapters to `net`'s targets and freezes everything else. Errc::invalid_config for a
+/// target that is not one of its linear layers.
+Expected<void> add_adapters(Net& net, const ModelSpec& spec, std::uint64_t seed) {
+  const auto& lora = spec.lora;
+  std::set<std::string> done;
+  for (const auto& target : lora.targets) {
+    auto it = std::find_if(net.linear_layers.begin(), net.linear_layers.end(),
+                           [&](const auto& l) { return l.first == target; });
+    if (it == net.linear_layers.end()) {
+      std::string known;
+      for (const auto& l : net.linear_layers) known += (known.empty() ? "" : ", ") + l.first;
+      return Error{Errc::invalid_config, "lora.targets: '" + target +
+                                             "' is not a linear layer of model '" + spec.name +
+                                             "' (its linear layers: " + known + ")"};
+    }
+    if (!done.insert(target).second) continue;
+    it->second->add_adapter(lora, adapter_seed(seed, target));
+  }
+  for (auto& p : net.named_parameters(true)) {
+    const auto& name = p.key();
+    const bool adapter = name.find(".lora_A.") != std::string::npos ||
+                         name.find(".lora_B.") != std::string::npos;
+    if (!adapter) p.value().set_requires_grad(false);
+  }
+  return {};
+}
 
 /// Parameters then buffers, each in registration order: the order state() promises.
 TensorList named_state(const torch::nn::Module& m) {
@@ -68,14 +178,25 @@ TensorList named_state(const torch::nn::Module& m) {
 
 class TorchModel final : public Model {
  public:
-  TorchModel(std::shared_ptr<Net> net, c10::Device device)
-      : net_(std::move(net)), device_(device) {}
+  TorchModel(std::shared_ptr<Net> net, c10::Device device, ModelSpec spec)
+      : net_(std::move(net)), device_(device), spec_(std::move(spec)) {}
 
   [[nodiscard]] TensorList state() const override {
     TensorList out;
     for (const auto& [name, t] : named_state(*net_)) {
       // copy=true: the caller's tensors must not change when training continues.
       out.push_back({name, t.detach().to(torch::kCPU, t.scalar_type(), false, true).contiguous()});
+    }
+    return out;
+  }
+
+  [[nodiscard]] TensorList trainable_state() const override {
+    if (!spec_.lora.enabled()) return state();
+    TensorList out;
+    for (const auto& p : net_->named_parameters(true)) {
+      if (!p.value().requires_grad()) continue;
+      const auto& t = p.value();
+      out.push_back({p.key(), t.detach().to(torch::kCPU, t.scalar_type(), false, true).contiguous()});
     }
     return out;
   }
@@ -99,10 +220,22 @@ class TorchModel final : public Model {
     return n;
   }
   [[nodiscard]] void* module() override { return static_cast<torch::nn::Module*>(net_.get()); }
+  [[nodiscard]] const ModelSpec& spec() const override { return spec_; }
+  void merge() override {
+    for (auto& [name, layer] : net_->linear_layers) layer->merge();
+    merged_ = spec_.lora.enabled();
+  }
+  void unmerge() override {
+    for (auto& [name, layer] : net_->linear_layers) layer->unmerge();
+    merged_ = false;
+  }
+  [[nodiscard]] bool merged() const override { return merged_; }
 
  private:
   std::shared_ptr<Net> net_;
   c10::Device device_;
+  ModelSpec spec_;
+  bool merged_ = false;
 };
 
 Error bad_device(const std::string& name, const std::string& why) {
@@ -160,6 +293,22 @@ Expected<std::unique_ptr<Model>> Model::create(const ModelSpec& spec, c10::Devic
                      " input=" + std::to_string(spec.input_channels) + "x" +
                      std::to_string(spec.input_size)};
   }
+  const auto& lora = spec.lora;
+  if (lora.rank < 0) {
+    return Error{Errc::invalid_config, "lora.rank must be >= 0, got " + std::to_string(lora.rank)};
+  }
+  if (lora.enabled()) {
+    if (lora.targets.empty()) {
+      return Error{Errc::invalid_config, "lora.targets is empty; name the linear layers to adapt"};
+    }
+    if (!(lora.alpha > 0)) {
+      return Error{Errc::invalid_config, "lora.alpha must be > 0, got " + std::to_string(lora.alpha)};
+    }
+    if (!(lora.dropout >= 0 && lora.dropout < 1)) {
+      return Error{Errc::invalid_config,
+                   "lora.dropout must be in [0, 1), got " + std::to_string(lora.dropout)};
+    }
+  }
   std::shared_ptr<Net> net;
   {
     // The initialisers draw from LibTorch's one global generator: seeding it and building
@@ -173,8 +322,13 @@ Expected<std::unique_ptr<Model>> Model::create(const ModelSpec& spec, c10::Devic
       net = std::make_shared<Cnn>(spec);
     }
   }
+  // Adapters draw from their own generators (adapter_seed), not the global one: the base
+  // weights are the same with and without LoRA, and A does not depend on the build order.
+  if (lora.enabled()) {
+    if (auto ok = add_adapters(*net, spec, seed); !ok) return ok.error();
+  }
   net->to(device);
-  return std::unique_ptr<Model>(std::make_unique<TorchModel>(std::move(net), device));
+  return std::unique_ptr<Model>(std::make_unique<TorchModel>(std::move(net), device, spec));
 }
 
 }  // namespace flotilla

@@ -5,6 +5,16 @@
 
 namespace flotilla {
 
+std::string human_bytes(double bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  std::size_t unit = 0;
+  while (bytes >= 1024 && unit + 1 < std::size(kUnits)) {
+    bytes /= 1024;
+    ++unit;
+  }
+  return unit == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.1f} {}", bytes, kUnits[unit]);
+}
+
 std::string progress_line(const RoundRecord& r, std::uint32_t total_rounds) {
   if (r.round == 0) {
     return fmt::format("round {:>3}/{}  initial model                                     loss {:.4f}  acc {:6.2f}%",
@@ -20,6 +30,7 @@ std::string progress_line(const RoundRecord& r, std::uint32_t total_rounds) {
       line += fmt::format("  loss {:.4f}  acc {:6.2f}%", *r.eval_loss, 100 * *r.eval_accuracy);
     }
   }
+  if (r.updates > 0) line += "  up " + human_bytes(r.bytes_per_client()) + "/client";
   line += fmt::format("  round {:.1f}s  elapsed {:.1f}s", r.round_seconds, r.elapsed_seconds);
   return line;
 }
@@ -34,17 +45,18 @@ Expected<RoundsCsv> RoundsCsv::open(const std::string& dir) {
   if (!*csv.out_) return Error{Errc::io, "cannot write '" + csv.path_ + "'"};
   *csv.out_ << "round,model_version,sampled,updates,late,rejected,failed,train_loss,"
                "train_accuracy,eval_loss,eval_accuracy,round_seconds,version_seconds,elapsed_seconds,"
-               "bytes_received\n";
+               "bytes_received,bytes_per_client\n";
   csv.out_->flush();
   return csv;
 }
 
 void RoundsCsv::append(const RoundRecord& r) {
   auto opt = [](const std::optional<double>& v) { return v ? fmt::format("{:.6f}", *v) : std::string(); };
-  *out_ << fmt::format("{},{},{},{},{},{},{},{:.6f},{:.6f},{},{},{:.3f},{:.3f},{:.3f},{}\n", r.round,
+  *out_ << fmt::format("{},{},{},{},{},{},{},{:.6f},{:.6f},{},{},{:.3f},{:.3f},{:.3f},{},{:.0f}\n", r.round,
                        r.model_version, r.sampled, r.updates, r.late, r.rejected, r.failed ? 1 : 0,
                        r.train_loss, r.train_accuracy, opt(r.eval_loss), opt(r.eval_accuracy),
-                       r.round_seconds, r.version_seconds, r.elapsed_seconds, r.bytes_received);
+                       r.round_seconds, r.version_seconds, r.elapsed_seconds, r.bytes_received,
+                       r.bytes_per_client());
   out_->flush();
 }
 

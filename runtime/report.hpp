@@ -9,7 +9,10 @@
 namespace flotilla {
 
 /// "round  3/15  updates 8/8  late 0  rejected 0  train-loss 0.6123  loss 0.5532  acc 79.84%
-///  round 3.1s  elapsed 12.5s"
+///  up 24.1 KiB/client  round 3.1s  elapsed 12.5s" (up: tensor bytes each client sent, mean)
+/// "512 B", "24.1 KiB", "1.5 MiB": binary units, one decimal.
+[[nodiscard]] std::string human_bytes(double bytes);
+
 [[nodiscard]] std::string progress_line(const RoundRecord& record, std::uint32_t total_rounds);
 
 /// Writes DIR/rounds.csv, one row per round, flushed as each round completes so a run that

@@ -1,5 +1,6 @@
 #include "runtime/sync_rounds.hpp"
 
+#include "runtime/federation.hpp"
 #include "runtime/log.hpp"
 
 #include <algorithm>
@@ -21,6 +22,7 @@ SyncOptions SyncOptions::from(const Config& c) {
   o.seed = c.run.seed;
   o.training = c.training;
   o.fold_batch = c.aggregator.fold_batch;
+  if (c.lora.rank > 0) o.client_template = client_templates(c);
   return o;
 }
 
@@ -163,7 +165,7 @@ std::vector<Send> SyncRounds::on_update(const std::string& peer, const Update& u
     reject(WireErrc::rejected, ok.error().message, false);
     return out;
   }
-  fold_queue_.push_back({update.tensors, weight, client_id});
+  fold_queue_.push_back(Queued{update.tensors, weight, client_id});
   if (fold_queue_.size() >= std::max<std::uint32_t>(options_.fold_batch, 1)) fold_queued();
   replied_.insert(peer);
   ++counters_.updates_accepted;
@@ -305,11 +307,29 @@ void SyncRounds::start_round(std::vector<Send>& out) {
   current_.sampled = static_cast<std::uint32_t>(k);
   loss_sum_ = accuracy_sum_ = weight_sum_ = 0;
   for (const auto& peer : sampled_) {
-    Task task{round_, version_, model_, options_.training};
+    Task task{round_, version_, model_for(peers_[peer].client_id), options_.training};
     task.config.seed = options_.seed * 1000003ULL + round_ * 7919ULL + peers_[peer].client_id;
     out.push_back(Send{peer, std::move(task)});
   }
   logger("aggregator")->debug("round {} started with {} clients", round_, k);
+}
+
+TensorList SyncRounds::model_for(std::uint32_t client_id) {
+  const TensorList tmpl = options_.client_template ? options_.client_template(client_id) : model_;
+  auto own = aggregation_->client_model(client_id, tmpl);
+  if (!own) return model_;
+  TensorList tensors = model_;
+  for (auto& t : *own) {
+    auto it = std::find_if(tensors.begin(), tensors.end(),
+                           [&](const NamedTensor& g) { return g.name == t.name; });
+    if (it == tensors.end()) {
+      throw Failure(Errc::internal, aggregation_->describe() + ": the model for client " +
+                                        std::to_string(client_id) + " has '" + t.name +
+                                        "', which is not a tensor of the global model");
+    }
+    it->tensor = std::move(t.tensor);
+  }
+  return tensors;
 }
 
 void SyncRounds::fold_queued() {

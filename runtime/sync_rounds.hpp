@@ -8,6 +8,7 @@
 #include "runtime/message.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -32,6 +33,10 @@ struct SyncOptions {
   std::uint32_t fold_batch = 4;
   std::uint64_t seed = 0;
   TrainingConfig training;
+  /// The names and shapes of what client `id` trains (its model's trainable_state(), e.g. at
+  /// its own LoRA rank), for the aggregation's per-client models (Aggregation::client_model).
+  /// Unset: every client trains the global model's tensors.
+  std::function<TensorList(std::uint32_t)> client_template;
 
   /// The options a Config asks for.
   [[nodiscard]] static SyncOptions from(const Config& config);
@@ -61,6 +66,11 @@ struct RoundRecord {
   double version_seconds = 0;       ///< run start to the round's close (its version exists)
   double elapsed_seconds = 0;       ///< run start to the record's completion
   std::uint64_t bytes_received = 0; ///< tensor bytes of the accepted updates
+
+  /// Mean tensor bytes one client sent (bytes_received / updates; 0 without updates).
+  [[nodiscard]] double bytes_per_client() const {
+    return updates > 0 ? static_cast<double>(bytes_received) / updates : 0.0;
+  }
 };
 
 struct SyncCounters {
@@ -124,6 +134,9 @@ class SyncRounds {
 
   void start_round(std::vector<Send>& out);
   void apply_pending_reload();
+  /// What client `client_id` is sent: the global model, with the aggregation's per-client
+  /// tensors (if it has any) in place of the global ones of the same names.
+  [[nodiscard]] TensorList model_for(std::uint32_t client_id);
   void fold_queued();
   /// Records that `peer` was heard from now, re-admitting it if it had been timed out.
   void heard_from(const std::string& peer);

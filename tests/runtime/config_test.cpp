@@ -1,4 +1,5 @@
 #include "runtime/config.hpp"
+#include "runtime/federation.hpp"
 
 #include <gtest/gtest.h>
 
@@ -28,9 +29,17 @@ TEST(Config, EmptyFileGivesDocumentedDefaults) {
 }
 
 TEST(Config, ReadsEveryExampleConfig) {
-  for (const char* name : {"quickstart.toml"}) {
+  for (const char* name : {"quickstart.toml", "fedit.toml", "ffa-lora.toml", "flexlora.toml"}) {
     auto c = load_config(std::string(FLOTILLA_SOURCE_DIR) + "/examples/" + name);
     EXPECT_TRUE(c.has_value()) << name << ": " << c.error().message;
+    if (!c) continue;
+    // Its model builds (LoRA targets exist), for the aggregator and for every client.
+    auto global = build_model(*c);
+    EXPECT_TRUE(global.has_value()) << name << ": " << global.error().message;
+    for (int id = 0; id < c->data.clients; ++id) {
+      auto m = build_client_model(*c, static_cast<std::uint32_t>(id));
+      EXPECT_TRUE(m.has_value()) << name << " client " << id;
+    }
   }
 }
 
@@ -138,4 +147,51 @@ TEST(Config, ParsesDurationsAndSizes) {
   EXPECT_EQ(*parse_bytes("8GiB"), 8ULL << 30);
   EXPECT_EQ(*parse_bytes("1GB"), 1'000'000'000ULL);
   EXPECT_FALSE(parse_bytes("lots").has_value());
+}
+
+TEST(Config, ClientModelsAndTemplatesFollowLoraRanks) {
+  auto c = parse_config(R"(
+[data]
+clients = 3
+[model]
+name = "mlp"
+hidden = 16
+[lora]
+rank = 4
+ranks = [2, 4, 8]
+alpha = 32.0
+)", "lora.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(client_lora_rank(*c, 0), 2);
+  EXPECT_EQ(client_lora_rank(*c, 2), 8);
+  auto global = build_model(*c);
+  ASSERT_TRUE(global);
+  EXPECT_EQ((*global)->spec().lora.rank, 4);
+  const auto templates = client_templates(*c);
+  for (std::uint32_t id = 0; id < 3; ++id) {
+    auto model = build_client_model(*c, id);
+    ASSERT_TRUE(model);
+    const auto trained = (*model)->trainable_state();
+    const auto tmpl = templates(id);
+    ASSERT_EQ(tmpl.size(), trained.size());
+    for (std::size_t i = 0; i < tmpl.size(); ++i) {
+      EXPECT_EQ(tmpl[i].name, trained[i].name);
+      EXPECT_EQ(tmpl[i].tensor.sizes(), trained[i].tensor.sizes());
+      EXPECT_TRUE(tmpl[i].tensor.is_meta());
+    }
+    EXPECT_EQ(tmpl[0].tensor.size(0), client_lora_rank(*c, id)) << "fc1.lora_A.weight";
+  }
+}
+
+TEST(Config, LoraAlphaReachesPluginsThatDeclareIt) {
+  auto c = parse_config("[lora]\nrank = 8\nalpha = 32.0\n", "lora.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  PluginRegistry registry({}, c10::Device(c10::kCPU));
+  auto flex = registry.load("flexlora", FLOTILLA_KIND_AGGREGATOR);
+  auto fedit = registry.load("fedit", FLOTILLA_KIND_AGGREGATOR);
+  if (!flex || !fedit) GTEST_SKIP() << "the built-in plugins are not built";
+  EXPECT_EQ(lora_plugin_options(*c, **flex), (PluginOptions{{"alpha", "32"}}));
+  EXPECT_TRUE(lora_plugin_options(*c, **fedit).empty()) << "fedit declares no alpha";
+  c->aggregator.options["alpha"] = "8";
+  EXPECT_EQ(lora_plugin_options(*c, **flex).at("alpha"), "8") << "the user's value wins";
 }

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <future>
 #include <vector>
 
@@ -208,6 +209,201 @@ TEST(Device, ModelOnGpu) {
   auto other = make("cnn", 6, 32, gpu);
   ASSERT_TRUE(other->load_state(state));
   EXPECT_TRUE(states_equal(other->state(), state));
+}
+
+
+// ---- LoRA ----------------------------------------------------------------------------------
+
+std::unique_ptr<Model> make_lora(const std::string& name, std::int64_t rank, std::uint64_t seed = 1,
+                                 bool freeze_a = false,
+                                 std::vector<std::string> targets = {"fc1", "fc2"},
+                                 double alpha = 16) {
+  ModelSpec spec;
+  spec.name = name;
+  spec.hidden = 32;
+  spec.lora.rank = rank;
+  spec.lora.alpha = alpha;
+  spec.lora.targets = std::move(targets);
+  spec.lora.freeze_a = freeze_a;
+  auto model = Model::create(spec, kCpu, seed);
+  if (!model) throw Failure(model.error());
+  return std::move(model.value());
+}
+
+const torch::Tensor& get(const TensorList& s, const std::string& name) {
+  for (const auto& t : s) {
+    if (t.name == name) return t.tensor;
+  }
+  throw std::out_of_range("no tensor " + name);
+}
+
+TEST(Lora, NamesShapesAndFrozenBase) {
+  auto mlp = make_lora("mlp", 4);
+  EXPECT_EQ(names(mlp->state()),
+            (std::vector<std::string>{"fc1.weight", "fc1.bias", "fc1.lora_A.weight",
+                                      "fc1.lora_B.weight", "fc2.weight", "fc2.bias",
+                                      "fc2.lora_A.weight", "fc2.lora_B.weight", "fc3.weight",
+                                      "fc3.bias"}));
+  const auto s = mlp->state();
+  EXPECT_EQ(get(s, "fc1.lora_A.weight").sizes(), (std::vector<std::int64_t>{4, 784}));
+  EXPECT_EQ(get(s, "fc1.lora_B.weight").sizes(), (std::vector<std::int64_t>{32, 4}));
+  EXPECT_TRUE(torch::equal(get(s, "fc2.lora_B.weight"), torch::zeros({32, 4})));
+  // A: kaiming-uniform with a = sqrt(5), i.e. within 1/sqrt(fan_in).
+  EXPECT_LE(get(s, "fc1.lora_A.weight").abs().max().item<double>(), 1.0 / std::sqrt(784.0));
+  EXPECT_GT(get(s, "fc1.lora_A.weight").abs().max().item<double>(), 0.9 / std::sqrt(784.0));
+  auto* module = static_cast<torch::nn::Module*>(mlp->module());
+  for (const auto& p : module->named_parameters(true)) {
+    const bool adapter = p.key().find(".lora_") != std::string::npos;
+    EXPECT_EQ(p.value().requires_grad(), adapter) << p.key();
+  }
+  // The base weights are those of the same model without LoRA.
+  const auto plain = make("mlp", 1);
+  for (const auto& t : plain->state()) EXPECT_TRUE(torch::equal(t.tensor, get(s, t.name))) << t.name;
+  // The CNN's linear layers are fc1 and fc2; the convolutions are frozen too.
+  auto cnn = make_lora("cnn", 2, 1, false, {"fc1"});
+  EXPECT_EQ(names(cnn->trainable_state()),
+            (std::vector<std::string>{"fc1.lora_A.weight", "fc1.lora_B.weight"}));
+}
+
+TEST(Lora, UnknownTargetNamesItAndTheLinearLayers) {
+  for (const std::string target : {"fc9", "conv1"}) {
+    ModelSpec spec;
+    spec.name = "cnn";
+    spec.lora.rank = 4;
+    spec.lora.targets = {"fc1", target};
+    auto r = Model::create(spec, kCpu, 0);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, Errc::invalid_config);
+    EXPECT_EQ(r.error().message, "lora.targets: '" + target +
+                                     "' is not a linear layer of model 'cnn' (its linear layers: "
+                                     "fc1, fc2)");
+  }
+}
+
+TEST(Lora, ForwardIsBasePlusScaledProduct) {
+  const double alpha = 8;
+  const std::int64_t rank = 4;
+  auto model = make_lora("mlp", rank, 3, false, {"fc1", "fc2", "fc3"}, alpha);
+  // Non-zero B everywhere (B starts at zero, which would hide the adapter).
+  TensorList s = model->state();
+  torch::manual_seed(5);
+  for (auto& t : s) {
+    if (t.name.find("lora_B") != std::string::npos) t.tensor = torch::randn(t.tensor.sizes());
+  }
+  ASSERT_TRUE(model->load_state(s));
+  const auto x = torch::randn({6, 1, 28, 28});
+  const double scale = alpha / static_cast<double>(rank);
+  auto layer = [&](const std::string& n, const torch::Tensor& in) {
+    const auto w = get(s, n + ".weight").to(torch::kFloat64);
+    const auto b = get(s, n + ".bias").to(torch::kFloat64);
+    const auto a_ = get(s, n + ".lora_A.weight").to(torch::kFloat64);
+    const auto b_ = get(s, n + ".lora_B.weight").to(torch::kFloat64);
+    return in.mm(w.t()) + b + scale * in.mm(a_.t()).mm(b_.t());
+  };
+  auto h = torch::relu(layer("fc1", x.flatten(1).to(torch::kFloat64)));
+  h = torch::relu(layer("fc2", h));
+  const auto expected = layer("fc3", h);
+  EXPECT_TRUE(torch::allclose(model->forward(x).to(torch::kFloat64), expected, 1e-4, 1e-5));
+  // And the adapter changes the output: without it the result differs.
+  auto plain = make("mlp", 3);
+  EXPECT_FALSE(torch::allclose(plain->forward(x), model->forward(x), 1e-3, 1e-3));
+}
+
+TEST(Lora, MergeThenUnmergeRoundTrips) {
+  auto model = make_lora("mlp", 8);
+  TensorList s = model->state();
+  torch::manual_seed(6);
+  for (auto& t : s) {
+    if (t.name.find("lora_B") != std::string::npos) t.tensor = torch::randn(t.tensor.sizes()) * 0.1;
+  }
+  ASSERT_TRUE(model->load_state(s));
+  const auto x = torch::randn({5, 1, 28, 28});
+  const auto before = model->forward(x).detach();
+  model->merge();
+  EXPECT_TRUE(model->merged());
+  const auto merged = model->state();
+  // W now holds W + (alpha/r)·B·A, and the output is unchanged.
+  const auto expected_w = get(s, "fc1.weight") +
+                          2.0 * get(s, "fc1.lora_B.weight").mm(get(s, "fc1.lora_A.weight"));
+  EXPECT_TRUE(torch::allclose(get(merged, "fc1.weight"), expected_w, 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(model->forward(x), before, 1e-4, 1e-5));
+  model->merge();  // idempotent
+  EXPECT_TRUE(torch::allclose(model->forward(x), before, 1e-4, 1e-5));
+  model->unmerge();
+  EXPECT_FALSE(model->merged());
+  const auto after = model->state();
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(after[i].tensor, s[i].tensor, 1e-5, 1e-6)) << s[i].name;
+  }
+  EXPECT_TRUE(torch::allclose(model->forward(x), before, 1e-4, 1e-5));
+}
+
+TEST(Lora, TrainableStatePerMode) {
+  EXPECT_EQ(names(make("mlp", 1)->trainable_state()), names(make("mlp", 1)->state()));
+  EXPECT_EQ(names(make_lora("mlp", 4)->trainable_state()),
+            (std::vector<std::string>{"fc1.lora_A.weight", "fc1.lora_B.weight",
+                                      "fc2.lora_A.weight", "fc2.lora_B.weight"}));
+  EXPECT_EQ(names(make_lora("mlp", 4, 1, true)->trainable_state()),
+            (std::vector<std::string>{"fc1.lora_B.weight", "fc2.lora_B.weight"}));
+  const auto t = make_lora("mlp", 4)->trainable_state();
+  for (const auto& x : t) {
+    EXPECT_FALSE(x.tensor.requires_grad());
+    EXPECT_EQ(x.tensor.device(), kCpu);
+  }
+}
+
+/// A few SGD steps on random data, as a client would take them (only trainable parameters).
+void train_a_bit(Model& model, int seed) {
+  torch::manual_seed(seed);
+  auto* module = static_cast<torch::nn::Module*>(model.module());
+  std::vector<torch::Tensor> params;
+  for (const auto& p : module->parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+  torch::optim::SGD opt(params, torch::optim::SGDOptions(0.1));
+  for (int i = 0; i < 5; ++i) {
+    opt.zero_grad();
+    const auto loss = torch::nn::functional::cross_entropy(model.forward(torch::randn({16, 1, 28, 28})),
+                                                           torch::randint(0, 10, {16}));
+    loss.backward();
+    opt.step();
+  }
+}
+
+TEST(Lora, FreezeAKeepsASharedAndUntouched) {
+  // Clients built from the run's seed have the same A, whatever their rank (a lower rank's A
+  // is the first rows of a higher rank's), and training never changes it.
+  auto c1 = make_lora("mlp", 8, 11, true);
+  auto c2 = make_lora("mlp", 8, 11, true);
+  auto c3 = make_lora("mlp", 4, 11, true);
+  const auto a1 = get(c1->state(), "fc1.lora_A.weight");
+  EXPECT_TRUE(torch::equal(a1, get(c2->state(), "fc1.lora_A.weight")));
+  EXPECT_TRUE(torch::equal(a1.narrow(0, 0, 4), get(c3->state(), "fc1.lora_A.weight")));
+  EXPECT_FALSE(torch::equal(a1, get(make_lora("mlp", 8, 12, true)->state(), "fc1.lora_A.weight")));
+  // Different targets draw different A.
+  EXPECT_FALSE(torch::equal(a1.narrow(1, 0, 32), get(c1->state(), "fc2.lora_A.weight")));
+  const auto b_before = get(c1->state(), "fc1.lora_B.weight");
+  train_a_bit(*c1, 1);
+  train_a_bit(*c2, 2);
+  EXPECT_TRUE(torch::equal(get(c1->state(), "fc1.lora_A.weight"), a1));
+  EXPECT_TRUE(torch::equal(get(c2->state(), "fc1.lora_A.weight"), a1));
+  EXPECT_FALSE(torch::equal(get(c1->state(), "fc1.lora_B.weight"), b_before)) << "B is trained";
+  EXPECT_TRUE(torch::equal(get(c1->state(), "fc1.weight"), get(make("mlp", 11)->state(), "fc1.weight")))
+      << "the base weights are frozen";
+  // Without freeze-a, A is trained.
+  auto c4 = make_lora("mlp", 8, 11, false);
+  train_a_bit(*c4, 1);
+  EXPECT_FALSE(torch::equal(get(c4->state(), "fc1.lora_A.weight"), a1));
+}
+
+TEST(Lora, LoadsAStateAtItsOwnRank) {
+  auto rank4 = make_lora("mlp", 4, 1);
+  auto other4 = make_lora("mlp", 4, 2);
+  ASSERT_TRUE(rank4->load_state(other4->state()));
+  EXPECT_TRUE(states_equal(rank4->state(), other4->state()));
+  auto r = rank4->load_state(make_lora("mlp", 8, 1)->state());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message, "tensor 2 'fc1.lora_A.weight': expected shape [4, 784], got [8, 784]");
 }
 
 }  // namespace

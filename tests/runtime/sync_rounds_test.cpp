@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+
 using namespace flotilla;
 using namespace std::chrono_literals;
 
@@ -312,4 +314,82 @@ TEST(SyncRounds, SilentPeersAreNotSampledAgain) {
   EXPECT_EQ(f.rounds->live_clients(), 2U);
   out = f.update("client-0", 1);
   EXPECT_EQ(sent<Task>(out).size(), 2U);
+}
+
+namespace {
+
+/// FedAvg whose per-client model gives client k a tensor "w" of k+1 elements filled with k
+/// (shaped after the template it is handed), as a method with per-client ranks would.
+class PerClient final : public Aggregation {
+ public:
+  explicit PerClient(const TensorList& global) : inner_(global) {}
+  Expected<void> check(const WeightedUpdate& u) const override { return {}; }
+  Expected<void> accept(const WeightedUpdate& u) override {
+    client_ids.push_back(u.client_id);
+    ++accepted_;
+    return {};
+  }
+  Expected<void> accept_batch(std::span<const WeightedUpdate> us) override {
+    for (const auto& u : us) (void)accept(u);
+    return {};
+  }
+  std::size_t accepted() const override { return accepted_; }
+  TensorList finalize() override {
+    accepted_ = 0;
+    return model_of(7);
+  }
+  void discard() override { accepted_ = 0; }
+  std::optional<TensorList> client_model(std::uint32_t id, const TensorList& tmpl) override {
+    templates.push_back(tmpl);
+    return TensorList{{"w", torch::full(tmpl.at(0).tensor.sizes(), float(id))}};
+  }
+  std::string describe() const override { return "per-client test"; }
+  std::vector<std::uint32_t> client_ids;
+  std::vector<TensorList> templates;
+
+ private:
+  FedAvg inner_;
+  std::size_t accepted_ = 0;
+};
+
+}  // namespace
+
+TEST(SyncRounds, TasksCarryEachClientsOwnModelAndUpdatesTheirClientId) {
+  auto o = options(2, 0, 1, 3);
+  o.client_template = [](std::uint32_t id) {
+    return TensorList{{"w", torch::empty({id + 1}, torch::TensorOptions().device(torch::kMeta))}};
+  };
+  ManualClock clock;
+  auto agg = std::make_unique<PerClient>(model_of(0));
+  auto* per_client = agg.get();
+  SyncRounds rounds(o, model_of(0), std::move(agg), clock, "run-1");
+  std::vector<Send> out;
+  for (std::uint32_t i = 0; i < 3; ++i) {
+    auto o2 = rounds.on_hello("client-" + std::to_string(i), Hello{Role::client, i, {}, 100});
+    out.insert(out.end(), o2.begin(), o2.end());
+  }
+  auto tasks = sent<Task>(out);
+  ASSERT_EQ(tasks.size(), 3U);
+  for (const auto& [peer, task] : tasks) {
+    const auto id = static_cast<std::uint32_t>(std::stoul(peer.substr(7)));
+    ASSERT_EQ(task.tensors.size(), 1U);
+    EXPECT_EQ(task.tensors[0].tensor.numel(), id + 1) << peer;
+    EXPECT_TRUE(torch::equal(task.tensors[0].tensor, torch::full({id + 1}, float(id)))) << peer;
+  }
+  ASSERT_EQ(per_client->templates.size(), 3U);
+  for (const auto& [peer, task] : tasks) {
+    Update u;
+    u.round = rounds.round();
+    u.base_model_version = rounds.model_version();
+    u.num_examples = 100;
+    u.tensors = {{"w", torch::ones({1})}};
+    (void)rounds.on_update(peer, u);
+  }
+  std::vector<std::uint32_t> ids = per_client->client_ids;
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(ids, (std::vector<std::uint32_t>{0, 1, 2})) << "updates reach the method with their client id";
+  auto records = rounds.take_completed();
+  ASSERT_EQ(records.size(), 1U);
+  EXPECT_EQ(records[0].bytes_received, 3U * 4U);
+  EXPECT_DOUBLE_EQ(records[0].bytes_per_client(), 4.0);
 }

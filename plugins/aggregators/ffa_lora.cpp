@@ -1,0 +1,86 @@
+// ffa-lora: Federated Freeze-A LoRA (Sun et al., 2024, "Improving LoRA in Privacy-preserving
+// Federated Learning", ICLR 2024).
+//
+// A is initialised once from a seed every client shares (lora.freeze-a = true: the same A in
+// every process, derived from run.seed) and never trained; clients train and send only B. Since
+// A is common, averaging B averages the updates exactly:
+//   Σ_k p_k (B_k·A) = (Σ_k p_k B_k)·A,   p_k = n_k / Σ n,
+// with none of FedIT's cross-term, and half the upload. The server averages the B matrices
+// (weighted by examples) and never emits A; an update carrying any A is refused.
+#include "flotilla/lora.hpp"
+#include "flotilla/plugin.hpp"
+
+#include <string>
+#include <vector>
+
+namespace {
+
+using flotilla::sdk::Host;
+using flotilla::sdk::NamedTensors;
+using flotilla::sdk::Options;
+using flotilla::sdk::Rejected;
+namespace lora = flotilla::sdk::lora;
+
+class FfaLora final : public flotilla::sdk::Aggregator {
+ public:
+  static constexpr bool kPerClient = false;
+
+  FfaLora(const Host& host, const Options&, const NamedTensors& global)
+      : layers_(lora::layers(global, host, "ffa-lora")), mean_(host) {}
+
+  void check(const NamedTensors& update, const flotilla_update_info& info) override {
+    if (!(info.weight > 0)) throw Rejected("update weight must be > 0");
+    if (update.empty()) throw Rejected("update has no tensors");
+    for (const auto& u : update) {
+      const auto parsed = lora::parse(u.name);
+      if (parsed && parsed->part == lora::Part::A) {
+        throw Rejected("ffa-lora never changes A, and the update carries '" + u.name +
+                       "': set lora.freeze-a = true so clients train and send only B");
+      }
+      if (!parsed) {
+        throw Rejected("ffa-lora averages LoRA B matrices only, and the update carries '" + u.name +
+                       "' (a base weight): clients must train with lora.rank > 0 and "
+                       "lora.freeze-a = true");
+      }
+      const lora::Layer* layer = nullptr;
+      for (const auto& l : layers_) {
+        if (l.name == parsed->layer) layer = &l;
+      }
+      if (layer == nullptr) {
+        throw Rejected("update carries '" + u.name + "', but the global model has no adapter on '" +
+                       parsed->layer + "'");
+      }
+      if (!u.tensor.sizes().equals({layer->out, layer->rank}) ||
+          !at::isFloatingType(u.tensor.scalar_type())) {
+        throw Rejected("tensor '" + u.name + "' is " + lora::describe(u.tensor) +
+                       ", expected a floating tensor of shape [" + std::to_string(layer->out) +
+                       ", " + std::to_string(layer->rank) + "] (B at the global model's rank " +
+                       std::to_string(layer->rank) + ")");
+      }
+    }
+    mean_.check_same(update);
+  }
+
+  void accept(const NamedTensors& update, const flotilla_update_info& info) override {
+    check(update, info);
+    mean_.add(update, info.weight);
+  }
+
+  /// Emits the mean B of each layer, never A.
+  void finalize(flotilla_output* out) override { mean_.emit(out); }
+
+  void discard() override { mean_.clear(); }
+
+ private:
+  std::vector<lora::Layer> layers_;
+  lora::WeightedMean mean_;
+};
+
+const flotilla_option_spec kOptions[] = {{nullptr, nullptr, nullptr, nullptr}};
+
+}  // namespace
+
+FLOTILLA_AGGREGATOR_PLUGIN(FfaLora, "ffa-lora", "1.0.0",
+                           "FFA-LoRA (Sun et al. 2024): A frozen from a shared seed, only B "
+                           "trained, sent and averaged (weighted by examples)",
+                           kOptions)

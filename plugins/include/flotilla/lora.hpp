@@ -1,0 +1,155 @@
+// Helpers for LoRA aggregation plugins (fedit, ffa-lora, flexlora): adapter names, the
+// adapted layers of a global model, and a weighted running mean. Header-only, LibTorch only.
+//
+// Adapter tensors follow the usual convention: layer "fc1" with rank r has
+// "fc1.lora_A.weight" (r × in) and "fc1.lora_B.weight" (out × r); the layer computes
+// W x + b + (alpha/r)·B·A·x.
+#pragma once
+
+#include "flotilla/fold.hpp"
+#include "flotilla/plugin.hpp"
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace flotilla::sdk::lora {
+
+enum class Part { A, B };
+
+struct AdapterName {
+  std::string layer;  ///< "fc1"
+  Part part;
+};
+
+/// "fc1.lora_A.weight" -> {fc1, A}; nothing for any other name.
+inline std::optional<AdapterName> parse(const std::string& name) {
+  static const std::string kA = ".lora_A.weight", kB = ".lora_B.weight";
+  auto ends = [&](const std::string& suffix) {
+    return name.size() > suffix.size() &&
+           name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (ends(kA)) return AdapterName{name.substr(0, name.size() - kA.size()), Part::A};
+  if (ends(kB)) return AdapterName{name.substr(0, name.size() - kB.size()), Part::B};
+  return std::nullopt;
+}
+
+inline std::string a_name(const std::string& layer) { return layer + ".lora_A.weight"; }
+inline std::string b_name(const std::string& layer) { return layer + ".lora_B.weight"; }
+
+/// The rank a tensor of an adapter has: A's rows, B's columns.
+inline std::int64_t rank_of(Part part, const at::Tensor& t) {
+  return t.dim() == 2 ? (part == Part::A ? t.size(0) : t.size(1)) : -1;
+}
+
+/// "float [8, 784]".
+inline std::string describe(const at::Tensor& t) {
+  std::string s = std::string(c10::toString(t.scalar_type())) + " [";
+  for (std::int64_t d = 0; d < t.dim(); ++d) s += (d ? ", " : "") + std::to_string(t.size(d));
+  return s + "]";
+}
+
+/// One adapted layer of the global model.
+struct Layer {
+  std::string name;  ///< "fc1"
+  std::int64_t in = 0, out = 0, rank = 0;
+  at::Tensor a, b;   ///< the global model's A and B at create (on the host's device)
+};
+
+/// The layers of `global` that carry both A and B (in the order of their A), checked for
+/// consistent shapes. Invalid if a layer has only one of them or if none has any.
+inline std::vector<Layer> layers(const NamedTensors& global, const Host& host,
+                                 const std::string& method) {
+  std::vector<Layer> out;
+  auto find = [&](const std::string& name) -> const at::Tensor* {
+    for (const auto& t : global) {
+      if (t.name == name) return &t.tensor;
+    }
+    return nullptr;
+  };
+  for (const auto& t : global) {
+    const auto parsed = parse(t.name);
+    if (!parsed) continue;
+    const auto* other = find(parsed->part == Part::A ? b_name(parsed->layer) : a_name(parsed->layer));
+    if (other == nullptr) {
+      throw Invalid(method + ": the global model has '" + t.name + "' but not its " +
+                    (parsed->part == Part::A ? "B" : "A"));
+    }
+    if (parsed->part == Part::B) continue;  // recorded with its A
+    const auto& a = t.tensor;
+    const auto& b = *other;
+    if (a.dim() != 2 || b.dim() != 2 || a.size(0) != b.size(1)) {
+      throw Invalid(method + ": layer '" + parsed->layer + "' has A " + describe(a) + " and B " +
+                    describe(b) + "; expected A [r, in] and B [out, r]");
+    }
+    Layer l;
+    l.name = parsed->layer;
+    l.rank = a.size(0);
+    l.in = a.size(1);
+    l.out = b.size(0);
+    if (!a.device().is_meta()) l.a = a.to(host.device(), at::kFloat, false, true);
+    if (!b.device().is_meta()) l.b = b.to(host.device(), at::kFloat, false, true);
+    out.push_back(std::move(l));
+  }
+  if (out.empty()) {
+    throw Invalid(method + " needs a model with LoRA adapters (\"<layer>.lora_A.weight\" and "
+                           "\"<layer>.lora_B.weight\"); set lora.rank > 0 in the run config");
+  }
+  return out;
+}
+
+/// The example-weighted mean of the tensors updates carry, as one running sum per tensor
+/// (memory: one copy of what is averaged). The first update of a version fixes the names.
+class WeightedMean {
+ public:
+  explicit WeightedMean(const Host& host) : host_(host) {}
+
+  /// Whether `update` carries the same tensors as this version's first (if any).
+  void check_same(const NamedTensors& update) const {
+    if (names_.empty()) return;
+    bool same = names_.size() == update.size();
+    for (std::size_t i = 0; same && i < update.size(); ++i) same = names_[i] == update[i].name;
+    if (!same) throw Rejected("update carries other tensors than this version's first update");
+  }
+
+  void add(const NamedTensors& update, double weight) {
+    const bool init = sums_.empty();
+    if (init) {
+      for (const auto& u : update) {
+        names_.push_back(u.name);
+        sums_.push_back(at::empty(u.tensor.sizes(),
+                                  at::TensorOptions()
+                                      .dtype(accumulator_type(u.tensor.scalar_type()))
+                                      .device(host_.device())));
+      }
+    }
+    for (std::size_t i = 0; i < update.size(); ++i) {
+      const auto src = update[i].tensor.to(host_.device()).contiguous();
+      fold(sums_[i], {src}, {weight}, init);
+    }
+    total_ += weight;
+  }
+
+  /// Emits every mean (names as the updates had them) and resets.
+  void emit(flotilla_output* out) {
+    for (std::size_t i = 0; i < sums_.size(); ++i) host_.emit(out, names_[i], sums_[i].mul_(1.0 / total_));
+    clear();
+  }
+
+  void clear() {
+    names_.clear();
+    sums_.clear();
+    total_ = 0;
+  }
+
+ private:
+  Host host_;
+  std::vector<std::string> names_;
+  std::vector<at::Tensor> sums_;
+  double total_ = 0;
+};
+
+}  // namespace flotilla::sdk::lora
