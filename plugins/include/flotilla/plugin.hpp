@@ -153,6 +153,9 @@ int guarded(const flotilla_host* host, Fn&& fn) noexcept {
     return report(FLOTILLA_E_INVALID, e.what());
   } catch (const std::bad_alloc&) {
     return report(FLOTILLA_E_NO_MEMORY, "out of memory");
+  } catch (const c10::Error& e) {
+    // LibTorch's own errors: the message without LibTorch's C++ backtrace.
+    return report(FLOTILLA_E_INTERNAL, e.what_without_backtrace());
   } catch (const std::exception& e) {
     return report(FLOTILLA_E_INTERNAL, e.what());
   } catch (...) {
