@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # Flotilla's benchmarks, each printing ratios measured in this one run (the machines are
 # shared and noisy: compare ratios, not absolute numbers across runs).
-#   scripts/bench.sh [fold|transport|e2e|blas ...]     default: all four
+#   scripts/bench.sh [fold|transport|e2e|blas|plugins ...]     default: all five
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas)
+WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins)
 bash scripts/install-deps.sh
-bash scripts/build.sh flotilla fold_bench transport_bench baseline_bench blas_bench
+bash scripts/build.sh flotilla fold_bench transport_bench baseline_bench blas_bench \
+  fold_plugin_bench galore_bench
 B=${FLOTILLA_BUILD_DIR:-build}/bin
 OUT=$(mktemp -d /tmp/flotilla-bench.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 
 for w in "${WHICH[@]}"; do
 case "$w" in
+plugins)
+  echo "== plugins: the fedavg plugin's fold through the ABI vs the core's built-in fold (256 MiB, 1 thread)"
+  "$B/fold_plugin_bench" --mb 256 --updates 8 --repeats 3
+  echo "== plugins: galore-adamw vs adamw on a 4096x4096 weight (step time, optimizer state)"
+  "$B/galore_bench" --dim 4096 --threads 2 --steps 5
+  ;;
 fold)
   echo "== aggregation: FedAvg fold vs memcpy (1 thread, 256 MiB model)"
   "$B/fold_bench" --mb 256 --threads 1
