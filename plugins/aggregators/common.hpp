@@ -96,25 +96,16 @@ inline std::string number(double v) {
 }
 
 /// Option `key` as a number in [lo, hi) (or [lo, hi] with `hi_inclusive`), else Invalid naming
-/// the option and the range. NaN is out of every range.
+/// the option and the range.
 inline double real_in(const sdk::Options& options, const std::string& key, double fallback,
                       double lo, double hi, bool hi_inclusive = false) {
-  const double v = options.real(key, fallback);
-  const bool ok = v >= lo && (hi_inclusive ? v <= hi : v < hi);
-  if (!ok) {
-    throw Invalid("option '" + key + "' is " + number(v) + ", must be in [" + number(lo) + ", " +
-                  number(hi) + (hi_inclusive ? "]" : ")"));
-  }
-  return v;
+  return sdk::bounded(options, key, fallback, lo, hi, false, !hi_inclusive,
+                      "in [" + number(lo) + ", " + number(hi) + (hi_inclusive ? "]" : ")"));
 }
 
 /// Option `key` as a finite number > 0, else Invalid naming the option.
 inline double positive(const sdk::Options& options, const std::string& key, double fallback) {
-  const double v = options.real(key, fallback);
-  if (!(v > 0) || !std::isfinite(v)) {
-    throw Invalid("option '" + key + "' is " + number(v) + ", must be a finite number > 0");
-  }
-  return v;
+  return sdk::bounded(options, key, fallback, 0, INFINITY, true, true, "a finite number > 0");
 }
 
 /// Option `key` as an integer >= lo, else Invalid naming the option.

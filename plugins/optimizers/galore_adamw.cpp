@@ -35,18 +35,7 @@ using flotilla::sdk::Invalid;
 using flotilla::sdk::NamedTensors;
 using flotilla::sdk::Options;
 
-/// The option's value, refused unless lo <= v (or lo < v when `open_lo`) and v < hi (or <= hi).
-double bounded(const Options& options, const char* key, double fallback, double lo, double hi,
-               bool open_lo, bool open_hi, const char* range) {
-  const double v = options.real(key, fallback);
-  const bool ok = std::isfinite(v) && (open_lo ? v > lo : v >= lo) && (open_hi ? v < hi : v <= hi);
-  if (!ok) {
-    const auto* text = options.find(key);
-    throw Invalid("option '" + std::string(key) + "' is " + (text ? *text : std::to_string(v)) +
-                  ", expected " + range);
-  }
-  return v;
-}
+using flotilla::sdk::bounded;
 
 std::int64_t at_least_one(const Options& options, const char* key, std::int64_t fallback) {
   const auto v = options.integer(key, fallback);

@@ -13,6 +13,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstdint>
 #include <exception>
 #include <memory>
@@ -215,6 +216,21 @@ class Options {
  private:
   std::vector<std::pair<std::string, std::string>> items_;
 };
+
+/// Option `key` as a number, refused (Invalid naming the option, its value and `range`, e.g.
+/// "in [0, 1)") unless lo <= v (lo < v with `open_lo`) and v <= hi (v < hi with `open_hi`).
+/// NaN and infinities are out of every range.
+inline double bounded(const Options& options, const std::string& key, double fallback, double lo,
+                      double hi, bool open_lo, bool open_hi, const std::string& range) {
+  const double v = options.real(key, fallback);
+  const bool ok = std::isfinite(v) && (open_lo ? v > lo : v >= lo) && (open_hi ? v < hi : v <= hi);
+  if (!ok) {
+    const auto* text = options.find(key);
+    throw Invalid("option '" + key + "' is " + (text ? *text : std::to_string(v)) + ", expected " +
+                  range);
+  }
+  return v;
+}
 
 /// The host services a plugin state uses: its device, logging, outputs.
 class Host {
