@@ -11,7 +11,9 @@ cmake -S examples/plugins -B "$WORK/ex" -DCMAKE_BUILD_TYPE=Release \
 cmake --build "$WORK/ex" > "$WORK/ex.log" 2>&1 || { cat "$WORK/ex.log"; fail "build the example"; }
 "$WORK/prefix/bin/flotilla" plugins list "$WORK/ex" | tee "$WORK/list.out"
 grep -q "uniform-mean *aggregator 1.0.0 *ABI 1.0" "$WORK/list.out" || fail "plugins list does not show it"
-"$WORK/prefix/bin/flotilla" plugins list | grep -q "fedavg" || fail "the installed CLI does not find the built-in plugins"
+# (Output to a file first: `grep -q` closing a pipe early would fail the pipeline under pipefail.)
+"$WORK/prefix/bin/flotilla" plugins list > "$WORK/builtin.out" || fail "plugins list of the built-in plugins failed"
+grep -q "fedavg" "$WORK/builtin.out" || fail "the installed CLI does not find the built-in plugins"
 
 sed "s|tcp://127.0.0.1:PORT|inproc://example|; s/rounds = 4/rounds = 3/" "$(dirname "$0")/lib_config.toml" > "$WORK/run.toml"
 sed -i "s|^\[aggregator\]|[aggregator]\nstrategy = \"$WORK/ex/flotilla-uniform-mean.so\"|" "$WORK/run.toml"
