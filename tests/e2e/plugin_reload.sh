@@ -25,7 +25,7 @@ for _ in $(seq 600); do [ "$(rows)" -ge 2 ] && break; sleep 0.1; done
 
 STATUS=$("$FLOTILLA" admin status --connect "tcp://127.0.0.1:$PORT") || fail "admin status failed"
 echo "$STATUS"
-echo "$STATUS" | grep -q "aggregation scaled-mean 1.0.0" || fail "status does not name the plugin: $STATUS"
+grep -q "aggregation scaled-mean 1.0.0" <<< "$STATUS" || fail "status does not name the plugin: $STATUS"
 
 # A new build dropped in place of the running one (as `cp` or `make install` would).
 cp "$BUILD/test-plugins/scaled-mean-v2.so" "$PLUGINS/flotilla-scaled-mean.so"
@@ -40,8 +40,8 @@ if OUT=$("$FLOTILLA" admin reload --connect "tcp://127.0.0.1:$PORT" 2>&1); then
   fail "admin reload of a wrong-ABI build succeeded: $OUT"
 fi
 echo "$OUT"
-echo "$OUT" | grep -q "built for plugin ABI 99.0" || fail "admin reload did not say why: $OUT"
-echo "$OUT" | grep -q "still running scaled-mean 2.0.0" || fail "admin reload did not keep v2: $OUT"
+grep -q "built for plugin ABI 99.0" <<< "$OUT" || fail "admin reload did not say why: $OUT"
+grep -q "still running scaled-mean 2.0.0" <<< "$OUT" || fail "admin reload did not keep v2: $OUT"
 mv "$PLUGINS/good.so.keep" "$PLUGINS/flotilla-scaled-mean.so"
 
 wait "$RUN" || { cat "$WORK/run.err"; fail "the run exited non-zero"; }
