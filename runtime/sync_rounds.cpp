@@ -316,7 +316,14 @@ void SyncRounds::start_round(std::vector<Send>& out) {
 
 TensorList SyncRounds::model_for(std::uint32_t client_id) {
   const TensorList tmpl = options_.client_template ? options_.client_template(client_id) : model_;
-  auto own = aggregation_->client_model(client_id, tmpl);
+  std::optional<TensorList> own;
+  try {
+    own = aggregation_->client_model(client_id, tmpl);
+  } catch (const Failure& f) {
+    // The client gets the global model instead; if it cannot load that, it says so.
+    logger("aggregator")->error("round {}: no model of its own for client {}: {}", round_,
+                                client_id, f.what());
+  }
   if (!own) return model_;
   TensorList tensors = model_;
   for (auto& t : *own) {
