@@ -126,6 +126,11 @@ int main(int argc, char** argv) try {
                 static_cast<long long>(r), g.step / base.step,
                 static_cast<double>(g.state_bytes) / static_cast<double>(base.state_bytes),
                 g.first_step, g.step, static_cast<unsigned long long>(g.state_bytes));
+    const auto q = measure(galore, {{"rank", std::to_string(r)}, {"update-interval", "1000000000"},
+                                    {"svd", "randomized"}},
+                           o, device);
+    std::printf("galore rank=%lld svd=randomized svd_step_seconds=%.3f svd_step_vs_exact=%.3f\n",
+                static_cast<long long>(r), q.first_step, q.first_step / g.first_step);
   }
   return 0;
 } catch (const std::exception& e) {

@@ -322,6 +322,28 @@ TEST(GaloreAdamWPlugin, StateShrinksInProportionToTheRank) {
 
 // ---- all three ------------------------------------------------------------------------------
 
+TEST(GaloreAdamWPlugin, RandomizedProjectionFindsTheExactTopSubspace) {
+  // A gradient with a clear spectral gap (singular values 8, 6, 4, 2, then 1e-3 noise): the
+  // randomized SVD's top-4 subspace is the exact one, so one step gives the same update.
+  at::manual_seed(7);
+  const auto u = std::get<0>(at::linalg_qr(at::randn({96, 4}, at::kDouble)));
+  const auto v = std::get<0>(at::linalg_qr(at::randn({64, 4}, at::kDouble)));
+  const auto s = at::tensor({8.0, 6.0, 4.0, 2.0}, at::kDouble);
+  const auto g = (u.mul(s).mm(v.t()) + 1e-3 * at::randn({96, 64}, at::kDouble)).to(at::kFloat);
+  auto step_with = [&](const std::string& svd) {
+    TensorList params = {{"w", at::zeros({96, 64})}};
+    auto opt = optimizer("galore-adamw", params,
+                         {{"rank", "4"}, {"svd", svd}, {"scale", "1"}, {"weight-decay", "0"}});
+    EXPECT_TRUE(opt->step({{"w", g}}));
+    return params[0].tensor.clone();
+  };
+  const auto exact = step_with("exact");
+  const auto randomized = step_with("randomized");
+  EXPECT_GT(exact.abs().max().item<float>(), 0);
+  EXPECT_TRUE(at::allclose(randomized, exact, 1e-3, 1e-6))
+      << "max difference " << (randomized - exact).abs().max().item<float>();
+}
+
 TEST(OptimizerPlugins, SaveAndLoadContinueTheSameTrajectory) {
   const std::vector<std::pair<std::string, PluginOptions>> cases = {
       {"sgd", {{"momentum", "0.9"}, {"weight-decay", "0.01"}}},
@@ -381,6 +403,7 @@ TEST(OptimizerPlugins, RefuseBadOptionsNamingThem) {
   EXPECT_THAT(refused("sgd", {{"momentum", "-0.1"}}), HasSubstr("option 'momentum'"));
   EXPECT_THAT(refused("sgd", {{"learning-rate", "nan"}}), HasSubstr("option 'learning-rate'"));
   EXPECT_THAT(refused("sgd", {{"nesterov", "true"}}), HasSubstr("'nesterov' needs option 'momentum'"));
+  EXPECT_THAT(refused("galore-adamw", {{"svd", "fast"}}), HasSubstr("option 'svd' is \"fast\""));
   // Unknown keys and wrong types are the host's refusals (checked against the specs).
   EXPECT_THAT(refused("sgd", {{"betas", "0.9"}}), HasSubstr("unknown option 'betas'"));
   EXPECT_THAT(refused("galore-adamw", {{"rank", "1.5"}}), HasSubstr("expected an integer"));
