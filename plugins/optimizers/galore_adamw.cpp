@@ -21,7 +21,7 @@
 //
 // State: projected parameters hold 2 * r * max(m, n) moment entries plus the r * min(m, n)
 // projection, instead of AdamW's 2 * m * n.
-#include "flotilla/plugin.hpp"
+#include "adam.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -37,6 +37,8 @@ using flotilla::sdk::Invalid;
 using flotilla::sdk::NamedTensors;
 using flotilla::sdk::Options;
 
+using flotilla::optimizers::AdamMoments;
+using flotilla::optimizers::AdamOptions;
 using flotilla::sdk::bounded;
 
 std::int64_t at_least_one(const Options& options, const char* key, std::int64_t fallback) {
@@ -49,11 +51,7 @@ class GaloreAdamW final : public flotilla::sdk::Optimizer {
  public:
   GaloreAdamW(const Host& host, const Options& options, const NamedTensors& params)
       : host_(host),
-        lr_(bounded(options, "learning-rate", 1e-3, 0, INFINITY, false, true, ">= 0")),
-        beta1_(bounded(options, "beta1", 0.9, 0, 1, false, true, "in [0, 1)")),
-        beta2_(bounded(options, "beta2", 0.999, 0, 1, false, true, "in [0, 1)")),
-        eps_(bounded(options, "eps", 1e-8, 0, INFINITY, true, true, "> 0")),
-        weight_decay_(bounded(options, "weight-decay", 0.01, 0, INFINITY, false, true, ">= 0")),
+        o_(options),
         rank_(at_least_one(options, "rank", 128)),
         interval_(at_least_one(options, "update-interval", 200)),
         scale_(bounded(options, "scale", 0.25, 0, INFINITY, true, true, "> 0")),
@@ -61,19 +59,20 @@ class GaloreAdamW final : public flotilla::sdk::Optimizer {
     std::size_t projected = 0;
     for (const auto& p : params) {
       const auto& w = p.tensor;
-      State s{p.name, {}, {}, {}, 0, false, false};
+      State s{p.name, {}, {}, false, false};
       if (w.dim() == 2 && std::min(w.size(0), w.size(1)) > rank_) {
         const auto m = w.size(0), n = w.size(1);
         s.projected = true;
         s.left = m < n;
         const auto opts = w.options();
         s.projection = at::zeros({s.left ? m : n, rank_}, opts);
-        s.exp_avg = at::zeros(s.left ? std::vector<std::int64_t>{rank_, n} : std::vector<std::int64_t>{m, rank_}, opts);
-        s.exp_avg_sq = at::zeros_like(s.exp_avg);
+        s.moments.exp_avg = at::zeros(
+            s.left ? std::vector<std::int64_t>{rank_, n} : std::vector<std::int64_t>{m, rank_}, opts);
+        s.moments.exp_avg_sq = at::zeros_like(s.moments.exp_avg);
         ++projected;
       } else {
-        s.exp_avg = at::zeros_like(w);
-        s.exp_avg_sq = at::zeros_like(w);
+        s.moments.exp_avg = at::zeros_like(w);
+        s.moments.exp_avg_sq = at::zeros_like(w);
       }
       state_.push_back(std::move(s));
     }
@@ -91,53 +90,40 @@ class GaloreAdamW final : public flotilla::sdk::Optimizer {
       if (!g.defined()) continue;
       auto w = params[i].tensor;
       auto& s = state_[i];
-      w.mul_(1 - lr_ * weight_decay_);
-      if (s.projected && s.step % interval_ == 0) s.projection.copy_(project(g, s.left));
+      w.mul_(1 - o_.lr * o_.weight_decay);
+      if (s.projected && s.moments.step % interval_ == 0) s.projection.copy_(project(g, s.left));
       const auto r = !s.projected ? g : s.left ? s.projection.t().mm(g) : g.mm(s.projection);
-      s.step += 1;
-      const double bc1 = 1 - std::pow(beta1_, static_cast<double>(s.step));
-      const double bc2 = 1 - std::pow(beta2_, static_cast<double>(s.step));
-      s.exp_avg.mul_(beta1_).add_(r, 1 - beta1_);
-      s.exp_avg_sq.mul_(beta2_).addcmul_(r, r, 1 - beta2_);
-      const auto denom = (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(eps_);
+      const auto d = s.moments.advance(r, o_);
       if (!s.projected) {
-        w.addcdiv_(s.exp_avg, denom, -lr_ / bc1);
+        w.addcdiv_(s.moments.exp_avg, d.denom, -d.step_size);
         continue;
       }
-      const auto n = s.exp_avg / denom;  // bias correction 1 folded into the step size below
-      w.add_(s.left ? s.projection.mm(n) : n.mm(s.projection.t()), -lr_ * scale_ / bc1);
+      const auto n = s.moments.exp_avg / d.denom;
+      w.add_(s.left ? s.projection.mm(n) : n.mm(s.projection.t()), -d.step_size * scale_);
     }
   }
 
   [[nodiscard]] std::uint64_t state_bytes() const override {
     std::uint64_t total = 0;
-    for (const auto& s : state_) {
-      total += flotilla::sdk::bytes_of(s.exp_avg) + flotilla::sdk::bytes_of(s.exp_avg_sq) +
-               flotilla::sdk::bytes_of(s.projection);
-    }
+    for (const auto& s : state_) total += s.moments.bytes() + flotilla::sdk::bytes_of(s.projection);
     return total;
   }
 
   void save(flotilla_output* out) override {
     for (const auto& s : state_) {
-      host_.emit(out, s.name + "/exp_avg", s.exp_avg);
-      host_.emit(out, s.name + "/exp_avg_sq", s.exp_avg_sq);
+      s.moments.save(host_, out, s.name);
       if (s.projected) host_.emit(out, s.name + "/projection", s.projection);
-      host_.emit(out, s.name + "/step", at::scalar_tensor(s.step, at::kLong));
     }
   }
 
   void load(const NamedTensors& saved) override {
     auto next = state_;
     for (auto& s : next) {
-      s.exp_avg = s.exp_avg.clone();
-      s.exp_avg_sq = s.exp_avg_sq.clone();
+      s.moments = s.moments.clone();
       if (s.projected) s.projection = s.projection.clone();
     }
-    for (const auto& t : saved) {
-      const auto slash = t.name.rfind('/');
-      const std::string param = slash == std::string::npos ? "" : t.name.substr(0, slash);
-      const std::string field = slash == std::string::npos ? t.name : t.name.substr(slash + 1);
+    flotilla::optimizers::for_each_saved(saved, [&](const std::string& param, const std::string& field,
+                                                    const flotilla::sdk::Named& t) {
       State* s = nullptr;
       for (auto& c : next) {
         if (c.name == param) s = &c;
@@ -145,29 +131,20 @@ class GaloreAdamW final : public flotilla::sdk::Optimizer {
       if (s == nullptr) {
         throw Invalid("saved tensor '" + t.name + "' is not galore-adamw state of these parameters");
       }
-      if (field == "step") {
-        if (t.tensor.numel() != 1) throw Invalid("'" + t.name + "' must hold one number");
-        s->step = t.tensor.to(at::kCPU).to(at::kLong).item<std::int64_t>();
-        continue;
+      if (field == "projection" && s->projected) {
+        flotilla::optimizers::load_into(s->projection, t);
+      } else if (!s->moments.load(field, t)) {
+        throw Invalid("saved tensor '" + t.name + "' is not galore-adamw state");
       }
-      at::Tensor* dst = field == "exp_avg"                     ? &s->exp_avg
-                        : field == "exp_avg_sq"                ? &s->exp_avg_sq
-                        : field == "projection" && s->projected ? &s->projection
-                                                               : nullptr;
-      if (dst == nullptr) throw Invalid("saved tensor '" + t.name + "' is not galore-adamw state");
-      if (!t.tensor.sizes().equals(dst->sizes())) {
-        throw Invalid("'" + t.name + "' has another shape than expected (another rank?)");
-      }
-      dst->copy_(t.tensor);
-    }
+    });
     state_ = std::move(next);
   }
 
  private:
   struct State {
     std::string name;
-    at::Tensor exp_avg, exp_avg_sq, projection;
-    std::int64_t step;
+    AdamMoments moments;
+    at::Tensor projection;
     bool projected;  ///< GaLore (else plain AdamW)
     bool left;       ///< P holds left singular vectors (m < n)
   };
@@ -211,7 +188,7 @@ class GaloreAdamW final : public flotilla::sdk::Optimizer {
   }
 
   Host host_;
-  double lr_, beta1_, beta2_, eps_, weight_decay_;
+  AdamOptions o_;
   std::int64_t rank_, interval_;
   double scale_;
   bool randomized_;  ///< randomized instead of exact SVD for the projection
