@@ -8,9 +8,6 @@
 #include "common.hpp"
 #include "flotilla/fold.hpp"
 
-#include <string>
-#include <vector>
-
 namespace {
 
 using flotilla::aggregators::UpdateLayout;
@@ -23,58 +20,25 @@ class FedAvg final : public flotilla::sdk::Aggregator {
   static constexpr bool kPerClient = false;
 
   FedAvg(const Host& host, const Options&, const NamedTensors& global)
-      : host_(host), layout_(global) {}
+      : layout_(global), mean_(host) {}
 
   void check(const NamedTensors& update, const flotilla_update_info& info) override {
     layout_.check(update, info);
+    mean_.check_same(update);
   }
 
   void accept(const NamedTensors& update, const flotilla_update_info& info) override {
-    layout_.check(update, info);
-    const bool init = sums_.empty();
-    if (init) {
-      layout_.fix(update);
-      for (const auto& u : update) {
-        const auto dtype = u.tensor.scalar_type();
-        sums_.push_back(at::isFloatingType(dtype)
-                            ? at::empty(u.tensor.sizes(), at::TensorOptions()
-                                                              .dtype(flotilla::sdk::accumulator_type(dtype))
-                                                              .device(host_.device()))
-                            : at::Tensor());
-      }
-    }
-    for (std::size_t i = 0; i < update.size(); ++i) {
-      const auto src = update[i].tensor.to(host_.device()).contiguous();
-      if (!at::isFloatingType(src.scalar_type())) {
-        sums_[i] = src.clone();  // counters, indices: the latest value
-        continue;
-      }
-      flotilla::sdk::fold(sums_[i], {src}, {info.weight}, init);
-    }
-    total_ += info.weight;
+    check(update, info);
+    mean_.add(update, info.weight);
   }
 
-  void finalize(flotilla_output* out) override {
-    const auto& indices = layout_.indices();
-    for (std::size_t i = 0; i < sums_.size(); ++i) {
-      auto& sum = sums_[i];
-      if (at::isFloatingType(sum.scalar_type())) sum.mul_(1.0 / total_);
-      host_.emit(out, layout_.name(indices[i]), sum);
-    }
-    discard();
-  }
+  void finalize(flotilla_output* out) override { mean_.emit(out); }
 
-  void discard() override {
-    sums_.clear();
-    layout_.reset();
-    total_ = 0;
-  }
+  void discard() override { mean_.clear(); }
 
  private:
-  Host host_;
   UpdateLayout layout_;
-  std::vector<at::Tensor> sums_;
-  double total_ = 0;
+  flotilla::sdk::WeightedMean mean_;
 };
 
 const flotilla_option_spec kOptions[] = {{nullptr, nullptr, nullptr, nullptr}};

@@ -87,7 +87,7 @@ class FedIt final : public flotilla::sdk::Aggregator {
  private:
   std::vector<lora::Layer> layers_;
   std::int64_t rank_ = 0;
-  lora::WeightedMean mean_;
+  flotilla::sdk::WeightedMean mean_;
 };
 
 const flotilla_option_spec kOptions[] = {{nullptr, nullptr, nullptr, nullptr}};

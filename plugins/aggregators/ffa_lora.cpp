@@ -73,7 +73,7 @@ class FfaLora final : public flotilla::sdk::Aggregator {
 
  private:
   std::vector<lora::Layer> layers_;
-  lora::WeightedMean mean_;
+  flotilla::sdk::WeightedMean mean_;
 };
 
 const flotilla_option_spec kOptions[] = {{nullptr, nullptr, nullptr, nullptr}};

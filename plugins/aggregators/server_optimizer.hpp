@@ -1,7 +1,7 @@
 // Server optimizers (fedavgm, fedadam, fedyogi): the weighted mean of a version's updates,
 // minus the current global model, is a pseudo-gradient that an optimizer with state between
 // versions (momentum, second moments) turns into the next global model. This header holds what
-// the three plugins share: the running weighted sum, the plugin's copy of the global model, the
+// the three plugins share: the running weighted mean (sdk::WeightedMean), the plugin's copy of the global model, the
 // per-tensor optimizer state and its export/import; each plugin only defines its step.
 //
 // Memory on the device: a copy of the global model (the method needs the value the updates
@@ -25,7 +25,7 @@ class ServerOptimizer : public sdk::Aggregator {
   /// `slots`: the names of the per-tensor state (e.g. {"m", "v"}); state tensor `s` of tensor
   /// `t` is exported as "<s>/<t>".
   ServerOptimizer(const sdk::Host& host, const NamedTensors& global, std::vector<std::string> slots)
-      : host_(host), layout_(global), slots_(std::move(slots)), state_(global.size()) {
+      : host_(host), layout_(global), slots_(std::move(slots)), state_(global.size()), mean_(host) {
     for (const auto& t : global) {
       global_.push_back(owned_copy(t.tensor, t.tensor.options().device(host_.device())));
     }
@@ -37,28 +37,8 @@ class ServerOptimizer : public sdk::Aggregator {
 
   void accept(const NamedTensors& update, const flotilla_update_info& info) override {
     layout_.check(update, info);
-    const bool init = sums_.empty();
-    if (init) {
-      layout_.fix(update);
-      for (const auto& u : update) {
-        const auto dtype = u.tensor.scalar_type();
-        sums_.push_back(at::isFloatingType(dtype)
-                            ? at::empty(u.tensor.sizes(), at::TensorOptions()
-                                                              .dtype(sdk::accumulator_type(dtype))
-                                                              .device(host_.device()))
-                            : at::Tensor());
-      }
-    }
-    for (std::size_t i = 0; i < update.size(); ++i) {
-      const auto& src = update[i].tensor;
-      if (!at::isFloatingType(src.scalar_type())) {
-        // Counters, indices: averaging means nothing, the latest update's value is kept.
-        sums_[i] = owned_copy(src, src.options().device(host_.device()));
-        continue;
-      }
-      sdk::fold(sums_[i], {src.to(host_.device()).contiguous()}, {info.weight}, init);
-    }
-    total_ += info.weight;
+    if (mean_.empty()) layout_.fix(update);
+    mean_.add(update, info.weight);
   }
 
   void finalize(flotilla_output* out) override {
@@ -68,15 +48,16 @@ class ServerOptimizer : public sdk::Aggregator {
     // keeps). The optimizer state of tensors already stepped has advanced in that case.
     std::vector<std::pair<std::size_t, at::Tensor>> next;
     const auto& indices = layout_.indices();
+    auto& means = mean_.means();
     for (std::size_t p = 0; p < indices.size(); ++p) {
       const std::size_t g = indices[p];
       const auto& x = global_[g];
       at::Tensor value;
-      if (!at::isFloatingType(sums_[p].scalar_type())) {
-        value = sums_[p];
+      if (!at::isFloatingType(means[p].scalar_type())) {
+        value = means[p];
       } else {
-        // delta = weighted mean − global, computed in the sum's memory.
-        at::Tensor delta = sums_[p].mul_(1.0 / total_).sub_(x);
+        // delta = weighted mean − global, computed in the mean's memory.
+        at::Tensor delta = means[p].sub_(x);
         auto& state = state_[g];
         if (state.empty()) {
           for (std::size_t s = 0; s < slots_.size(); ++s) state.push_back(initial(s, delta));
@@ -91,9 +72,8 @@ class ServerOptimizer : public sdk::Aggregator {
   }
 
   void discard() override {
-    sums_.clear();
+    mean_.clear();
     layout_.reset();
-    total_ = 0;
   }
 
   void export_state(flotilla_output* out) override {
@@ -152,8 +132,7 @@ class ServerOptimizer : public sdk::Aggregator {
   std::vector<std::string> slots_;
   std::vector<at::Tensor> global_;               ///< the current global model, on the device
   std::vector<std::vector<at::Tensor>> state_;   ///< [global index][slot]; empty until stepped
-  std::vector<at::Tensor> sums_;                 ///< per tensor of this version's subset
-  double total_ = 0;
+  sdk::WeightedMean mean_;                       ///< of this version's updates (their subset)
 };
 
 /// FedAdam and FedYogi (Reddi et al., 2021): the same first moment and update, second moments

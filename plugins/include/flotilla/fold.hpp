@@ -1,5 +1,7 @@
 // The weighted fold, sum += Σ_k w_k · update_k, shared by the core's built-in FedAvg and the
-// fedavg plugin (and free for any plugin to use): header-only, LibTorch only.
+// aggregation plugins (and free for any plugin to use): header-only, LibTorch only. Also
+// WeightedMean, the running example-weighted mean of a version's updates that the built-in
+// plugins build on.
 //
 // On the CPU it is one blocked pass: a block of the accumulator stays in L1 while every waiting
 // update streams through it once, split across LibTorch's intra-op threads. Elsewhere (a GPU) it
@@ -7,11 +9,14 @@
 // accumulate in float32).
 #pragma once
 
+#include "flotilla/plugin.hpp"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace flotilla::sdk {
@@ -88,5 +93,78 @@ inline void fold(at::Tensor& sum, const std::vector<at::Tensor>& srcs,
     }
   }
 }
+
+/// The running weighted mean of one version's updates, folded as they arrive (memory: one
+/// accumulator per tensor, however many updates). Every update must carry the tensors the first
+/// one carried, in the same order. Floating tensors accumulate weight · value (fold above) on the
+/// host's device; integer tensors (counters, indices: averaging means nothing) keep the latest
+/// update's value.
+class WeightedMean {
+ public:
+  explicit WeightedMean(const Host& host) : host_(host) {}
+
+  /// Rejected unless `update` carries the same tensors as this version's first (if any).
+  void check_same(const NamedTensors& update) const {
+    if (names_.empty()) return;
+    bool same = names_.size() == update.size();
+    for (std::size_t i = 0; same && i < update.size(); ++i) same = names_[i] == update[i].name;
+    if (!same) throw Rejected("update carries other tensors than this version's first update");
+  }
+
+  void add(const NamedTensors& update, double weight) {
+    const bool init = sums_.empty();
+    if (init) {
+      for (const auto& u : update) {
+        names_.push_back(u.name);
+        const auto dtype = u.tensor.scalar_type();
+        sums_.push_back(at::isFloatingType(dtype)
+                            ? at::empty(u.tensor.sizes(), at::TensorOptions()
+                                                              .dtype(accumulator_type(dtype))
+                                                              .device(host_.device()))
+                            : at::Tensor());
+      }
+    }
+    for (std::size_t i = 0; i < update.size(); ++i) {
+      const auto src = update[i].tensor.to(host_.device()).contiguous();
+      if (!at::isFloatingType(src.scalar_type())) {
+        sums_[i] = src.clone();  // owned: updates arrive as views valid only during the call
+        continue;
+      }
+      fold(sums_[i], {src}, {weight}, init);
+    }
+    total_ += weight;
+  }
+
+  [[nodiscard]] bool empty() const { return sums_.empty(); }
+  [[nodiscard]] const std::vector<std::string>& names() const { return names_; }
+
+  /// The means, in the updates' order, computed in place (the sums' memory becomes the means).
+  /// Call once per version, then clear().
+  std::vector<at::Tensor>& means() {
+    for (auto& s : sums_) {
+      if (at::isFloatingType(s.scalar_type())) s.mul_(1.0 / total_);
+    }
+    return sums_;
+  }
+
+  /// Emits every mean under its update name, and clears.
+  void emit(flotilla_output* out) {
+    auto& m = means();
+    for (std::size_t i = 0; i < m.size(); ++i) host_.emit(out, names_[i], m[i]);
+    clear();
+  }
+
+  void clear() {
+    names_.clear();
+    sums_.clear();
+    total_ = 0;
+  }
+
+ private:
+  Host host_;
+  std::vector<std::string> names_;
+  std::vector<at::Tensor> sums_;
+  double total_ = 0;
+};
 
 }  // namespace flotilla::sdk
