@@ -48,14 +48,7 @@ class FedIt final : public flotilla::sdk::Aggregator {
                        "' (a base weight): clients must train with lora.rank > 0 and send only "
                        "\"*.lora_A.weight\" and \"*.lora_B.weight\"");
       }
-      const lora::Layer* layer = nullptr;
-      for (const auto& l : layers_) {
-        if (l.name == parsed->layer) layer = &l;
-      }
-      if (layer == nullptr) {
-        throw Rejected("update carries '" + u.name + "', but the global model has no adapter on '" +
-                       parsed->layer + "'");
-      }
+      const lora::Layer* layer = &layers_[lora::adapted_layer(layers_, parsed->layer, u.name)];
       const auto rank = lora::rank_of(parsed->part, u.tensor);
       if (rank != rank_) {
         throw Rejected("fedit needs every client at the global model's LoRA rank " +

@@ -42,14 +42,7 @@ class FfaLora final : public flotilla::sdk::Aggregator {
                        "' (a base weight): clients must train with lora.rank > 0 and "
                        "lora.freeze-a = true");
       }
-      const lora::Layer* layer = nullptr;
-      for (const auto& l : layers_) {
-        if (l.name == parsed->layer) layer = &l;
-      }
-      if (layer == nullptr) {
-        throw Rejected("update carries '" + u.name + "', but the global model has no adapter on '" +
-                       parsed->layer + "'");
-      }
+      const lora::Layer* layer = &layers_[lora::adapted_layer(layers_, parsed->layer, u.name)];
       if (!u.tensor.sizes().equals({layer->out, layer->rank}) ||
           !at::isFloatingType(u.tensor.scalar_type())) {
         throw Rejected("tensor '" + u.name + "' is " + lora::describe(u.tensor) +

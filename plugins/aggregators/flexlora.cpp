@@ -92,7 +92,7 @@ class FlexLora final : public flotilla::sdk::Aggregator {
     for (const auto& t : tmpl) {
       const auto parsed = lora::parse(t.name);
       if (!parsed) continue;  // not an adapter: the client keeps the global model's value
-      const auto l = layer_index(parsed->layer);
+      const auto l = lora::index_of(layers_, parsed->layer);
       if (l < 0) {
         throw Invalid("client " + std::to_string(client) + "'s model has '" + t.name +
                       "', but the global model has no adapter on '" + parsed->layer + "'");
@@ -144,12 +144,6 @@ class FlexLora final : public flotilla::sdk::Aggregator {
     const at::Tensor* b = nullptr;
   };
 
-  [[nodiscard]] long layer_index(const std::string& name) const {
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-      if (layers_[l].name == name) return static_cast<long>(l);
-    }
-    return -1;
-  }
 
   /// Each adapted layer's A and B in `update` (any rank, the same for A and B), checked.
   std::vector<Pair> pairs(const NamedTensors& update) const {
@@ -162,13 +156,8 @@ class FlexLora final : public flotilla::sdk::Aggregator {
                        "' (a base weight): clients must train with lora.rank > 0 and send only "
                        "\"*.lora_A.weight\" and \"*.lora_B.weight\"");
       }
-      const auto l = layer_index(parsed->layer);
-      if (l < 0) {
-        throw Rejected("update carries '" + u.name + "', but the global model has no adapter on '" +
-                       parsed->layer + "'");
-      }
-      auto& slot = parsed->part == lora::Part::A ? found[static_cast<std::size_t>(l)].a
-                                                 : found[static_cast<std::size_t>(l)].b;
+      const auto l = lora::adapted_layer(layers_, parsed->layer, u.name);
+      auto& slot = parsed->part == lora::Part::A ? found[l].a : found[l].b;
       if (slot != nullptr) throw Rejected("update carries '" + u.name + "' twice");
       if (!at::isFloatingType(u.tensor.scalar_type())) {
         throw Rejected("tensor '" + u.name + "' is " + lora::describe(u.tensor) +

@@ -59,6 +59,26 @@ struct Layer {
   at::Tensor a, b;   ///< the global model's A and B at create (on the host's device)
 };
 
+/// The position in `layers` of the layer called `name`, or -1.
+inline long index_of(const std::vector<Layer>& layers, const std::string& name) {
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    if (layers[l].name == name) return static_cast<long>(l);
+  }
+  return -1;
+}
+
+/// The layer update tensor `tensor` (an adapter of `layer`) belongs to; Rejected if the global
+/// model has no adapter there.
+inline std::size_t adapted_layer(const std::vector<Layer>& layers, const std::string& layer,
+                                 const std::string& tensor) {
+  const long l = index_of(layers, layer);
+  if (l < 0) {
+    throw Rejected("update carries '" + tensor + "', but the global model has no adapter on '" +
+                   layer + "'");
+  }
+  return static_cast<std::size_t>(l);
+}
+
 /// The layers of `global` that carry both A and B (in the order of their A), checked for
 /// consistent shapes. Invalid if a layer has only one of them or if none has any.
 inline std::vector<Layer> layers(const NamedTensors& global, const Host& host,
