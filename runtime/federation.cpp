@@ -87,10 +87,8 @@ std::function<TensorList(std::uint32_t)> client_templates(const Config& config) 
 
 PluginOptions lora_plugin_options(const Config& config, const PluginLibrary& library) {
   PluginOptions options = config.aggregator.options;
-  for (const auto& spec : library.info().options) {
-    if (spec.key == "alpha" && !options.contains("alpha")) {
-      options["alpha"] = fmt::format("{}", config.lora.alpha);
-    }
+  if (library.info().option("alpha") != nullptr && !options.contains("alpha")) {
+    options["alpha"] = fmt::format("{}", config.lora.alpha);
   }
   return options;
 }

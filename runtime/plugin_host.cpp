@@ -41,10 +41,8 @@ void host_log(void* context, flotilla_log_level level, const char* message) {
 
 void host_set_error(void*, const char* message) { tls_error = message ? message : "(no message)"; }
 
-int host_output_tensor(void* context, flotilla_output* out, const char* name, DLDataType dtype,
+int host_output_tensor(void*, flotilla_output* out, const char* name, DLDataType dtype,
                        int32_t ndim, const int64_t* shape, DLDevice device, DLTensor* result) {
-  const auto* library = static_cast<const PluginInfo*>(context);
-  (void)library;
   try {
     if (out == nullptr || name == nullptr || result == nullptr || ndim < 0 ||
         (ndim > 0 && shape == nullptr)) {
@@ -257,10 +255,7 @@ PluginLibrary::~PluginLibrary() {
 Expected<void> PluginLibrary::check_options(const PluginOptions& options,
                                             const std::string& where) const {
   for (const auto& [key, value] : options) {
-    const PluginOptionSpec* spec = nullptr;
-    for (const auto& o : info_.options) {
-      if (o.key == key) spec = &o;
-    }
+    const PluginOptionSpec* spec = info_.option(key);
     if (spec == nullptr) {
       std::string known;
       for (const auto& o : info_.options) known += (known.empty() ? "" : ", ") + o.key;

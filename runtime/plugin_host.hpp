@@ -37,6 +37,14 @@ struct PluginInfo {
   std::vector<PluginOptionSpec> options;
   std::filesystem::path path;  ///< the file it was loaded from
   bool per_client = false;     ///< aggregator with per-client models (client_model)
+
+  /// The option called `key` the plugin declares, or nullptr.
+  [[nodiscard]] const PluginOptionSpec* option(const std::string& key) const {
+    for (const auto& o : options) {
+      if (o.key == key) return &o;
+    }
+    return nullptr;
+  }
 };
 
 [[nodiscard]] const char* kind_name(flotilla_plugin_kind kind) noexcept;

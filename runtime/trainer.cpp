@@ -49,13 +49,6 @@ std::string shown(double v) {
   return buf;
 }
 
-bool declares(const PluginInfo& plugin, const std::string& key) {
-  for (const auto& o : plugin.options) {
-    if (o.key == key) return true;
-  }
-  return false;
-}
-
 }  // namespace
 
 TensorList trainable_parameters(Model& model) {
@@ -78,7 +71,7 @@ Expected<PluginOptions> optimizer_options(const PluginInfo& plugin, const Plugin
       return Error{Errc::invalid_config, std::string("training.options.") + key +
                                              " duplicates training." + key + "; set it in [training]"};
     }
-    if (declares(plugin, key)) {
+    if (plugin.option(key) != nullptr) {
       out[key] = exact(value);
     } else if (value != 0 && std::string(key) != "learning-rate") {
       return Error{Errc::invalid_config,
