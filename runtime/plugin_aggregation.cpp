@@ -75,11 +75,21 @@ void PluginAggregation::destroy_state() {
   });
 }
 
-Expected<void> PluginAggregation::check(const WeightedUpdate& update) const {
+namespace {
+
+/// What the host itself requires of every update, before any plugin sees it.
+Expected<void> check_envelope(const WeightedUpdate& update) {
   if (update.tensors == nullptr) return Error{Errc::rejected, "update has no tensors"};
   if (!(update.weight > 0) || !std::isfinite(update.weight)) {
     return Error{Errc::rejected, "update weight must be > 0, got " + std::to_string(update.weight)};
   }
+  return {};
+}
+
+}  // namespace
+
+Expected<void> PluginAggregation::check(const WeightedUpdate& update) const {
+  if (auto ok = check_envelope(update); !ok) return ok;
   // Metadata only: the plugin sees shapes without data.
   TensorList meta;
   meta.reserve(update.tensors->size());
@@ -92,7 +102,9 @@ Expected<void> PluginAggregation::check(const WeightedUpdate& update) const {
 }
 
 Expected<void> PluginAggregation::accept(const WeightedUpdate& update) {
-  if (auto ok = check(update); !ok) return ok;
+  // The plugin's accept refuses what its check refuses (the ABI's contract), so the metadata
+  // check is not run a second time here; the round logic ran it when the update arrived.
+  if (auto ok = check_envelope(update); !ok) return ok;
   TensorList contiguous;
   contiguous.reserve(update.tensors->size());
   for (const auto& t : *update.tensors) contiguous.push_back({t.name, t.tensor.contiguous()});

@@ -5,7 +5,7 @@
 // A plugin implements flotilla::sdk::Aggregator (flotilla/plugin.hpp, header-only, compiled
 // into the plugin: only the C ABI of flotilla/plugin.h crosses into the host):
 //   check     is this update acceptable? (names and shapes; no tensor data is read)
-//   accept    fold one update in
+//   accept    fold one update in (called only after check accepted it)
 //   finalize  emit the new values of the tensors that change (the host keeps the rest)
 //   discard   forget this version's updates (a failed round)
 // Exceptions become error codes with their message: sdk::Rejected for an update the method

@@ -28,7 +28,6 @@ class BufferedAggregator : public sdk::Aggregator {
   }
 
   void accept(const NamedTensors& update, const flotilla_update_info& info) override {
-    layout_.check(update, info);
     layout_.fix(update);
     latest_.resize(update.size());
     std::vector<at::Tensor> kept(update.size());

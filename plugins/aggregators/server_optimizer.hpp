@@ -36,7 +36,6 @@ class ServerOptimizer : public sdk::Aggregator {
   }
 
   void accept(const NamedTensors& update, const flotilla_update_info& info) override {
-    layout_.check(update, info);
     if (mean_.empty()) layout_.fix(update);
     mean_.add(update, info.weight);
   }

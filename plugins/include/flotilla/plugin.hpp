@@ -271,6 +271,7 @@ class Aggregator {
   /// Subclasses take (const Host&, const Options&, const NamedTensors& global).
   virtual ~Aggregator() = default;
   virtual void check(const NamedTensors& update, const flotilla_update_info& info) = 0;
+  /// Called only with an update check() has just accepted.
   virtual void accept(const NamedTensors& update, const flotilla_update_info& info) = 0;
   virtual void finalize(flotilla_output* out) = 0;
   virtual void discard() = 0;
@@ -300,8 +301,14 @@ struct AggregatorEntry {
   static int check(void* s, const flotilla_tensors* u, const flotilla_update_info* info) {
     return guarded(self(s)->host.raw(), [&] { self(s)->impl->check(views(u), *info); });
   }
+  /// check() first, then accept(): the ABI's "a rejected update leaves the state unchanged" holds
+  /// for every SDK plugin without each accept() checking again.
   static int accept(void* s, const flotilla_tensors* u, const flotilla_update_info* info) {
-    return guarded(self(s)->host.raw(), [&] { self(s)->impl->accept(views(u), *info); });
+    return guarded(self(s)->host.raw(), [&] {
+      const auto update = views(u);
+      self(s)->impl->check(update, *info);
+      self(s)->impl->accept(update, *info);
+    });
   }
   static int finalize(void* s, flotilla_output* out) {
     return guarded(self(s)->host.raw(), [&] { self(s)->impl->finalize(out); });
