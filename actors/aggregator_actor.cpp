@@ -1,6 +1,6 @@
 #include "actors/aggregator_actor.hpp"
 
-#include "runtime/log.hpp"
+#include "runtime/base/log.hpp"
 
 namespace flotilla::actors {
 namespace {
@@ -14,6 +14,8 @@ void dispatch(Self* self, std::vector<Send> sends) {
                                          self->state.next_message_id++, std::move(send.payload),
                                          send.reply_to));
   }
+  auto events = s.rounds->take_events();
+  if (s.hooks.on_events && !events.empty()) s.hooks.on_events(events);
   for (const auto& record : s.rounds->take_completed()) {
     if (s.hooks.on_round) s.hooks.on_round(record);
   }
@@ -43,8 +45,9 @@ AdminReply reload_plugin(AggregatorSetup& s, const std::string& reason) {
   s.rounds->request_reload(*library, reason);
   const bool now = !s.rounds->reload_pending();
   return {true, "loaded " + info.name + " " + info.version + " from " + info.path.string() +
-                    (now ? "; running it now" : "; switching after round " +
-                                                    std::to_string(s.rounds->round()) + " closes")};
+                    (now ? "; running it now"
+                         : "; switching once the version being aggregated is produced (model version " +
+                               std::to_string(s.rounds->model_version()) + " now)")};
 }
 
 AdminReply admin(AggregatorSetup& s, const AdminCommand& c) {
@@ -52,7 +55,8 @@ AdminReply admin(AggregatorSetup& s, const AdminCommand& c) {
   if (c.command == "status") {
     const auto& r = *s.rounds;
     const auto& k = r.counters();
-    return {true, "run " + r.run_id() + ": round " + std::to_string(r.round()) + ", model version " +
+    return {true, "run " + r.run_id() + ": schedule " + r.describe() + ", round " +
+                      std::to_string(r.round()) + ", model version " +
                       std::to_string(r.model_version()) + ", " + std::to_string(r.live_clients()) +
                       " clients; aggregation " + r.aggregation().describe() + "; " +
                       std::to_string(k.updates_accepted) + " updates accepted, " +

@@ -1,8 +1,9 @@
 #pragma once
-/// The aggregator: registers clients and evaluators, runs the rounds (runtime/sync_rounds.hpp)
+/// The aggregator: registers clients and evaluators, runs the rounds (runtime/server/sync_rounds.hpp)
 /// and sends what they say to send. All decisions are the round logic's; this only routes.
 #include "actors/bridge.hpp"
-#include "runtime/sync_rounds.hpp"
+#include "runtime/plugin_host/plugin_host.hpp"
+#include "runtime/server/schedule.hpp"
 
 #include <functional>
 #include <optional>
@@ -10,13 +11,15 @@
 namespace flotilla::actors {
 
 struct AggregatorHooks {
-  std::function<void(const RoundRecord&)> on_round;   ///< each completed round, in order
-  std::function<void(const SyncRounds&)> on_done;     ///< once, when the run is over
+  std::function<void(const RoundRecord&)> on_round;   ///< each completed round/version, in order
+  std::function<void(const Schedule&)> on_done;       ///< once, when the run is over
+  /// The schedule's events, in order, as they happen (metrics and other observers).
+  std::function<void(const std::vector<Event>&)> on_events;
 };
 
 struct AggregatorSetup {
   std::unique_ptr<PluginRegistry> plugins;  ///< loads new builds of the aggregation plugin
-  std::unique_ptr<SyncRounds> rounds;
+  std::unique_ptr<Schedule> rounds;
   /// Watches the aggregation plugin's file (aggregator.watch-plugins); none for "builtin".
   std::optional<PluginWatcher> watcher;
   std::shared_ptr<Endpoint> endpoint;

@@ -1,7 +1,7 @@
 #pragma once
 /// The bridge between ZeroMQ and CAF: the transport's I/O thread hands each received message
 /// to an actor's mailbox, so blocking socket work never runs on the actor scheduler.
-#include "runtime/transport.hpp"
+#include "runtime/net/transport.hpp"
 
 #include <caf/all.hpp>
 

@@ -1,20 +1,46 @@
 #include "actors/client_actor.hpp"
 
-#include "runtime/trainer.hpp"
+#include "runtime/ml/client_task.hpp"
+
+#include <chrono>
+#include <thread>
 
 namespace flotilla::actors {
 namespace {
 
 using Self = caf::stateful_actor<ClientState>;
 
+double run_seconds(const ClientState& state) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - state.started).count();
+}
+
+/// Blocks for an emulated delay (the actor is detached: it owns its thread).
+void emulate(double seconds) {
+  if (seconds > 0) std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+}
+
+/// Whether the emulated device is online now; logs each change.
+bool online(Self* self) {
+  auto& st = self->state;
+  auto& device = st.setup->device;
+  if (!device) return true;
+  const bool now = device->online_at(run_seconds(st));
+  if (now == st.offline) {
+    st.offline = !now;
+    st.link->log()->info("emulated device {} (profile '{}')", now ? "back online" : "went offline",
+                         device->profile().name);
+  }
+  return now;
+}
+
 void train(Self* self, const Message& m, const Task& task) {
   auto& s = *self->state.setup;
   auto& link = *self->state.link;
-  if (auto ok = s.model->load_state(task.tensors); !ok) {
-    link.log()->error("cannot use the model of round {}: {}", task.round, ok.error().message);
-    link.send(ErrorReply{WireErrc::rejected, ok.error().message}, m.message_id);
+  if (!online(self)) {
+    link.log()->debug("offline: task {} never reaches this device", task.round);
     return;
   }
+  if (s.device) emulate(s.device->download_seconds(total_bytes(task.tensors)));
   const auto plugin = s.optimizer->current();
   if (!plugin.event.empty()) {
     if (plugin.failed) {
@@ -23,31 +49,30 @@ void train(Self* self, const Message& m, const Task& task) {
       link.log()->info("{}", plugin.event);
     }
   }
-  auto optimizer = make_optimizer(plugin.library, s.config.optimizer.options, task.config, *s.model,
-                                  s.config.source + ": training.options");
-  if (!optimizer) {
-    link.log()->error("cannot train round {}: {}", task.round, optimizer.error().message);
-    link.send(ErrorReply{WireErrc::rejected, optimizer.error().message}, m.message_id);
-    return;
-  }
-  TrainStats stats;
+  Expected<TaskResult> result = Error{};
   {
     const auto slot = s.compute();
-    stats = train_local(*s.model, s.train, task.config, **optimizer);
+    result = run_task(*s.model, s.train, task, plugin.library, s.config.optimizer.options,
+                      s.config.source + ": training.options");
   }
-  Update update;
-  update.round = task.round;
-  update.base_model_version = task.model_version;
-  update.num_examples = stats.num_examples;
-  update.metrics = {{"loss", stats.loss},
-                    {"accuracy", stats.accuracy},
-                    {"seconds", stats.seconds},
-                    {"steps", static_cast<double>(stats.steps)}};
-  // Exactly what was trained: the full weights, or only the LoRA adapters.
-  update.tensors = s.model->trainable_state();
-  link.log()->debug("round {}: {} steps, loss {:.4f}, {:.2f} s", task.round, stats.steps,
-                    stats.loss, stats.seconds);
-  link.send(std::move(update), m.message_id);
+  if (!result) {
+    link.log()->error("cannot train task {}: {}", task.round, result.error().message);
+    link.send(ErrorReply{WireErrc::rejected, result.error().message}, m.message_id);
+    return;
+  }
+  if (s.device) {
+    const auto plan = s.device->plan_task(result->stats.seconds);
+    if (plan.drops) {
+      // A device that drops out mid-task never answers; the schedule must cope.
+      link.log()->info("emulated dropout: task {} is abandoned", task.round);
+      return;
+    }
+    emulate(plan.compute_seconds - result->stats.seconds);
+    emulate(s.device->upload_seconds(total_bytes(result->update.tensors)));
+  }
+  link.log()->debug("task {}: {} steps, loss {:.4f}, {:.2f} s", task.round, result->stats.steps,
+                    result->stats.loss, result->stats.seconds);
+  link.send(std::move(result->update), m.message_id);
 }
 
 void handle(Self* self, const Inbound& in) {
@@ -68,7 +93,9 @@ caf::behavior client_actor(Self* self, std::shared_ptr<ClientSetup> setup) {
   hello.profile = s.profile;
   hello.num_examples = static_cast<std::uint64_t>(s.train.size());
   self->state.link->send(std::move(hello));
-  return peer_behavior(self, handle);
+  // An emulated device that is offline sends no heartbeats, so the aggregator sets it aside;
+  // its first heartbeat once back online brings it back.
+  return peer_behavior(self, handle, [self] { return online(self); });
 }
 
 }  // namespace flotilla::actors

@@ -1,6 +1,6 @@
 #include "actors/evaluator_actor.hpp"
 
-#include "runtime/trainer.hpp"
+#include "runtime/ml/trainer.hpp"
 
 namespace flotilla::actors {
 namespace {

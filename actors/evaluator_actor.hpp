@@ -2,7 +2,7 @@
 /// The evaluator: scores each new model version on held-out data and reports loss and
 /// accuracy back to the aggregator. Spawned detached (evaluation blocks).
 #include "actors/peer_link.hpp"
-#include "runtime/data.hpp"
+#include "runtime/ml/data.hpp"
 
 namespace flotilla::actors {
 

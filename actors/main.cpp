@@ -1,10 +1,11 @@
 /// `flotilla`: run a whole federation in one process, or one role of it per process.
 #include "actors/roles.hpp"
-#include "runtime/admin.hpp"
-#include "runtime/config.hpp"
-#include "runtime/plugin_host.hpp"
-#include "runtime/log.hpp"
-#include "runtime/report.hpp"
+#include "runtime/net/admin.hpp"
+#include "runtime/setup/config.hpp"
+#include "runtime/setup/federation.hpp"
+#include "runtime/plugin_host/plugin_host.hpp"
+#include "runtime/base/log.hpp"
+#include "runtime/server/report.hpp"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -20,7 +21,8 @@ namespace {
 
 /// Prints progress lines and the final summary, and writes rounds.csv when asked to.
 struct Reporter {
-  std::uint32_t total_rounds = 0;
+  std::uint64_t total_rounds = 0;
+  ScheduleKind kind = ScheduleKind::sync;
   std::optional<RoundsCsv> csv;
   std::optional<double> best_accuracy, last_accuracy;
   double elapsed = 0;
@@ -28,7 +30,7 @@ struct Reporter {
   actors::AggregatorHooks hooks() {
     return {
         [this](const RoundRecord& r) {
-          std::cout << progress_line(r, total_rounds) << std::endl;
+          std::cout << progress_line(r, total_rounds, kind) << std::endl;
           if (csv) csv->append(r);
           if (r.eval_accuracy) {
             last_accuracy = r.eval_accuracy;
@@ -36,15 +38,23 @@ struct Reporter {
           }
           elapsed = std::max(elapsed, r.elapsed_seconds);
         },
-        [this](const SyncRounds& rounds) {
+        [this](const Schedule& rounds) {
           const auto& c = rounds.counters();
           std::cout << fmt::format(
-                           "done: {} rounds ({} failed), model version {}, {:.1f}s; updates: {} "
+                           "done: {} {} ({} failed), model version {}, {:.1f}s; updates: {} "
                            "accepted, {} late, {} rejected, {} malformed messages",
-                           c.rounds_completed + c.rounds_failed, c.rounds_failed,
+                           c.rounds_completed + c.rounds_failed,
+                           kind == ScheduleKind::sync ? "rounds" : "versions", c.rounds_failed,
                            rounds.model_version(), elapsed, c.updates_accepted, c.updates_late,
                            c.updates_rejected, c.messages_malformed)
                     << std::endl;
+          if (kind != ScheduleKind::sync) {
+            std::cout << fmt::format("schedule {}: {} tasks sent, {} lost (no update by the "
+                                     "deadline), {} updates dropped as stale",
+                                     rounds.describe(), c.tasks_sent, c.tasks_lost,
+                                     c.rejected(RejectReason::stale))
+                      << std::endl;
+          }
           if (c.plugin_reloads + c.plugin_reload_failures > 0) {
             std::cout << fmt::format("aggregation plugin: {} reload(s), {} failed; now {}",
                                      c.plugin_reloads, c.plugin_reload_failures,
@@ -186,7 +196,8 @@ int main(int argc, char** argv) {
   try {
     if (*run || *agg) {
       Reporter reporter;
-      reporter.total_rounds = config->run.rounds;
+      reporter.kind = config->aggregator.schedule;
+      reporter.total_rounds = schedule_options(*config).versions;
       const std::string dir = output.empty() ? config->run.output : output;
       if (!dir.empty()) {
         auto csv = RoundsCsv::open(dir);

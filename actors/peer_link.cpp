@@ -1,7 +1,7 @@
 #include "actors/peer_link.hpp"
 
-#include "runtime/federation.hpp"
-#include "runtime/log.hpp"
+#include "runtime/setup/federation.hpp"
+#include "runtime/base/log.hpp"
 
 #include <ATen/Parallel.h>
 

@@ -2,8 +2,8 @@
 /// What clients and evaluators share: their link to the aggregator (registration, heartbeats,
 /// the connect timeout, shutdown and error replies). Each actor keeps only its own work.
 #include "actors/bridge.hpp"
-#include "runtime/config.hpp"
-#include "runtime/model.hpp"
+#include "runtime/setup/config.hpp"
+#include "runtime/ml/model.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -109,10 +109,14 @@ void route_peer_message(Self* self, PeerLink& link, const Inbound& in, Fn&& work
   }
 }
 
+/// Heartbeats always (the default of peer_behavior's `beats`).
+inline bool always() { return true; }
+
 /// A peer actor's behavior: `handle(self, inbound)` for each message (anything it throws is
-/// logged, never fatal), heartbeats every client.heartbeat-interval, and the connect timeout.
-template <class Self, class Handle>
-caf::behavior peer_behavior(Self* self, Handle handle) {
+/// logged, never fatal), heartbeats every client.heartbeat-interval while `beats()` says so,
+/// and the connect timeout.
+template <class Self, class Handle, class Beats = bool (*)()>
+caf::behavior peer_behavior(Self* self, Handle handle, Beats beats = &always) {
   auto& link = *self->state.link;
   self->delayed_send(self, link.timing().connect_timeout, timeout_atom::value);
   self->delayed_send(self, link.timing().heartbeat_interval, tick_atom::value);
@@ -124,9 +128,9 @@ caf::behavior peer_behavior(Self* self, Handle handle) {
           self->state.link->log()->error("while handling a message: {}", e.what());
         }
       },
-      [self](tick_atom) {
+      [self, beats](tick_atom) {
         auto& l = *self->state.link;
-        l.heartbeat();
+        if (beats()) l.heartbeat();
         self->delayed_send(self, l.timing().heartbeat_interval, tick_atom::value);
       },
       [self](timeout_atom) {

@@ -2,10 +2,10 @@
 
 #include "actors/client_actor.hpp"
 #include "actors/evaluator_actor.hpp"
-#include "runtime/plugin_aggregation.hpp"
-#include "runtime/federation.hpp"
-#include "runtime/log.hpp"
-#include "runtime/trainer.hpp"
+#include "runtime/plugin_host/plugin_aggregation.hpp"
+#include "runtime/setup/federation.hpp"
+#include "runtime/base/log.hpp"
+#include "runtime/ml/trainer.hpp"
 
 #include <ATen/Parallel.h>
 
@@ -46,11 +46,14 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
   }
   logger("aggregator")->info("aggregation: {}", (*aggregation)->describe());
   static SteadyClock clock;
-  setup->rounds = std::make_unique<SyncRounds>(SyncOptions::from(config), std::move(initial),
-                                               std::move(aggregation).value(), clock, run_id(config));
-  logger("aggregator")->info("listening on {} (run {}, {} rounds, waiting for {} clients)",
-                             setup->endpoint->address(), run_id(config), config.run.rounds,
-                             SyncOptions::from(config).min_clients);
+  auto schedule = make_schedule(config, std::move(initial), std::move(aggregation).value(), clock);
+  if (!schedule) return schedule.error();
+  setup->rounds = std::move(schedule).value();
+  logger("aggregator")->info("listening on {} (run {}, schedule {}, {} {}, waiting for {} clients)",
+                             setup->endpoint->address(), run_id(config), setup->rounds->describe(),
+                             setup->rounds->planned(),
+                             config.aggregator.schedule == ScheduleKind::sync ? "rounds" : "versions",
+                             schedule_options(config).min_clients);
   return setup;
 }
 
@@ -76,11 +79,30 @@ Expected<std::shared_ptr<WatchedPlugin>> optimizer_plugin(const Config& config) 
   return std::make_shared<WatchedPlugin>(std::move(registry), std::move(library).value());
 }
 
+/// What every client of a process shares: the data's partition and the fleet's traces, each
+/// computed once.
+struct ClientShared {
+  std::vector<std::vector<std::int64_t>> parts;
+  std::shared_ptr<const Traces> traces;
+};
+
+Expected<ClientShared> client_shared(const Config& config, const Dataset& full_train) {
+  ClientShared shared;
+  shared.parts = client_partitions(config, full_train);
+  if (!config.fleet.empty()) {
+    auto traces = Traces::load(config.fleet);
+    if (!traces) return Error{traces.error().code, config.source + ": " + traces.error().message};
+    shared.traces = *traces;
+  }
+  return shared;
+}
+
 Expected<std::shared_ptr<ClientSetup>> client_setup(const Config& config, std::uint32_t id,
                                                     const std::string& connect,
                                                     const Dataset& full_train, int threads,
-                                                    std::shared_ptr<WatchedPlugin> optimizer) {
-  auto data = client_train_data(config, full_train, id);
+                                                    std::shared_ptr<WatchedPlugin> optimizer,
+                                                    const ClientShared& shared) {
+  auto data = client_train_data(config, full_train, id, &shared.parts);
   if (!data) return data.error();
   auto setup = std::make_shared<ClientSetup>();
   if (auto ok = setup->connect(config, connect, "client-" + std::to_string(id), id); !ok) {
@@ -91,9 +113,19 @@ Expected<std::shared_ptr<ClientSetup>> client_setup(const Config& config, std::u
   setup->train = std::move(data).value();
   setup->threads = threads;
   setup->profile.kind = setup->model->device().str();
-  // What this device has; relative compute speed stays 1.0 until device profiles are measured.
+  // What this device has; relative compute speed 1.0 unless it emulates a profile.
   setup->profile.memory_bytes = static_cast<std::uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
                                 static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  if (!config.fleet.empty()) {
+    const auto& profile = profile_for(config.fleet, id);
+    try {
+      setup->device.emplace(profile, id, config.run.seed, shared.traces);
+    } catch (const Failure& f) {
+      return Error{Errc::invalid_config, config.source + ": " + f.what()};
+    }
+    setup->profile.compute_speed = static_cast<float>(profile.compute_speed);
+    setup->profile.kind += " as '" + profile.name + "'";
+  }
   return setup;
 }
 
@@ -141,7 +173,9 @@ RoleResult run_client(const Config& config, std::uint32_t id, const std::string&
   if (!train) return failed(train.error());
   auto optimizer = optimizer_plugin(config);
   if (!optimizer) return failed(optimizer.error());
-  auto setup = client_setup(config, id, connect, *train, cores(config), *optimizer);
+  auto shared = client_shared(config, *train);
+  if (!shared) return failed(shared.error());
+  auto setup = client_setup(config, id, connect, *train, cores(config), *optimizer, *shared);
   if (!setup) return failed(setup.error());
   logger("client-" + std::to_string(id))
       ->info("{} training examples; connecting to {}", (*setup)->train.size(), connect);
@@ -179,9 +213,12 @@ RoleResult run_all(const Config& config, AggregatorHooks hooks) {
   // threads fighting over a busy core were measured 25x slower).
   auto slots = std::make_shared<ComputeSlots>(n_cores);
   if (evaluator) evaluator->compute_slots = slots;
+  auto shared = client_shared(config, *train);
+  if (!shared) return failed(shared.error());
   std::vector<std::shared_ptr<ClientSetup>> clients;
   for (int id = 0; id < config.data.clients; ++id) {
-    auto c = client_setup(config, static_cast<std::uint32_t>(id), address, *train, 1, *optimizer);
+    auto c = client_setup(config, static_cast<std::uint32_t>(id), address, *train, 1, *optimizer,
+                          *shared);
     if (!c) return failed(c.error());
     (*c)->compute_slots = slots;
     outcomes.push_back((*c)->outcome);

@@ -2,7 +2,7 @@
 /// Each role of a federation as a whole process: set up (errors reported before anything is
 /// spawned), spawn the actor(s), wait until they are done, report how it ended.
 #include "actors/aggregator_actor.hpp"
-#include "runtime/config.hpp"
+#include "runtime/setup/config.hpp"
 
 #include <optional>
 #include <string>

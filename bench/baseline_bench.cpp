@@ -1,10 +1,10 @@
 /// The bare single-process LibTorch FedAvg loop that Flotilla's end-to-end time is compared
 /// to: same data, partition, model and local training, but clients run one after another in
 /// one process with no actors, sockets or serialization.
-#include "runtime/data.hpp"
-#include "runtime/federation.hpp"
-#include "runtime/model.hpp"
-#include "runtime/trainer.hpp"
+#include "runtime/ml/data.hpp"
+#include "runtime/setup/federation.hpp"
+#include "runtime/ml/model.hpp"
+#include "runtime/ml/trainer.hpp"
 
 #include <torch/torch.h>
 
@@ -136,7 +136,7 @@ int main(int argc, char** argv) try {
       task.batch_size = o.batch_size;
       task.learning_rate = o.lr;
       task.momentum = o.momentum;
-      // The seed the aggregator gives client c's task in this round (runtime/sync_rounds.cpp).
+      // The seed the aggregator gives client c's task in this round (runtime/server/sync_rounds.cpp).
       task.seed = o.seed * 1000003ULL + static_cast<std::uint64_t>(round) * 7919ULL + c;
       auto optimizer = make_optimizer(sgd, {}, task, *worker).value();
       const auto stats = train_local(*worker, client_data[c], task, *optimizer);

@@ -2,7 +2,7 @@
 /// training throughput. scripts/bench.sh runs it with the installed OpenBLAS and again with
 /// Debian's reference BLAS (LD_LIBRARY_PATH) and prints the ratio.
 ///   blas_bench [--threads 2]
-#include "runtime/model.hpp"
+#include "runtime/ml/model.hpp"
 
 #include <ATen/Parallel.h>
 #include <torch/torch.h>

@@ -4,7 +4,7 @@
 /// A fold of one update at a time moves 3 bytes per update byte (read sum, read update,
 /// write sum) against memcpy's 2, so 0.67 of memcpy is its bound; folding k waiting updates
 /// in one pass moves (k+2)/k and can beat memcpy.
-#include "runtime/fedavg.hpp"
+#include "runtime/plugin_host/fedavg.hpp"
 
 #include <ATen/Parallel.h>
 #include <torch/torch.h>

@@ -9,7 +9,7 @@
 /// transfer (cold: every receive buffer freshly faulted in) and the best of R (steady state, as
 /// for an aggregator receiving many updates) are printed; quote both.
 /// --chunk-bytes N overrides WireLimits::chunk_bytes (to compare chunk sizes).
-#include "runtime/transport.hpp"
+#include "runtime/net/transport.hpp"
 
 #include <ATen/ATen.h>
 

@@ -9,7 +9,7 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("flotilla::schema");
 
 const protocolMajor :UInt16 = 1;
-const protocolMinor :UInt16 = 0;
+const protocolMinor :UInt16 = 2;
 
 enum DType {
   f32 @0;
@@ -75,6 +75,7 @@ struct Task {
   modelVersion @1 :UInt64;
   tensors @2 :List(Tensor);
   config @3 :TrainingConfig;
+  sendDelta @4 :Bool;        # since 1.2: answer with trained - received (FedBuff), not weights
 }
 
 struct Update {
@@ -83,6 +84,7 @@ struct Update {
   numExamples @2 :UInt64;
   metrics @3 :List(Metric);  # train loss, accuracy, seconds, ...
   tensors @4 :List(Tensor);
+  isDelta @5 :Bool;          # since 1.2: tensors are trained - received, not weights
 }
 
 struct EvaluationRequest {

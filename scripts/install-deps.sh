@@ -17,6 +17,8 @@ PACKAGES=(
   python3
   # a fast BLAS for LibTorch's CPU kernels (Debian's default reference BLAS is ~25x slower)
   libopenblas0-openmp
+  # plots (scripts/compare-schedules.sh)
+  gnuplot-nox
   # the quick start's data
   dataset-fashion-mnist
 )

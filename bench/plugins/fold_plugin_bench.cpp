@@ -11,9 +11,9 @@
 /// shared machine wall time also counts the time other processes held the core. The built-in
 /// FedAvg always folds on the CPU; with --device cuda the plugin folds on the GPU (wall time),
 /// which measures the device, not the ABI.
-#include "runtime/fedavg.hpp"
-#include "runtime/plugin_aggregation.hpp"
-#include "runtime/plugin_host.hpp"
+#include "runtime/plugin_host/fedavg.hpp"
+#include "runtime/plugin_host/plugin_aggregation.hpp"
+#include "runtime/plugin_host/plugin_host.hpp"
 
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>

@@ -4,8 +4,8 @@
 /// run), and that step's time is reported on its own (svd_step_seconds).
 ///
 ///   galore_bench [--device cpu|cuda] [--threads N] [--steps N] [--dim N] [--ranks 16,64,256]
-#include "runtime/plugin_host.hpp"
-#include "runtime/plugin_optimizer.hpp"
+#include "runtime/plugin_host/plugin_host.hpp"
+#include "runtime/plugin_host/plugin_optimizer.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

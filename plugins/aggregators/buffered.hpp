@@ -19,6 +19,8 @@ namespace flotilla::aggregators {
 class BufferedAggregator : public sdk::Aggregator {
  public:
   static constexpr bool kPerClient = false;
+  /// A robust statistic of one update is that update: needs a cohort per version.
+  static constexpr std::uint32_t kFlags = FLOTILLA_AGG_NEEDS_COHORT;
 
   BufferedAggregator(const sdk::Host& host, const NamedTensors& global)
       : host_(host), layout_(global) {}

@@ -35,6 +35,8 @@ namespace lora = flotilla::sdk::lora;
 class FlexLora final : public flotilla::sdk::Aggregator {
  public:
   static constexpr bool kPerClient = true;
+  /// An SVD of the aggregated product per version: meant for a cohort, not every update.
+  static constexpr std::uint32_t kFlags = FLOTILLA_AGG_NEEDS_COHORT;
 
   FlexLora(const Host& host, const Options& options, const NamedTensors& global)
       : host_(host),

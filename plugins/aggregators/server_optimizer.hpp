@@ -21,6 +21,8 @@ namespace flotilla::aggregators {
 class ServerOptimizer : public sdk::Aggregator {
  public:
   static constexpr bool kPerClient = false;
+  /// Keeps the global model and steps it with its own server optimizer.
+  static constexpr std::uint32_t kFlags = FLOTILLA_AGG_TRACKS_GLOBAL;
 
   /// `slots`: the names of the per-tensor state (e.g. {"m", "v"}); state tensor `s` of tensor
   /// `t` is exported as "<s>/<t>".

@@ -3,8 +3,8 @@
 // is refused with an error reply and counted, and the run completes with exactly the accepted
 // updates folded in.
 #include "actors/roles.hpp"
-#include "runtime/transport.hpp"
-#include "runtime/wire.hpp"
+#include "runtime/net/transport.hpp"
+#include "runtime/protocol/wire.hpp"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -116,10 +116,10 @@ enabled = false
 )", "test.toml");
   ASSERT_TRUE(config.has_value()) << config.error().message;
 
-  std::optional<SyncCounters> counters;
+  std::optional<ScheduleCounters> counters;
   std::uint64_t final_version = 0;
   actors::AggregatorHooks hooks;
-  hooks.on_done = [&](const SyncRounds& r) {
+  hooks.on_done = [&](const Schedule& r) {
     counters = r.counters();
     final_version = r.model_version();
   };

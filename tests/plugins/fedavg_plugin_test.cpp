@@ -2,7 +2,7 @@
 // and against the core's built-in fold.
 #include "plugin_testing.hpp"
 
-#include "runtime/fedavg.hpp"
+#include "runtime/plugin_host/fedavg.hpp"
 
 using namespace flotilla;
 using namespace flotilla::testing;

@@ -1,9 +1,9 @@
 #pragma once
 // Helpers for plugin tests: load a built-in or fixture plugin through the real host, and run
 // an aggregation over updates.
-#include "runtime/plugin_aggregation.hpp"
-#include "runtime/plugin_host.hpp"
-#include "runtime/plugin_optimizer.hpp"
+#include "runtime/plugin_host/plugin_aggregation.hpp"
+#include "runtime/plugin_host/plugin_host.hpp"
+#include "runtime/plugin_host/plugin_optimizer.hpp"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

@@ -1,5 +1,5 @@
-#include "runtime/config.hpp"
-#include "runtime/federation.hpp"
+#include "runtime/setup/config.hpp"
+#include "runtime/setup/federation.hpp"
 
 #include <gtest/gtest.h>
 

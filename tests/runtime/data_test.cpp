@@ -1,4 +1,4 @@
-#include "runtime/data.hpp"
+#include "runtime/ml/data.hpp"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

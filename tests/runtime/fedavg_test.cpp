@@ -1,4 +1,4 @@
-#include "runtime/fedavg.hpp"
+#include "runtime/plugin_host/fedavg.hpp"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

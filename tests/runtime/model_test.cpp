@@ -1,4 +1,4 @@
-#include "runtime/model.hpp"
+#include "runtime/ml/model.hpp"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

@@ -1,6 +1,6 @@
-#include "runtime/sync_rounds.hpp"
+#include "runtime/server/sync_rounds.hpp"
 
-#include "runtime/fedavg.hpp"
+#include "runtime/plugin_host/fedavg.hpp"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

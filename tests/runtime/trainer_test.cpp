@@ -1,4 +1,4 @@
-#include "runtime/trainer.hpp"
+#include "runtime/ml/trainer.hpp"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

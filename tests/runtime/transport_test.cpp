@@ -1,4 +1,4 @@
-#include "runtime/transport.hpp"
+#include "runtime/net/transport.hpp"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

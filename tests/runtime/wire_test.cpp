@@ -1,4 +1,4 @@
-#include "runtime/wire.hpp"
+#include "runtime/protocol/wire.hpp"
 
 #include "schemas/flotilla.capnp.h"
 

@@ -1,6 +1,6 @@
 /// A tensor beyond Cap'n Proto's 512 MiB Data limit crosses the codec and a real tcp link.
-#include "runtime/transport.hpp"
-#include "runtime/wire.hpp"
+#include "runtime/net/transport.hpp"
+#include "runtime/protocol/wire.hpp"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

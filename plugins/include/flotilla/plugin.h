@@ -42,7 +42,7 @@ extern "C" {
 #endif
 
 #define FLOTILLA_PLUGIN_ABI_MAJOR 1
-#define FLOTILLA_PLUGIN_ABI_MINOR 0
+#define FLOTILLA_PLUGIN_ABI_MINOR 1 /* 1.1: flotilla_plugin.aggregator_flags */
 /* The entry point's name for this ABI major. */
 #define FLOTILLA_PLUGIN_ENTRY_NAME "flotilla_plugin_v1"
 
@@ -135,6 +135,19 @@ typedef struct flotilla_update_info {
   uint32_t client_id;
 } flotilla_update_info;
 
+/* What an aggregation method declares about itself (flotilla_plugin.aggregator_flags, ABI 1.1),
+ * so that the host refuses a combination with a schedule that makes no sense, by what the
+ * plugin says rather than by its name. */
+typedef enum flotilla_aggregator_flag {
+  /* finalize needs many updates at once to mean anything, or costs a decomposition per version
+   * (robust rules, an SVD): refused where every update is a version (the async schedule). */
+  FLOTILLA_AGG_NEEDS_COHORT = 1u << 0,
+  /* It keeps the global model between versions and steps it itself (server optimizers):
+   * refused where the schedule moves the model on its own (async mixing, buffered with a
+   * server learning rate other than 1). */
+  FLOTILLA_AGG_TRACKS_GLOBAL = 1u << 1
+} flotilla_aggregator_flag;
+
 /* Kind FLOTILLA_KIND_AGGREGATOR. The host calls one state from one thread at a time. */
 typedef struct flotilla_aggregator_api {
   size_t struct_size;
@@ -195,6 +208,9 @@ typedef struct flotilla_plugin {
   size_t option_count;
   const flotilla_aggregator_api* aggregator; /* kind == FLOTILLA_KIND_AGGREGATOR */
   const flotilla_optimizer_api* optimizer;   /* kind == FLOTILLA_KIND_OPTIMIZER */
+  /* Since ABI 1.1 (read only when struct_size covers it; 0 for older plugins): an OR of
+   * flotilla_aggregator_flag. */
+  uint32_t aggregator_flags;
 } flotilla_plugin;
 
 /* The entry point. Returns FLOTILLA_OK and sets *plugin to a description that stays valid

@@ -415,11 +415,23 @@ inline std::uint64_t bytes_of(const at::Tensor& t) {
 
 // ---- Entry points ------------------------------------------------------------------------------
 
-#define FLOTILLA_SDK_DESCRIPTOR_(KIND, NAME, VERSION, DESCRIPTION, OPTIONS, AGG, OPT)       \
+namespace flotilla::sdk {
+/// CLASS::kFlags (an OR of flotilla_aggregator_flag) when the class declares it, else 0.
+template <class T, class = void>
+struct AggregatorFlags {
+  static constexpr std::uint32_t value = 0;
+};
+template <class T>
+struct AggregatorFlags<T, std::void_t<decltype(T::kFlags)>> {
+  static constexpr std::uint32_t value = static_cast<std::uint32_t>(T::kFlags);
+};
+}  // namespace flotilla::sdk
+
+#define FLOTILLA_SDK_DESCRIPTOR_(KIND, NAME, VERSION, DESCRIPTION, OPTIONS, AGG, OPT, FLAGS) \
   static const flotilla_plugin flotilla_sdk_descriptor_ = {                                 \
       sizeof(flotilla_plugin), FLOTILLA_PLUGIN_ABI_MAJOR, FLOTILLA_PLUGIN_ABI_MINOR, KIND,  \
       NAME, VERSION, DESCRIPTION, OPTIONS,                                                   \
-      sizeof(OPTIONS) / sizeof(flotilla_option_spec), AGG, OPT};                            \
+      sizeof(OPTIONS) / sizeof(flotilla_option_spec), AGG, OPT, FLAGS};                     \
   extern "C" FLOTILLA_PLUGIN_EXPORT int flotilla_plugin_v1(const flotilla_host* host,        \
                                                            const flotilla_plugin** plugin) { \
     if (host == nullptr || plugin == nullptr) return FLOTILLA_E_INVALID;                    \
@@ -428,12 +440,14 @@ inline std::uint64_t bytes_of(const at::Tensor& t) {
   }
 
 /// Defines the entry point of an aggregation plugin implemented by CLASS (a subclass of
-/// flotilla::sdk::Aggregator). OPTIONS is a (non-empty) array of flotilla_option_spec.
+/// flotilla::sdk::Aggregator). OPTIONS is a (non-empty) array of flotilla_option_spec. A class
+/// may declare `static constexpr std::uint32_t kFlags` (flotilla_aggregator_flag bits).
 #define FLOTILLA_AGGREGATOR_PLUGIN(CLASS, NAME, VERSION, DESCRIPTION, OPTIONS)              \
   static const flotilla_aggregator_api flotilla_sdk_aggregator_ =                           \
       flotilla::sdk::AggregatorEntry<CLASS>::table(CLASS::kPerClient);                      \
   FLOTILLA_SDK_DESCRIPTOR_(FLOTILLA_KIND_AGGREGATOR, NAME, VERSION, DESCRIPTION, OPTIONS,   \
-                           &flotilla_sdk_aggregator_, nullptr)
+                           &flotilla_sdk_aggregator_, nullptr,                              \
+                           flotilla::sdk::AggregatorFlags<CLASS>::value)
 
 /// Defines the entry point of an optimizer plugin implemented by CLASS (a subclass of
 /// flotilla::sdk::Optimizer).
@@ -441,4 +455,4 @@ inline std::uint64_t bytes_of(const at::Tensor& t) {
   static const flotilla_optimizer_api flotilla_sdk_optimizer_ =                             \
       flotilla::sdk::OptimizerEntry<CLASS>::table();                                        \
   FLOTILLA_SDK_DESCRIPTOR_(FLOTILLA_KIND_OPTIMIZER, NAME, VERSION, DESCRIPTION, OPTIONS,    \
-                           nullptr, &flotilla_sdk_optimizer_)
+                           nullptr, &flotilla_sdk_optimizer_, 0u)

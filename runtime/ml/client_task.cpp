@@ -1,0 +1,57 @@
+#include "runtime/ml/client_task.hpp"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+namespace flotilla {
+
+Expected<TensorList> delta_against(const TensorList& trained, const TensorList& received) {
+  TensorList out;
+  out.reserve(trained.size());
+  for (const auto& t : trained) {
+    auto it = std::find_if(received.begin(), received.end(),
+                           [&](const NamedTensor& r) { return r.name == t.name; });
+    if (it == received.end()) {
+      return Error{Errc::internal, "the task carried no '" + t.name + "' to compute a delta against"};
+    }
+    if (!at::isFloatingType(t.tensor.scalar_type())) {
+      out.push_back(t);
+      continue;
+    }
+    out.push_back({t.name, t.tensor.sub(it->tensor.to(t.tensor.device(), t.tensor.scalar_type()))});
+  }
+  return out;
+}
+
+Expected<TaskResult> run_task(Model& model, const Dataset& data, const Task& task,
+                              std::shared_ptr<PluginLibrary> optimizer_plugin,
+                              const PluginOptions& optimizer_options, const std::string& where) {
+  if (auto ok = model.load_state(task.tensors); !ok) {
+    return Error{Errc::rejected, "cannot use the model of task " + std::to_string(task.round) + ": " +
+                                     ok.error().message};
+  }
+  auto optimizer = make_optimizer(std::move(optimizer_plugin), optimizer_options, task.config, model, where);
+  if (!optimizer) return optimizer.error();
+  TaskResult result;
+  result.stats = train_local(model, data, task.config, **optimizer);
+  auto& u = result.update;
+  u.round = task.round;
+  u.base_model_version = task.model_version;
+  u.num_examples = result.stats.num_examples;
+  u.metrics = {{"loss", result.stats.loss},
+               {"accuracy", result.stats.accuracy},
+               {"seconds", result.stats.seconds},
+               {"steps", static_cast<double>(result.stats.steps)}};
+  // Exactly what was trained: the full weights, or only the LoRA adapters.
+  u.tensors = model.trainable_state();
+  if (task.send_delta) {
+    auto delta = delta_against(u.tensors, task.tensors);
+    if (!delta) return delta.error();
+    u.tensors = std::move(delta).value();
+    u.is_delta = true;
+  }
+  return result;
+}
+
+}  // namespace flotilla

@@ -1,0 +1,59 @@
+#pragma once
+/// Datasets and their partitioning into clients.
+#include "runtime/base/error.hpp"
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace flotilla {
+
+/// Fisher-Yates with a plain modulo draw. Unlike std::shuffle, its output is fixed by
+/// mt19937_64 alone (which the standard defines exactly), so every process, standard library
+/// and LibTorch version orders the same indices the same way.
+void shuffle(std::vector<std::int64_t>& v, std::mt19937_64& rng);
+
+struct Dataset {
+  at::Tensor inputs;  ///< N×C×H×W float32, normalized
+  at::Tensor labels;  ///< N int64
+  std::int64_t num_classes = 0;
+  [[nodiscard]] std::int64_t size() const { return labels.defined() ? labels.size(0) : 0; }
+};
+
+/// Reads Fashion-MNIST's IDX files from `dir` (the Debian package's
+/// /usr/share/datasets/fashion-mnist: `*-ubyte.gz`, or the same files gunzipped).
+/// `train` picks train-* (60,000) or t10k-* (10,000). Errc::io names the missing or bad file.
+[[nodiscard]] Expected<Dataset> load_fashion_mnist(const std::string& dir, bool train);
+
+/// The rows `indices` of `data` (a copy).
+[[nodiscard]] Dataset subset(const Dataset& data, const std::vector<std::int64_t>& indices);
+
+enum class PartitionKind { iid, dirichlet };
+
+struct PartitionSpec {
+  PartitionKind kind = PartitionKind::iid;
+  int num_clients = 1;
+  double alpha = 0.5;  ///< Dirichlet concentration: small = strong label skew
+  std::uint64_t seed = 0;
+  /// Smallest number of examples any client may get (dirichlet redraws until met).
+  std::int64_t min_examples = 10;
+};
+
+/// Assigns every example to exactly one client. Deterministic in (labels, spec): every process
+/// of a run computes the same partition from the shared config.
+[[nodiscard]] std::vector<std::vector<std::int64_t>> partition(const at::Tensor& labels,
+                                                               const PartitionSpec& spec);
+
+struct TrainTestSplit {
+  std::vector<std::int64_t> train;
+  std::vector<std::int64_t> test;
+};
+
+/// Splits one client's indices into a train and a held-out part, deterministically.
+[[nodiscard]] TrainTestSplit split_train_test(const std::vector<std::int64_t>& indices,
+                                              double test_fraction, std::uint64_t seed);
+
+}  // namespace flotilla

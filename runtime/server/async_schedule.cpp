@@ -1,0 +1,242 @@
+#include "runtime/server/async_schedule.hpp"
+
+#include "runtime/base/log.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace flotilla {
+
+Expected<void> AsyncSchedule::supports(const ScheduleOptions& o, const Aggregation& aggregation) {
+  const auto traits = aggregation.traits();
+  const std::string name = aggregation.describe();
+  if (o.kind == ScheduleKind::async && traits.needs_cohort) {
+    return Error{Errc::invalid_config,
+                 name + " needs many updates per version (it declares so), but schedule = \"async\" "
+                        "makes a version of every update: use \"buffered\" or \"sync\""};
+  }
+  if (traits.tracks_global && o.kind == ScheduleKind::async) {
+    return Error{Errc::invalid_config,
+                 name + " keeps and steps the global model itself (it declares so), but schedule = "
+                        "\"async\" mixes the model on its own: use \"buffered\" (FedBuff with a "
+                        "server optimizer, server-learning-rate 1) or \"sync\""};
+  }
+  if (traits.tracks_global && o.kind == ScheduleKind::buffered && o.server_learning_rate != 1.0) {
+    return Error{Errc::invalid_config,
+                 name + " keeps and steps the global model itself (it declares so): leave "
+                        "aggregator.server-learning-rate at 1 and set its own options instead"};
+  }
+  return {};
+}
+
+AsyncSchedule::AsyncSchedule(ScheduleOptions options, TensorList initial_model,
+                             std::unique_ptr<Aggregation> aggregation, const Clock& clock,
+                             std::string run_id)
+    : Schedule(std::move(options), std::move(initial_model), std::move(aggregation), clock,
+               std::move(run_id)) {
+  if (auto ok = supports(options_, *aggregation_); !ok) throw Failure(ok.error());
+  if (options_.versions == 0) throw Failure(Errc::invalid_config, "an async schedule needs versions > 0");
+}
+
+std::string AsyncSchedule::describe() const {
+  const std::string concurrency =
+      options_.max_concurrency == 0 ? "all" : std::to_string(options_.max_concurrency);
+  const std::string max_stale =
+      options_.max_staleness == 0 ? "" : fmt::format(", max-staleness {}", options_.max_staleness);
+  if (options_.kind == ScheduleKind::async) {
+    return fmt::format("async (FedAsync: alpha {}, staleness {}, concurrency {}{})", options_.alpha,
+                       options_.staleness.describe(), concurrency, max_stale);
+  }
+  return fmt::format("buffered (FedBuff: K {}, server-learning-rate {}, {}concurrency {}{})",
+                     options_.buffer_size, options_.server_learning_rate,
+                     options_.staleness_weighted ? "staleness " + options_.staleness.describe() + ", " : "",
+                     concurrency, max_stale);
+}
+
+void AsyncSchedule::hand_out(std::vector<Send>& out) {
+  if (phase_ != Phase::running) return;
+  std::vector<std::string> idle;
+  for (const auto& peer : registry_.clients()) {
+    if (!tasks_.contains(peer)) idle.push_back(peer);
+  }
+  const std::size_t cap =
+      options_.max_concurrency == 0 ? registry_.live_clients() : options_.max_concurrency;
+  while (tasks_.size() < cap && !idle.empty()) {
+    std::uniform_int_distribution<std::size_t> pick(0, idle.size() - 1);
+    const auto i = pick(rng_);
+    const std::string peer = idle[i];
+    idle.erase(idle.begin() + static_cast<std::ptrdiff_t>(i));
+    const auto seq = next_seq_++;
+    tasks_[peer] = Held{seq, version_, clock_.now()};
+    out.push_back(task_for(peer, seq, options_.kind == ScheduleKind::buffered));
+  }
+}
+
+void AsyncSchedule::on_client_left(const std::string& peer, std::vector<Send>& out) {
+  tasks_.erase(peer);
+  hand_out(out);
+}
+
+void AsyncSchedule::tick_running(std::vector<Send>& out) {
+  const auto now = clock_.now();
+  bool freed = false;
+  for (auto it = tasks_.begin(); it != tasks_.end();) {
+    if (now - it->second.sent_at >= options_.task_deadline) {
+      logger("aggregator")->warn("{} sent no update for task {} within {} ms (aggregator.task-deadline); "
+                                 "its slot goes to another client",
+                                 it->first, it->second.seq, options_.task_deadline.count());
+      emit(TaskLost{it->first, client_id_of(it->first), it->second.seq});
+      it = tasks_.erase(it);
+      freed = true;
+    } else {
+      ++it;
+    }
+  }
+  if (stop_requested()) {
+    end_run(out, target_reached_ ? "target accuracy reached" : "run.max-time reached");
+    return;
+  }
+  if (freed) hand_out(out);
+}
+
+Expected<TensorList> AsyncSchedule::rebase(const TensorList& delta) const {
+  TensorList out;
+  out.reserve(delta.size());
+  at::NoGradGuard no_grad;
+  for (const auto& d : delta) {
+    auto it = std::find_if(model_.begin(), model_.end(),
+                           [&](const NamedTensor& g) { return g.name == d.name; });
+    if (it == model_.end()) {
+      return Error{Errc::rejected, "delta for '" + d.name + "', which is not a tensor of the model"};
+    }
+    if (!it->tensor.sizes().equals(d.tensor.sizes())) {
+      return Error{Errc::rejected, "delta for '" + d.name + "' has shape " +
+                                       shape_string(d.tensor.sizes()) + ", the model's is " +
+                                       shape_string(it->tensor.sizes())};
+    }
+    if (!at::isFloatingType(d.tensor.scalar_type())) {
+      out.push_back({d.name, d.tensor});  // counters: the client's value
+      continue;
+    }
+    out.push_back({d.name, it->tensor.add(d.tensor.to(it->tensor.device(), it->tensor.scalar_type()))});
+  }
+  return out;
+}
+
+void AsyncSchedule::step(double factor, std::vector<Send>& out) {
+  auto next = finalize_aggregation(fmt::format("model version {}", version_ + 1));
+  if (!next) {
+    emit(VersionFailed{version_ + 1, "the aggregation method failed"});
+    return;
+  }
+  if (factor != 1.0) {
+    at::NoGradGuard no_grad;
+    for (auto& t : *next) {
+      auto it = std::find_if(model_.begin(), model_.end(),
+                             [&](const NamedTensor& g) { return g.name == t.name; });
+      if (it == model_.end() || !at::isFloatingType(t.tensor.scalar_type())) continue;
+      // w + f·(w_method − w), in the model's dtype.
+      t.tensor = at::lerp(it->tensor, t.tensor.to(it->tensor.scalar_type()), factor);
+    }
+    aggregation_->set_global(*next);
+  }
+  const bool last = version_ + 1 >= options_.versions;
+  produce_version(std::move(*next), version_ + 1, last, out);
+  apply_pending_reload();  // between updates: nothing is folded in now
+}
+
+std::vector<Send> AsyncSchedule::on_update(const std::string& peer, const Update& update) {
+  std::vector<Send> out;
+  (void)registry_.heard_from(peer);
+  if (phase_ != Phase::running) {
+    reject(out, peer, update, RejectReason::late, "the run is no longer taking updates");
+    return out;
+  }
+  auto held = tasks_.find(peer);
+  if (held == tasks_.end() || held->second.seq != update.round) {
+    if (update.round > 0 && update.round < next_seq_) {
+      reject(out, peer, update, RejectReason::late,
+             "task " + std::to_string(update.round) + " was given up on (aggregator.task-deadline)");
+    } else {
+      reject(out, peer, update, RejectReason::not_sampled,
+             "holds no task " + std::to_string(update.round));
+    }
+    return out;
+  }
+  const auto task = held->second;
+  // Whatever happens to this update, the client's task is over: it gets new work below.
+  tasks_.erase(held);
+  const bool buffered = options_.kind == ScheduleKind::buffered;
+  if (update.base_model_version != task.base_version) {
+    reject(out, peer, update, RejectReason::wrong_version,
+           "update is based on model version " + std::to_string(update.base_model_version) +
+               ", its task carried version " + std::to_string(task.base_version));
+    after_update(out);
+    return out;
+  }
+  if (update.is_delta != buffered) {
+    reject(out, peer, update, RejectReason::invalid,
+           buffered ? "the buffered schedule takes deltas (the task asked for one), got weights"
+                    : "the async schedule takes weights, got a delta");
+    after_update(out);
+    return out;
+  }
+  const std::uint64_t tau = version_ - task.base_version;
+  if (options_.max_staleness > 0 && tau > options_.max_staleness) {
+    reject(out, peer, update, RejectReason::stale,
+           fmt::format("based on version {}, {} versions old (aggregator.max-staleness {})",
+                       task.base_version, tau, options_.max_staleness));
+    after_update(out);
+    return out;
+  }
+  const auto client_id = client_id_of(peer);
+  double weight = static_cast<double>(std::max<std::uint64_t>(update.num_examples, 1));
+  if (buffered && options_.staleness_weighted) weight *= options_.staleness(tau);
+  TensorList rebased;
+  const TensorList* tensors = &update.tensors;
+  if (buffered) {
+    auto r = rebase(update.tensors);
+    if (!r) {
+      reject(out, peer, update, RejectReason::invalid, r.error().message);
+      after_update(out);
+      return out;
+    }
+    rebased = std::move(r).value();
+    tensors = &rebased;
+  }
+  const WeightedUpdate wu{tensors, weight, tau, client_id};
+  if (auto ok = aggregation_->check(wu); !ok) {
+    reject(out, peer, update, RejectReason::invalid, ok.error().message);
+    after_update(out);
+    return out;
+  }
+  emit(UpdateAccepted{peer, client_id, update.round, update.base_model_version, tau, weight,
+                      total_bytes(update.tensors), metric(update.metrics, "loss"),
+                      metric(update.metrics, "accuracy")});
+  if (auto ok = aggregation_->accept(wu); !ok) {
+    logger("aggregator")->error("task {}: the update could not be folded: {}", update.round,
+                                ok.error().message);
+    emit(FoldFailed{1, ok.error().message});
+  } else if (!buffered) {
+    step(options_.alpha * options_.staleness(tau), out);
+  } else if (aggregation_->accepted() >= options_.buffer_size) {
+    step(options_.server_learning_rate, out);
+  }
+  after_update(out);
+  return out;
+}
+
+void AsyncSchedule::after_update(std::vector<Send>& out) {
+  if (phase_ != Phase::running) return;
+  if (version_ >= options_.versions) {
+    end_run(out, "all versions done");
+  } else if (stop_requested()) {
+    end_run(out, target_reached_ ? "target accuracy reached" : "run.max-time reached");
+  } else {
+    hand_out(out);
+  }
+}
+
+}  // namespace flotilla

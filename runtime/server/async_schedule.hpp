@@ -1,0 +1,59 @@
+#pragma once
+/// Schedules that never wait for the slowest client. Up to max-concurrency clients train at
+/// once; a client gets new work as soon as it returns an update.
+///  - async (FedAsync, Xie et al. 2019): every update is mixed into the model on arrival,
+///    w ← w + α·s(τ)·(w_method − w), where w_method is what the aggregation method makes of
+///    the one update (the update itself, for fedavg) and τ its staleness in versions.
+///  - buffered (FedBuff, Nguyen et al. 2022): clients send deltas against the version they
+///    trained from; the method folds K of them (each rebased onto the current model, weighted
+///    by examples and optionally s(τ)), then w ← w + η_g·(w_method − w).
+/// Updates based more than max-staleness versions back are dropped and counted.
+#include "runtime/server/schedule.hpp"
+
+#include <map>
+
+namespace flotilla {
+
+class AsyncSchedule final : public Schedule {
+ public:
+  /// Errc::invalid_config if `aggregation` declares it cannot work under this schedule.
+  [[nodiscard]] static Expected<void> supports(const ScheduleOptions& options,
+                                               const Aggregation& aggregation);
+
+  AsyncSchedule(ScheduleOptions options, TensorList initial_model,
+                std::unique_ptr<Aggregation> aggregation, const Clock& clock, std::string run_id);
+
+  [[nodiscard]] std::vector<Send> on_update(const std::string& peer, const Update& update) override;
+  [[nodiscard]] std::uint64_t planned() const override { return options_.versions; }
+  [[nodiscard]] std::string describe() const override;
+  /// Clients holding a task now.
+  [[nodiscard]] std::size_t busy() const { return tasks_.size(); }
+
+ protected:
+  void start(std::vector<Send>& out) override { hand_out(out); }
+  void on_client_ready(const std::string&, std::vector<Send>& out) override { hand_out(out); }
+  void on_client_left(const std::string& peer, std::vector<Send>& out) override;
+  [[nodiscard]] bool owes_update(const std::string& peer) const override {
+    return tasks_.contains(peer);
+  }
+  void tick_running(std::vector<Send>& out) override;
+
+ private:
+  struct Held {
+    std::uint64_t seq = 0;
+    std::uint64_t base_version = 0;
+    Clock::time_point sent_at;
+  };
+  /// Gives tasks to idle live clients (chosen at random) until max-concurrency train at once.
+  void hand_out(std::vector<Send>& out);
+  /// Produces a version from what the method folded, moving the model by `factor` towards it.
+  void step(double factor, std::vector<Send>& out);
+  /// `delta` added to the current model, tensor by tensor (a delta on its own is not a model).
+  [[nodiscard]] Expected<TensorList> rebase(const TensorList& delta) const;
+  void after_update(std::vector<Send>& out);
+
+  std::map<std::string, Held> tasks_;
+  std::uint64_t next_seq_ = 1;
+};
+
+}  // namespace flotilla

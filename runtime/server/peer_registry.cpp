@@ -1,0 +1,81 @@
+#include "runtime/server/peer_registry.hpp"
+
+#include <algorithm>
+
+namespace flotilla {
+
+bool PeerRegistry::add(const std::string& peer, const Hello& hello) {
+  const bool known = peers_.contains(peer) || gone_.erase(peer) > 0;
+  peers_[peer] = Peer{hello.role, hello.client_id, hello.num_examples, clock_.now()};
+  return known;
+}
+
+bool PeerRegistry::heard_from(const std::string& peer) {
+  if (auto it = peers_.find(peer); it != peers_.end()) {
+    it->second.last_seen = clock_.now();
+    return false;
+  }
+  auto g = gone_.find(peer);
+  if (g == gone_.end()) return false;
+  g->second.last_seen = clock_.now();
+  peers_.insert(*g);
+  gone_.erase(g);
+  return true;
+}
+
+bool PeerRegistry::set_aside(const std::string& peer) {
+  auto it = peers_.find(peer);
+  if (it == peers_.end()) return false;
+  gone_.insert(*it);
+  peers_.erase(it);
+  return true;
+}
+
+std::vector<std::string> PeerRegistry::silent(
+    Duration timeout, const std::function<bool(const std::string&)>& exempt) const {
+  std::vector<std::string> out;
+  const auto now = clock_.now();
+  for (const auto& [id, p] : peers_) {
+    if (now - p.last_seen > timeout && !(exempt && exempt(id))) out.push_back(id);
+  }
+  return out;
+}
+
+const PeerRegistry::Peer* PeerRegistry::find(const std::string& peer) const {
+  auto it = peers_.find(peer);
+  return it == peers_.end() ? nullptr : &it->second;
+}
+
+const PeerRegistry::Peer* PeerRegistry::find_any(const std::string& peer) const {
+  if (const auto* p = find(peer)) return p;
+  auto it = gone_.find(peer);
+  return it == gone_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> PeerRegistry::clients() const {
+  std::vector<std::string> out;
+  for (const auto& [id, p] : peers_) {
+    if (p.role == Role::client) out.push_back(id);
+  }
+  return out;
+}
+
+std::size_t PeerRegistry::live_clients() const {
+  return static_cast<std::size_t>(std::count_if(
+      peers_.begin(), peers_.end(), [](const auto& p) { return p.second.role == Role::client; }));
+}
+
+std::optional<std::string> PeerRegistry::evaluator() const {
+  for (const auto& [id, p] : peers_) {
+    if (p.role == Role::evaluator) return id;
+  }
+  return std::nullopt;
+}
+
+std::vector<std::string> PeerRegistry::all() const {
+  std::vector<std::string> out;
+  for (const auto& [id, p] : peers_) out.push_back(id);
+  return out;
+}
+
+}  // namespace flotilla

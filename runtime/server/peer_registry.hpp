@@ -1,0 +1,56 @@
+#pragma once
+/// Who takes part in a run: registered clients and evaluators, when each was last heard from,
+/// and those set aside after a silence (re-admitted as soon as they are heard from again).
+/// Every schedule holds one; it decides nothing about work.
+#include "runtime/base/clock.hpp"
+#include "runtime/protocol/message.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace flotilla {
+
+class PeerRegistry {
+ public:
+  struct Peer {
+    Role role = Role::client;
+    std::uint32_t client_id = 0;
+    std::uint64_t num_examples = 0;
+    Clock::time_point last_seen;
+  };
+
+  explicit PeerRegistry(const Clock& clock) : clock_(clock) {}
+
+  /// Registers `peer` (again, if known or set aside); true if it was known before.
+  bool add(const std::string& peer, const Hello& hello);
+  /// `peer` was heard from now; true if that re-admits a peer that had been set aside.
+  bool heard_from(const std::string& peer);
+  /// Sets a live peer aside until it is heard from again; false if it is not live.
+  bool set_aside(const std::string& peer);
+  /// Live peers silent for longer than `timeout`, except those `exempt` says may be silent
+  /// (e.g. training without heartbeats).
+  [[nodiscard]] std::vector<std::string> silent(Duration timeout,
+                                                const std::function<bool(const std::string&)>& exempt) const;
+
+  [[nodiscard]] const Peer* find(const std::string& peer) const;
+  /// Also finds peers set aside (their client id stays known).
+  [[nodiscard]] const Peer* find_any(const std::string& peer) const;
+  [[nodiscard]] bool live(const std::string& peer) const { return peers_.contains(peer); }
+  /// Live clients' routing ids, in a stable order.
+  [[nodiscard]] std::vector<std::string> clients() const;
+  [[nodiscard]] std::size_t live_clients() const;
+  [[nodiscard]] std::optional<std::string> evaluator() const;
+  /// Every live peer (clients and evaluators).
+  [[nodiscard]] std::vector<std::string> all() const;
+
+ private:
+  const Clock& clock_;
+  std::map<std::string, Peer> peers_;
+  std::map<std::string, Peer> gone_;
+};
+
+}  // namespace flotilla

@@ -1,0 +1,301 @@
+#include "runtime/server/schedule.hpp"
+
+#include "runtime/base/log.hpp"
+
+#include <algorithm>
+
+namespace flotilla {
+
+const char* to_string(ScheduleKind kind) noexcept {
+  switch (kind) {
+    case ScheduleKind::sync: return "sync";
+    case ScheduleKind::async: return "async";
+    case ScheduleKind::buffered: return "buffered";
+  }
+  return "?";
+}
+
+Schedule::Schedule(ScheduleOptions options, TensorList initial_model,
+                   std::unique_ptr<Aggregation> aggregation, const Clock& clock, std::string run_id)
+    : options_(std::move(options)),
+      model_(std::move(initial_model)),
+      aggregation_(std::move(aggregation)),
+      clock_(clock),
+      run_id_(std::move(run_id)),
+      rng_(options_.seed ^ 0x9E3779B97F4A7C15ULL),
+      registry_(clock),
+      ledger_(clock, EvaluationLedger::Options{options_.evaluation_timeout, options_.evaluate_every,
+                                               options_.evaluate_every_time}),
+      started_(clock.now()) {}
+
+Send Schedule::error_to(const std::string& peer, WireErrc code, std::string message) {
+  return Send{peer, ErrorReply{code, std::move(message)}};
+}
+
+double Schedule::now_seconds() const {
+  return std::chrono::duration<double>(clock_.now() - started_).count();
+}
+
+void Schedule::emit(EventBody body) {
+  Event e{now_seconds(), std::move(body)};
+  recorder_.on(e);
+  events_.push_back(std::move(e));
+}
+
+std::vector<Event> Schedule::take_events() {
+  std::vector<Event> out;
+  out.swap(events_);
+  return out;
+}
+
+std::uint32_t Schedule::client_id_of(const std::string& peer) const {
+  const auto* p = registry_.find_any(peer);
+  return p != nullptr ? p->client_id : 0;
+}
+
+std::vector<Send> Schedule::on_hello(const std::string& peer, const Hello& hello) {
+  std::vector<Send> out;
+  if (phase_ == Phase::done) {
+    out.push_back(Send{peer, Shutdown{"the run is over"}});
+    return out;
+  }
+  if (hello.role != Role::client && hello.role != Role::evaluator) {
+    out.push_back(error_to(peer, WireErrc::rejected, "only clients and evaluators register"));
+    return out;
+  }
+  const bool known = registry_.add(peer, hello);
+  emit(ClientJoined{peer, hello.role, hello.client_id, known});
+  logger("aggregator")->info("{} {} {} ({} examples, {})", known ? "re-registered" : "registered",
+                             hello.role == Role::client ? "client" : "evaluator", peer,
+                             hello.num_examples, hello.profile.kind);
+  out.push_back(Send{peer, Welcome{run_id_, version_}});
+  if (hello.role == Role::evaluator && version_ == 0 && !ledger_.requested(0)) {
+    // Evaluate the initial model too, so the first line shows where training starts from.
+    request_evaluation(out, 0, 0);
+  }
+  if (hello.role != Role::client) return out;
+  if (phase_ == Phase::registering && registry_.live_clients() >= options_.min_clients) {
+    phase_ = Phase::running;
+    run_started_ = clock_.now();
+    start(out);
+  } else if (phase_ == Phase::running) {
+    on_client_ready(peer, out);
+  }
+  return out;
+}
+
+std::vector<Send> Schedule::on_heartbeat(const std::string& peer, const Heartbeat&) {
+  std::vector<Send> out;
+  if (registry_.heard_from(peer)) {
+    const auto* p = registry_.find(peer);
+    emit(ClientJoined{peer, p->role, p->client_id, true});
+    logger("aggregator")->info("{} is back", peer);
+    if (phase_ == Phase::running && p->role == Role::client) on_client_ready(peer, out);
+  }
+  return out;
+}
+
+std::vector<Send> Schedule::on_bad_message(const std::string& peer, const Error& error) {
+  emit(MessageRefused{peer, error.message});
+  logger("aggregator")->warn("dropped a message from {}: {}", peer.empty() ? "?" : peer, error.message);
+  std::vector<Send> out;
+  if (!peer.empty()) {
+    out.push_back(error_to(peer,
+                           error.code == Errc::protocol_version ? WireErrc::protocol_version
+                                                                : WireErrc::malformed,
+                           error.message));
+  }
+  return out;
+}
+
+void Schedule::reject(std::vector<Send>& out, const std::string& peer, const Update& update,
+                      RejectReason reason, const std::string& why) {
+  emit(UpdateRejected{peer, client_id_of(peer), update.round, reason, why});
+  logger("aggregator")->warn("{} update from {} for {} {}: {}",
+                             reason == RejectReason::late ? "late" : "rejected", peer,
+                             options_.kind == ScheduleKind::sync ? "round" : "task", update.round, why);
+  out.push_back(error_to(peer, WireErrc::rejected, why));
+}
+
+std::vector<Send> Schedule::on_evaluation(const std::string& peer, const EvaluationResult& r) {
+  const auto round = ledger_.received(r.model_version);
+  if (!round) {
+    logger("aggregator")->warn("ignored an evaluation of round {} version {} from {}", r.round,
+                               r.model_version, peer);
+    return {};
+  }
+  emit(Evaluated{r.model_version, *round, r.loss, r.accuracy});
+  if (options_.target_accuracy > 0 && r.accuracy >= options_.target_accuracy && r.model_version > 0) {
+    target_reached_ = true;
+  }
+  std::vector<Send> out;
+  if (phase_ == Phase::draining && !ledger_.waiting()) finish(out, "all rounds done");
+  return out;
+}
+
+void Schedule::set_aside(const std::string& peer, const char* why, std::vector<Send>& out) {
+  const auto id = client_id_of(peer);
+  if (!registry_.set_aside(peer)) return;
+  logger("aggregator")->warn("{} {}, considered gone until it is heard from again", peer, why);
+  emit(ClientLeft{peer, id, why});
+  on_client_left(peer, out);
+}
+
+void Schedule::expire_evaluations() {
+  for (const auto version : ledger_.expire(registry_.evaluator().has_value())) {
+    logger("aggregator")->warn("no evaluation of model version {} arrived", version);
+    emit(EvaluationMissed{version});
+  }
+}
+
+std::vector<Send> Schedule::on_tick() {
+  std::vector<Send> out;
+  const auto now = clock_.now();
+  // Peers silent for too long are gone: given no work until they are heard from. A client that
+  // owes an update is training, not gone (it cannot send heartbeats while it trains); the
+  // schedule's deadlines bound how long it is waited for.
+  for (const auto& peer : registry_.silent(options_.peer_timeout,
+                                           [this](const std::string& p) { return owes_update(p); })) {
+    set_aside(peer, "silent for longer than aggregator.peer-timeout", out);
+  }
+  switch (phase_) {
+    case Phase::registering:
+      if (now - started_ >= options_.registration_timeout) {
+        const auto have = registry_.live_clients();
+        if (have >= std::max<std::uint32_t>(options_.min_updates, 1)) {
+          logger("aggregator")->warn("only {} of {} clients registered; starting anyway", have,
+                                     options_.min_clients);
+          phase_ = Phase::running;
+          run_started_ = now;
+          start(out);
+        } else {
+          failure_ = "only " + std::to_string(have) + " of " + std::to_string(options_.min_clients) +
+                     " clients registered within " +
+                     std::to_string(options_.registration_timeout.count() / 1000) +
+                     " s (aggregator.registration-timeout); are the clients running and pointed "
+                     "at this aggregator?";
+          finish(out, failure_);
+        }
+      }
+      break;
+    case Phase::running:
+      tick_running(out);
+      break;
+    case Phase::draining:
+    case Phase::done:
+      break;
+  }
+  // Evaluations that never come must not hold records (or the end of the run) back forever.
+  expire_evaluations();
+  if (phase_ == Phase::draining && !ledger_.waiting()) finish(out, "all rounds done");
+  return out;
+}
+
+bool Schedule::at_safe_point() const { return aggregation_->accepted() == 0; }
+
+void Schedule::request_reload(std::shared_ptr<PluginLibrary> library, std::string reason) {
+  pending_reload_ = std::move(library);
+  pending_reason_ = std::move(reason);
+  if (phase_ != Phase::running || at_safe_point()) apply_pending_reload();
+}
+
+void Schedule::apply_pending_reload() {
+  if (!pending_reload_ || !at_safe_point()) return;
+  auto library = std::move(pending_reload_);
+  pending_reload_.reset();
+  const std::string before = aggregation_->describe();
+  if (auto ok = aggregation_->reload(library); !ok) {
+    emit(PluginReloaded{false, ok.error().message});
+    logger("aggregator")->error("plugin reload ({}) failed; still running {}: {}", pending_reason_,
+                                before, ok.error().message);
+    return;
+  }
+  emit(PluginReloaded{true, aggregation_->describe()});
+  logger("aggregator")->info("plugin reloaded ({}) at model version {}: {} -> {}", pending_reason_,
+                             version_, before, aggregation_->describe());
+}
+
+TensorList Schedule::model_for(std::uint32_t client_id) {
+  const TensorList tmpl = options_.client_template ? options_.client_template(client_id) : model_;
+  std::optional<TensorList> own;
+  try {
+    own = aggregation_->client_model(client_id, tmpl);
+  } catch (const Failure& f) {
+    // The client gets the global model instead; if it cannot load that, it says so.
+    logger("aggregator")->error("version {}: no model of its own for client {}: {}", version_,
+                                client_id, f.what());
+  }
+  if (!own) return model_;
+  TensorList tensors = model_;
+  for (auto& t : *own) {
+    auto it = std::find_if(tensors.begin(), tensors.end(),
+                           [&](const NamedTensor& g) { return g.name == t.name; });
+    if (it == tensors.end()) {
+      throw Failure(Errc::internal, aggregation_->describe() + ": the model for client " +
+                                        std::to_string(client_id) + " has '" + t.name +
+                                        "', which is not a tensor of the global model");
+    }
+    it->tensor = std::move(t.tensor);
+  }
+  return tensors;
+}
+
+Send Schedule::task_for(const std::string& peer, std::uint64_t round, bool delta) {
+  const auto id = client_id_of(peer);
+  Task task{round, version_, model_for(id), options_.training};
+  task.config.seed = options_.seed * 1000003ULL + round * 7919ULL + id;
+  task.send_delta = delta;
+  emit(TaskSent{peer, id, round, version_});
+  return Send{peer, std::move(task)};
+}
+
+std::optional<TensorList> Schedule::finalize_aggregation(const std::string& what) {
+  try {
+    return aggregation_->finalize();
+  } catch (const Failure& f) {
+    // A plugin that fails to produce a version fails it; the model stays as it was.
+    logger("aggregator")->error("{}: {}", what, f.what());
+    aggregation_->discard();
+    return std::nullopt;
+  }
+}
+
+void Schedule::produce_version(TensorList next, std::uint64_t round, bool final,
+                               std::vector<Send>& out) {
+  model_ = std::move(next);
+  ++version_;
+  emit(VersionProduced{version_, round});
+  if (ledger_.due(version_, final)) request_evaluation(out, version_, round);
+}
+
+void Schedule::request_evaluation(std::vector<Send>& out, std::uint64_t version, std::uint64_t round) {
+  auto ev = registry_.evaluator();
+  if (!ev) return;
+  out.push_back(Send{*ev, EvaluationRequest{round, version, model_}});
+  ledger_.sent(version, round);
+  emit(EvaluationRequested{version, round});
+}
+
+bool Schedule::stop_requested() const {
+  if (target_reached_) return true;
+  return options_.max_time.count() > 0 && run_started_ &&
+         clock_.now() - *run_started_ >= options_.max_time;
+}
+
+void Schedule::end_run(std::vector<Send>& out, const std::string& reason) {
+  if (phase_ == Phase::done) return;
+  phase_ = Phase::draining;
+  // The last version is always evaluated (unless it already was or is being).
+  if (version_ > 0 && ledger_.due(version_, true)) request_evaluation(out, version_, round());
+  if (!ledger_.waiting()) finish(out, reason);
+}
+
+void Schedule::finish(std::vector<Send>& out, const std::string& reason) {
+  if (phase_ == Phase::done) return;
+  phase_ = Phase::done;
+  ledger_.clear();
+  emit(RunFinished{reason, !failure_.empty()});
+  for (const auto& id : registry_.all()) out.push_back(Send{id, Shutdown{reason}});
+}
+
+}  // namespace flotilla

@@ -1,0 +1,195 @@
+#pragma once
+/// The aggregator's seam: a Schedule is a plain state machine fed what arrives (registrations,
+/// updates, evaluations, heartbeats, clock ticks) that answers with the messages to send and
+/// records what it did as events. No threads, sockets or actors; the aggregator actor routes.
+///
+/// This base holds what every schedule needs (the peer registry, the evaluation ledger keyed
+/// by version, the registration phase, the reload gate, per-client models, the end of the run);
+/// SyncRounds, and AsyncSchedule (FedAsync and FedBuff) add how work is handed out and when a
+/// version is produced.
+#include "runtime/base/clock.hpp"
+#include "runtime/plugin_host/aggregation.hpp"
+#include "runtime/protocol/message.hpp"
+#include "runtime/server/evaluation_ledger.hpp"
+#include "runtime/server/events.hpp"
+#include "runtime/server/peer_registry.hpp"
+#include "runtime/server/records.hpp"
+#include "runtime/server/staleness.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace flotilla {
+
+enum class ScheduleKind { sync, async, buffered };
+[[nodiscard]] const char* to_string(ScheduleKind kind) noexcept;
+
+struct ScheduleOptions {
+  ScheduleKind kind = ScheduleKind::sync;
+  std::uint32_t rounds = 10;            ///< sync: rounds to run
+  /// async/buffered: versions to produce (0: rounds × clients for async, rounds × clients /
+  /// buffer-size for buffered, the client work of `rounds` synchronous rounds).
+  std::uint64_t versions = 0;
+  Duration max_time{0};                 ///< stop after this long (0 = no limit)
+  std::uint32_t clients_per_round = 0;  ///< sync: K; 0 = every live client
+  /// sync: sample ceil(K·(1+over_selection)) clients and close the round at the first K
+  /// updates; the others' updates then arrive late (counted, dropped).
+  double over_selection = 0;
+  std::uint32_t min_updates = 1;
+  std::uint32_t min_clients = 1;        ///< registered clients needed to start
+  Duration round_deadline{60'000};
+  Duration registration_timeout{120'000};
+  Duration evaluation_timeout{120'000};
+  Duration peer_timeout{30'000};
+  double target_accuracy = 0;           ///< stop after a version reaching it; 0 = off
+  /// Validated updates folded together in one pass over memory (1 = fold each on arrival).
+  std::uint32_t fold_batch = 4;
+  std::uint64_t seed = 0;
+  TrainingConfig training;
+  /// Evaluate every N-th version (sync default 1) and/or every T; always the initial and last.
+  std::uint64_t evaluate_every = 1;
+  Duration evaluate_every_time{0};
+
+  // async and buffered
+  std::uint32_t max_concurrency = 0;    ///< clients training at once; 0 = every live client
+  Duration task_deadline{120'000};      ///< a task with no update by then is lost (slot freed)
+  double alpha = 0.6;                   ///< FedAsync mixing weight
+  Staleness staleness;                  ///< FedAsync's s(τ); FedBuff's weights when enabled
+  std::uint32_t buffer_size = 10;       ///< FedBuff's K
+  double server_learning_rate = 1.0;    ///< FedBuff's η_g
+  std::uint64_t max_staleness = 0;      ///< updates based more versions back are dropped; 0 = off
+  bool staleness_weighted = false;      ///< FedBuff: weight each delta by s(τ)
+
+  /// The names and shapes of what client `id` trains (its model's trainable_state(), e.g. at
+  /// its own LoRA rank), for the aggregation's per-client models (Aggregation::client_model).
+  /// Unset: every client trains the global model's tensors.
+  std::function<TensorList(std::uint32_t)> client_template;
+};
+/// The options were first the synchronous rounds' only.
+using SyncOptions = ScheduleOptions;
+
+/// One outgoing message: `peer` is the transport's routing id.
+struct Send {
+  std::string peer;
+  Payload payload;
+  std::uint64_t reply_to = 0;
+};
+
+class Schedule {
+ public:
+  Schedule(ScheduleOptions options, TensorList initial_model,
+           std::unique_ptr<Aggregation> aggregation, const Clock& clock, std::string run_id);
+  virtual ~Schedule() = default;
+  Schedule(const Schedule&) = delete;
+  Schedule& operator=(const Schedule&) = delete;
+
+  [[nodiscard]] std::vector<Send> on_hello(const std::string& peer, const Hello& hello);
+  [[nodiscard]] virtual std::vector<Send> on_update(const std::string& peer, const Update& update) = 0;
+  [[nodiscard]] std::vector<Send> on_evaluation(const std::string& peer, const EvaluationResult& result);
+  [[nodiscard]] std::vector<Send> on_heartbeat(const std::string& peer, const Heartbeat& beat);
+  /// A message from `peer` that could not be decoded or is of a kind the aggregator does not
+  /// take: counted, answered with an error, nothing else changes.
+  [[nodiscard]] std::vector<Send> on_bad_message(const std::string& peer, const Error& error);
+  /// Deadlines and timeouts; call often (e.g. every 100 ms).
+  [[nodiscard]] std::vector<Send> on_tick();
+
+  /// Switches the aggregation plugin to `library` (a new build of it) at the next safe point:
+  /// now if no update is folded in, else as soon as the pending version is produced, so no
+  /// accepted update (or buffered delta) is lost. A failing switch keeps the old build.
+  void request_reload(std::shared_ptr<PluginLibrary> library, std::string reason);
+  [[nodiscard]] bool reload_pending() const { return pending_reload_ != nullptr; }
+
+  [[nodiscard]] const Aggregation& aggregation() const { return *aggregation_; }
+  /// Records completed since the last call, in order (built from the events).
+  [[nodiscard]] std::vector<RoundRecord> take_completed() { return recorder_.take_completed(); }
+  /// Events since the last call, in order (for metrics and other observers).
+  [[nodiscard]] std::vector<Event> take_events();
+
+  [[nodiscard]] bool done() const { return phase_ == Phase::done; }
+  /// Why the run failed (e.g. clients never registered); empty if it did not.
+  [[nodiscard]] const std::string& failure() const { return failure_; }
+  [[nodiscard]] const ScheduleCounters& counters() const { return recorder_.counters(); }
+  [[nodiscard]] const TensorList& model() const { return model_; }
+  [[nodiscard]] std::uint64_t model_version() const { return version_; }
+  /// sync: the current round; async/buffered: versions produced.
+  [[nodiscard]] virtual std::uint64_t round() const { return version_; }
+  /// What the progress line counts to: rounds (sync) or versions.
+  [[nodiscard]] virtual std::uint64_t planned() const = 0;
+  [[nodiscard]] std::size_t live_clients() const { return registry_.live_clients(); }
+  [[nodiscard]] const std::string& run_id() const { return run_id_; }
+  [[nodiscard]] ScheduleKind kind() const { return options_.kind; }
+  /// "sync", "async (alpha 0.6, polynomial(a=0.5))", "buffered (K 10, ...)".
+  [[nodiscard]] virtual std::string describe() const = 0;
+
+ protected:
+  enum class Phase { registering, running, draining, done };
+
+  /// Registration is complete: hand out the first work.
+  virtual void start(std::vector<Send>& out) = 0;
+  /// A client registered or came back while the run is going.
+  virtual void on_client_ready(const std::string& peer, std::vector<Send>& out) {}
+  /// A client was set aside (silent past the peer timeout).
+  virtual void on_client_left(const std::string& peer, std::vector<Send>& out) {}
+  /// Whether `peer` may be silent because it is training (no heartbeats while it trains).
+  [[nodiscard]] virtual bool owes_update(const std::string& peer) const = 0;
+  /// Deadlines of the running phase.
+  virtual void tick_running(std::vector<Send>& out) = 0;
+  /// Whether nothing is folded into the aggregation (a reload may happen now).
+  [[nodiscard]] virtual bool at_safe_point() const;
+
+  void emit(EventBody body);
+  [[nodiscard]] double now_seconds() const;
+  /// Replaces the model with `next` as a new version of `round` and asks for its evaluation
+  /// when due (always when `final`).
+  void produce_version(TensorList next, std::uint64_t round, bool final, std::vector<Send>& out);
+  /// Finalizes the aggregation (a plugin that fails it is logged; the updates are discarded);
+  /// nothing if it failed.
+  [[nodiscard]] std::optional<TensorList> finalize_aggregation(const std::string& what);
+  /// After the last version: wait for its evaluation, then finish.
+  void end_run(std::vector<Send>& out, const std::string& reason);
+  void finish(std::vector<Send>& out, const std::string& reason);
+  /// Whether the run should stop now: target accuracy reached or max-time passed.
+  [[nodiscard]] bool stop_requested() const;
+  void apply_pending_reload();
+  /// What client `client_id` is sent: the global model, with the aggregation's per-client
+  /// tensors (if it has any) in place of the global ones of the same names.
+  [[nodiscard]] TensorList model_for(std::uint32_t client_id);
+  /// A task for `peer` with the current model.
+  [[nodiscard]] Send task_for(const std::string& peer, std::uint64_t round, bool delta);
+  void reject(std::vector<Send>& out, const std::string& peer, const Update& update,
+              RejectReason reason, const std::string& why);
+  void set_aside(const std::string& peer, const char* why, std::vector<Send>& out);
+  [[nodiscard]] std::uint32_t client_id_of(const std::string& peer) const;
+  static Send error_to(const std::string& peer, WireErrc code, std::string message);
+
+  ScheduleOptions options_;
+  TensorList model_;
+  std::unique_ptr<Aggregation> aggregation_;
+  const Clock& clock_;
+  std::string run_id_;
+  std::mt19937_64 rng_;
+  PeerRegistry registry_;
+  EvaluationLedger ledger_;
+  Phase phase_ = Phase::registering;
+  std::string failure_;
+  Clock::time_point started_;
+  std::optional<Clock::time_point> run_started_;
+  std::uint64_t version_ = 0;
+  bool target_reached_ = false;
+
+ private:
+  void request_evaluation(std::vector<Send>& out, std::uint64_t version, std::uint64_t round);
+  void expire_evaluations();
+
+  VersionRecorder recorder_;
+  std::vector<Event> events_;
+  std::shared_ptr<PluginLibrary> pending_reload_;
+  std::string pending_reason_;
+};
+
+}  // namespace flotilla

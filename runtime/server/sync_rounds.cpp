@@ -1,0 +1,157 @@
+#include "runtime/server/sync_rounds.hpp"
+
+#include "runtime/base/log.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace flotilla {
+
+SyncRounds::SyncRounds(ScheduleOptions options, TensorList initial_model,
+                       std::unique_ptr<Aggregation> aggregation, const Clock& clock,
+                       std::string run_id)
+    : Schedule(std::move(options), std::move(initial_model), std::move(aggregation), clock,
+               std::move(run_id)) {}
+
+std::string SyncRounds::describe() const {
+  std::string d = "sync";
+  if (options_.over_selection > 0) d += " (over-selection " + std::to_string(options_.over_selection) + ")";
+  return d;
+}
+
+std::size_t SyncRounds::needed() const {
+  if (options_.over_selection > 0 && options_.clients_per_round > 0) {
+    return std::min<std::size_t>(options_.clients_per_round, sampled_.size());
+  }
+  return sampled_.size();
+}
+
+std::vector<Send> SyncRounds::on_update(const std::string& peer, const Update& update) {
+  std::vector<Send> out;
+  (void)registry_.heard_from(peer);
+  if (!collecting_ || update.round != round_) {
+    if (update.round < round_ || (update.round == round_ && !collecting_)) {
+      reject(out, peer, update, RejectReason::late, "round " + std::to_string(update.round) + " is over");
+    } else {
+      reject(out, peer, update, RejectReason::not_sampled,
+             "round " + std::to_string(update.round) + " has not started");
+    }
+    return out;
+  }
+  if (!sampled_.contains(peer)) {
+    reject(out, peer, update, RejectReason::not_sampled, "not sampled for round " + std::to_string(round_));
+    return out;
+  }
+  if (replied_.contains(peer)) {
+    reject(out, peer, update, RejectReason::duplicate,
+           "already sent an update for round " + std::to_string(round_));
+    return out;
+  }
+  if (update.base_model_version != version_) {
+    reject(out, peer, update, RejectReason::wrong_version,
+           "update is based on model version " + std::to_string(update.base_model_version) +
+               ", the round trains version " + std::to_string(version_));
+    return out;
+  }
+  if (update.is_delta) {
+    reject(out, peer, update, RejectReason::invalid,
+           "a delta update, but the sync schedule's tasks ask for weights");
+    return out;
+  }
+  const double weight = static_cast<double>(std::max<std::uint64_t>(update.num_examples, 1));
+  const auto client_id = client_id_of(peer);
+  if (auto ok = aggregation_->check(WeightedUpdate{&update.tensors, weight, 0, client_id}); !ok) {
+    reject(out, peer, update, RejectReason::invalid, ok.error().message);
+    return out;
+  }
+  fold_queue_.push_back(Queued{update.tensors, weight, client_id});
+  if (fold_queue_.size() >= std::max<std::uint32_t>(options_.fold_batch, 1)) fold_queued();
+  replied_.insert(peer);
+  ++accepted_;
+  emit(UpdateAccepted{peer, client_id, round_, update.base_model_version, 0, weight,
+                      total_bytes(update.tensors), metric(update.metrics, "loss"),
+                      metric(update.metrics, "accuracy")});
+  if (replied_.size() >= needed()) close_round(out);
+  return out;
+}
+
+void SyncRounds::tick_running(std::vector<Send>& out) {
+  fold_queued();
+  if (collecting_ && clock_.now() - round_started_ >= options_.round_deadline) close_round(out);
+}
+
+void SyncRounds::start_round(std::vector<Send>& out) {
+  apply_pending_reload();  // between rounds: nothing is folded in yet
+  std::vector<std::string> clients = registry_.clients();
+  ++round_;
+  collecting_ = true;
+  round_started_ = clock_.now();
+  std::shuffle(clients.begin(), clients.end(), rng_);
+  std::size_t k = clients.size();
+  if (options_.clients_per_round != 0) {
+    const double want = std::ceil(options_.clients_per_round * (1.0 + options_.over_selection));
+    k = std::min<std::size_t>(static_cast<std::size_t>(want), clients.size());
+  }
+  clients.resize(k);
+  sampled_ = std::set<std::string>(clients.begin(), clients.end());
+  fold_queue_.clear();
+  replied_.clear();
+  accepted_ = 0;
+  emit(RoundStarted{round_, version_, static_cast<std::uint32_t>(k)});
+  for (const auto& peer : sampled_) out.push_back(task_for(peer, round_, false));
+  logger("aggregator")->debug("round {} started with {} clients", round_, k);
+}
+
+void SyncRounds::fold_queued() {
+  if (fold_queue_.empty()) return;
+  std::vector<WeightedUpdate> batch;
+  for (const auto& q : fold_queue_) batch.push_back({&q.tensors, q.weight, 0, q.client_id});
+  const auto before = aggregation_->accepted();
+  if (auto ok = aggregation_->accept_batch(batch); !ok) {
+    // Validated on arrival, so the method itself failed (e.g. a plugin's bug): the updates it
+    // did not take are counted as rejected and the round goes on with the others.
+    const auto lost = static_cast<std::uint32_t>(batch.size() - (aggregation_->accepted() - before));
+    logger("aggregator")->error("round {}: {} update(s) could not be folded: {}", round_, lost,
+                                ok.error().message);
+    accepted_ -= std::min(accepted_, lost);
+    emit(FoldFailed{lost, ok.error().message});
+  }
+  fold_queue_.clear();
+}
+
+void SyncRounds::close_round(std::vector<Send>& out) {
+  fold_queued();
+  collecting_ = false;
+  const bool last = round_ >= options_.rounds;
+  std::optional<TensorList> next;
+  if (accepted_ >= options_.min_updates && aggregation_->accepted() > 0) {
+    next = finalize_aggregation("round " + std::to_string(round_));
+  } else if (aggregation_->accepted() > 0) {
+    aggregation_->discard();
+  }
+  if (next) {
+    produce_version(std::move(*next), round_, last, out);
+  } else {
+    logger("aggregator")->warn("round {} failed: {} of {} updates by the deadline (min-updates {})",
+                               round_, accepted_, sampled_.size(), options_.min_updates);
+    emit(VersionFailed{round_, "too few updates by the deadline"});
+  }
+  // A sampled client that never replied and has been silent past the peer timeout is not
+  // sampled again until it is heard from (a slow but live one comes back with its heartbeat).
+  for (const auto& peer : sampled_) {
+    const auto* p = registry_.find(peer);
+    if (p != nullptr && !replied_.contains(peer) &&
+        clock_.now() - p->last_seen > options_.peer_timeout) {
+      set_aside(peer, "missed the round and is silent", out);
+    }
+  }
+  sampled_.clear();
+  replied_.clear();
+  if (last || stop_requested()) {
+    end_run(out, "all rounds done");
+  } else {
+    start_round(out);
+  }
+}
+
+}  // namespace flotilla

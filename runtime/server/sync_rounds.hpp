@@ -1,0 +1,52 @@
+#pragma once
+/// Synchronous federated rounds (FedAvg-style): sample clients, wait for their updates until
+/// every sampled client replied, K of them did (over-selection), or the deadline passed, then
+/// produce one version from them.
+#include "runtime/server/schedule.hpp"
+
+#include <set>
+
+namespace flotilla {
+
+class SyncRounds final : public Schedule {
+ public:
+  SyncRounds(ScheduleOptions options, TensorList initial_model,
+             std::unique_ptr<Aggregation> aggregation, const Clock& clock, std::string run_id);
+
+  [[nodiscard]] std::vector<Send> on_update(const std::string& peer, const Update& update) override;
+  [[nodiscard]] std::uint64_t round() const override { return round_; }
+  [[nodiscard]] std::uint64_t planned() const override { return options_.rounds; }
+  [[nodiscard]] std::string describe() const override;
+
+ protected:
+  void start(std::vector<Send>& out) override { start_round(out); }
+  [[nodiscard]] bool owes_update(const std::string& peer) const override {
+    return collecting_ && sampled_.contains(peer) && !replied_.contains(peer);
+  }
+  void tick_running(std::vector<Send>& out) override;
+  [[nodiscard]] bool at_safe_point() const override { return !collecting_; }
+
+ private:
+  void start_round(std::vector<Send>& out);
+  void fold_queued();
+  void close_round(std::vector<Send>& out);
+  /// Updates that close the round: K (clients-per-round) with over-selection, else all sampled.
+  [[nodiscard]] std::size_t needed() const;
+
+  std::uint64_t round_ = 0;
+  bool collecting_ = false;
+  Clock::time_point round_started_;
+  std::set<std::string> sampled_;
+  std::set<std::string> replied_;
+  std::uint32_t accepted_ = 0;
+  /// Accepted updates waiting to be folded together (at most fold_batch, folded by the next
+  /// tick at the latest).
+  struct Queued {
+    TensorList tensors;
+    double weight = 0;
+    std::uint32_t client_id = 0;
+  };
+  std::vector<Queued> fold_queue_;
+};
+
+}  // namespace flotilla

@@ -1,0 +1,132 @@
+#pragma once
+/// A run's configuration: one TOML file shared by every role of the run, validated on load.
+/// Every key, its default and its meaning is documented in docs/config.md.
+#include "runtime/fleet/fleet.hpp"
+#include "runtime/ml/data.hpp"
+#include "runtime/base/clock.hpp"
+#include "runtime/base/error.hpp"
+#include "runtime/protocol/message.hpp"
+#include "runtime/ml/model.hpp"
+#include "runtime/plugin_host/options.hpp"
+#include "runtime/server/schedule.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace flotilla {
+
+struct RunSection {
+  std::string name = "flotilla";
+  std::uint64_t seed = 0;
+  std::uint32_t rounds = 10;
+  /// async/buffered: versions to produce; 0 = the client work of `rounds` sync rounds.
+  std::uint64_t versions = 0;
+  Duration max_time{0};          ///< stop after this long; 0 = no limit
+  std::string device = "cpu";
+  int threads = 0;               ///< LibTorch intra-op threads per process; 0 = all cores
+  double target_accuracy = 0;    ///< stop once the evaluator reports this; 0 = run all rounds
+  std::string output;            ///< directory for rounds.csv; empty = none
+  /// Directories searched for plugins before $FLOTILLA_PLUGIN_PATH and the built-in ones.
+  std::vector<std::string> plugin_path;
+};
+
+struct DataSection {
+  std::string dataset = "fashion-mnist";
+  std::string path = "/usr/share/datasets/fashion-mnist";
+  PartitionKind partition = PartitionKind::dirichlet;
+  double alpha = 0.5;
+  int clients = 8;                ///< how many clients the data is split into
+  double test_fraction = 0.1;     ///< each client's held-out share
+  std::int64_t min_examples = 10;
+};
+
+struct AggregatorSection {
+  std::string listen = "tcp://127.0.0.1:5555";
+  std::uint32_t clients_per_round = 0;  ///< K; 0 = every registered client
+  std::uint32_t min_updates = 1;        ///< a round closing with fewer fails and is retried
+  Duration round_deadline{60'000};
+  std::uint32_t min_clients = 0;        ///< registered clients needed to start; 0 = data.clients
+  Duration registration_timeout{120'000};
+  Duration evaluation_timeout{120'000};
+  Duration peer_timeout{30'000};        ///< a peer silent this long is considered gone
+  std::uint64_t max_message_bytes = 8ULL << 30;
+  std::uint32_t fold_batch = 4;         ///< waiting updates folded in one pass
+  /// Aggregation plugin: a name on the plugin path or a path to a .so; "builtin" = the core's
+  /// FedAvg fold without a plugin.
+  std::string strategy = "fedavg";
+  PluginOptions options;                ///< [aggregator.options], checked by the plugin's specs
+  bool watch_plugins = true;            ///< reload a plugin whose file changes
+  ScheduleKind schedule = ScheduleKind::sync;
+  double over_selection = 0;            ///< sync: sample K·(1+x), close at the first K
+  std::uint32_t max_concurrency = 0;    ///< async/buffered: clients training at once; 0 = all
+  Duration task_deadline{120'000};      ///< async/buffered: a task's update is given up on after
+  double alpha = 0.6;                   ///< FedAsync's mixing weight
+  Staleness staleness;                  ///< FedAsync's s(τ) (and FedBuff's, when weighted)
+  std::uint32_t buffer_size = 10;       ///< FedBuff's K
+  double buffer_learning_rate = 1.0;    ///< FedBuff's server learning rate η_g
+  std::uint64_t max_staleness = 0;      ///< drop updates this many versions old; 0 = off
+  bool staleness_weighted = false;      ///< FedBuff: weight deltas by s(τ)
+  std::uint64_t evaluate_every = 0;     ///< versions; 0 = 1 for sync, max-concurrency (or clients)
+                                        ///< for async, 1 for buffered
+  Duration evaluate_every_time{0};      ///< also evaluate once this long passed; 0 = off
+};
+
+/// The client's optimizer plugin ([training] optimizer and [training.options]).
+struct OptimizerSection {
+  std::string name = "sgd";
+  PluginOptions options;
+};
+
+/// Low-rank adapters (LoRA) on the model's linear layers; rank 0 = train the full weights.
+struct LoraSection {
+  std::int64_t rank = 0;                ///< the global model's rank
+  std::vector<std::int64_t> ranks;      ///< per client id (overrides rank); empty = rank for all
+  double alpha = 16;                    ///< scale alpha/r of B·A
+  double dropout = 0;                   ///< on the adapter's input, while training
+  std::vector<std::string> targets = {"fc1", "fc2"};  ///< linear layers adapted, by name
+  bool freeze_a = false;                ///< FFA-LoRA: A from the shared seed, never trained
+};
+
+struct ClientSection {
+  Duration connect_timeout{30'000};
+  Duration heartbeat_interval{2'000};
+};
+
+struct EvaluatorSection {
+  bool enabled = true;
+  std::int64_t examples = 0;      ///< test examples used; 0 = the whole test set
+  std::int64_t batch_size = 1000;
+};
+
+struct Config {
+  std::string source;  ///< the file it was read from
+  RunSection run;
+  DataSection data;
+  ModelSpec model;
+  TrainingConfig training;
+  OptimizerSection optimizer;
+  LoraSection lora;
+  AggregatorSection aggregator;
+  ClientSection client;
+  EvaluatorSection evaluator;
+  /// Device profiles ([[fleet.profile]]): emulated task times, links, availability, dropouts.
+  std::vector<DeviceProfileSpec> fleet;
+};
+
+/// Reads and validates a config file. An unknown key, a value of the wrong type or out of
+/// range, or a TOML syntax error is Errc::invalid_config with a message naming the file, the
+/// key, the value and what was expected.
+[[nodiscard]] Expected<Config> load_config(const std::string& path);
+
+/// The same from TOML text (`source` names it in messages).
+[[nodiscard]] Expected<Config> parse_config(const std::string& text, const std::string& source);
+
+/// Parses "250ms", "30s", "2m", "1h" (a unit is required).
+[[nodiscard]] Expected<Duration> parse_duration(const std::string& text);
+
+/// Parses "512", "64KiB", "64MiB", "8GiB", "1GB" into bytes.
+[[nodiscard]] Expected<std::uint64_t> parse_bytes(const std::string& text);
+
+}  // namespace flotilla

@@ -1,0 +1,226 @@
+#include "runtime/setup/federation.hpp"
+
+#include "runtime/plugin_host/fedavg.hpp"
+#include "runtime/plugin_host/plugin_aggregation.hpp"
+#include "runtime/base/log.hpp"
+#include "runtime/server/async_schedule.hpp"
+#include "runtime/server/sync_rounds.hpp"
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+
+namespace flotilla {
+
+std::vector<std::vector<std::int64_t>> client_partitions(const Config& config,
+                                                       const Dataset& full_train) {
+  PartitionSpec spec;
+  spec.kind = config.data.partition;
+  spec.num_clients = config.data.clients;
+  spec.alpha = config.data.alpha;
+  spec.seed = config.run.seed;
+  spec.min_examples = config.data.min_examples;
+  return partition(full_train.labels, spec);
+}
+
+Expected<Dataset> client_train_data(const Config& config, const Dataset& full_train,
+                                    std::uint32_t id,
+                                    const std::vector<std::vector<std::int64_t>>* parts) {
+  if (id >= static_cast<std::uint32_t>(config.data.clients)) {
+    return Error{Errc::invalid_argument, "client id " + std::to_string(id) +
+                                             " is out of range: data.clients is " +
+                                             std::to_string(config.data.clients) +
+                                             " (ids 0.." + std::to_string(config.data.clients - 1) + ")"};
+  }
+  std::vector<std::vector<std::int64_t>> own;
+  if (parts == nullptr) {
+    own = client_partitions(config, full_train);
+    parts = &own;
+  }
+  auto split = split_train_test(parts->at(id), config.data.test_fraction, config.run.seed + id);
+  return subset(full_train, split.train);
+}
+
+Dataset evaluation_data(const Config& config, const Dataset& full_test) {
+  const auto n = config.evaluator.examples == 0 ? full_test.size()
+                                                : std::min(config.evaluator.examples, full_test.size());
+  if (n == full_test.size()) return full_test;
+  std::vector<std::int64_t> idx(static_cast<std::size_t>(n));
+  std::iota(idx.begin(), idx.end(), 0);
+  return subset(full_test, idx);
+}
+
+ModelSpec model_spec(const Config& config, std::int64_t rank) {
+  ModelSpec spec = config.model;
+  spec.lora.rank = rank;
+  spec.lora.alpha = config.lora.alpha;
+  spec.lora.dropout = config.lora.dropout;
+  spec.lora.targets = config.lora.targets;
+  spec.lora.freeze_a = config.lora.freeze_a;
+  return spec;
+}
+
+Expected<std::unique_ptr<Model>> build_model(const Config& config) {
+  auto device = resolve_device(config.run.device);
+  if (!device) return device.error();
+  return Model::create(model_spec(config, config.lora.rank), *device, config.run.seed);
+}
+
+std::int64_t client_lora_rank(const Config& config, std::uint32_t id) {
+  if (id < config.lora.ranks.size()) return config.lora.ranks[id];
+  return config.lora.rank;
+}
+
+Expected<std::unique_ptr<Model>> build_client_model(const Config& config, std::uint32_t id) {
+  auto device = resolve_device(config.run.device);
+  if (!device) return device.error();
+  return Model::create(model_spec(config, client_lora_rank(config, id)), *device, config.run.seed);
+}
+
+std::function<TensorList(std::uint32_t)> client_templates(const Config& config) {
+  auto cache = std::make_shared<std::map<std::int64_t, TensorList>>();
+  return [config, cache](std::uint32_t id) -> TensorList {
+    const auto rank = client_lora_rank(config, id);
+    auto it = cache->find(rank);
+    if (it == cache->end()) {
+      // On the CPU: only names and shapes are kept.
+      auto model = Model::create(model_spec(config, rank), c10::Device(c10::kCPU), config.run.seed);
+      if (!model) throw Failure(model.error());
+      TensorList meta;
+      for (const auto& t : (*model)->trainable_state()) {
+        meta.push_back({t.name, at::empty(t.tensor.sizes(), t.tensor.options().device(at::kMeta))});
+      }
+      it = cache->emplace(rank, std::move(meta)).first;
+    }
+    return it->second;
+  };
+}
+
+PluginOptions lora_plugin_options(const Config& config, const PluginLibrary& library) {
+  PluginOptions options = config.aggregator.options;
+  if (library.info().option("alpha") != nullptr && !options.contains("alpha")) {
+    options["alpha"] = fmt::format("{}", config.lora.alpha);
+  }
+  return options;
+}
+
+EndpointOptions endpoint_options(const Config& config) {
+  EndpointOptions o;
+  o.limits.max_message_bytes = config.aggregator.max_message_bytes;
+  return o;
+}
+
+std::string run_id(const Config& config) {
+  return config.run.name + "-" + std::to_string(config.run.seed);
+}
+
+Expected<std::unique_ptr<PluginRegistry>> plugin_registry(const Config& config) {
+  auto device = resolve_device(config.run.device);
+  if (!device) return device.error();
+  std::vector<std::filesystem::path> path(config.run.plugin_path.begin(), config.run.plugin_path.end());
+  return std::make_unique<PluginRegistry>(std::move(path), *device);
+}
+
+Expected<std::unique_ptr<Aggregation>> build_aggregation(const Config& config,
+                                                         PluginRegistry& registry,
+                                                         const TensorList& initial) {
+  const auto& name = config.aggregator.strategy;
+  if (name == "builtin") return std::unique_ptr<Aggregation>(std::make_unique<FedAvg>(initial));
+  auto library = registry.load_spec(name, FLOTILLA_KIND_AGGREGATOR);
+  if (!library) {
+    return Error{library.error().code,
+                 config.source + ": aggregator.strategy \"" + name + "\": " + library.error().message};
+  }
+  auto agg = PluginAggregation::create(*library, lora_plugin_options(config, **library), initial);
+  if (!agg) {
+    return Error{agg.error().code, config.source + ": " + agg.error().message};
+  }
+  return std::unique_ptr<Aggregation>(std::move(agg).value());
+}
+
+void route_plugin_logs() {
+  set_plugin_log_sink([](flotilla_log_level lvl, const std::string& plugin, const std::string& msg) {
+    auto log = logger("plugin:" + plugin);
+    switch (lvl) {
+      case FLOTILLA_LOG_DEBUG: log->debug("{}", msg); break;
+      case FLOTILLA_LOG_INFO: log->info("{}", msg); break;
+      case FLOTILLA_LOG_WARN: log->warn("{}", msg); break;
+      default: log->error("{}", msg); break;
+    }
+  });
+}
+
+
+ScheduleOptions schedule_options(const Config& c) {
+  ScheduleOptions o;
+  const auto& a = c.aggregator;
+  o.kind = a.schedule;
+  o.rounds = c.run.rounds;
+  o.max_time = c.run.max_time;
+  o.clients_per_round = a.clients_per_round;
+  o.over_selection = a.over_selection;
+  o.min_updates = a.min_updates;
+  o.min_clients = a.min_clients != 0 ? a.min_clients : static_cast<std::uint32_t>(c.data.clients);
+  o.round_deadline = a.round_deadline;
+  o.registration_timeout = a.registration_timeout;
+  o.evaluation_timeout = a.evaluation_timeout;
+  o.peer_timeout = a.peer_timeout;
+  o.target_accuracy = c.run.target_accuracy;
+  o.seed = c.run.seed;
+  o.training = c.training;
+  o.fold_batch = a.fold_batch;
+  o.max_concurrency = a.max_concurrency;
+  o.task_deadline = a.task_deadline;
+  o.alpha = a.alpha;
+  o.staleness = a.staleness;
+  o.buffer_size = a.buffer_size;
+  o.server_learning_rate = a.buffer_learning_rate;
+  o.max_staleness = a.max_staleness;
+  o.staleness_weighted = a.staleness_weighted;
+  o.evaluate_every_time = a.evaluate_every_time;
+  // The client work of `rounds` synchronous rounds, unless run.versions says otherwise.
+  const std::uint64_t per_round = a.clients_per_round != 0 ? a.clients_per_round
+                                                           : static_cast<std::uint64_t>(c.data.clients);
+  const std::uint64_t concurrency = a.max_concurrency != 0 ? a.max_concurrency
+                                                           : static_cast<std::uint64_t>(c.data.clients);
+  switch (o.kind) {
+    case ScheduleKind::sync:
+      o.versions = c.run.rounds;
+      o.evaluate_every = a.evaluate_every != 0 ? a.evaluate_every : 1;
+      break;
+    case ScheduleKind::async:
+      o.versions = c.run.versions != 0 ? c.run.versions : c.run.rounds * per_round;
+      // A version per update: evaluating each would cost more than training.
+      o.evaluate_every = a.evaluate_every != 0 ? a.evaluate_every : concurrency;
+      break;
+    case ScheduleKind::buffered:
+      o.versions = c.run.versions != 0
+                       ? c.run.versions
+                       : std::max<std::uint64_t>(1, c.run.rounds * per_round / a.buffer_size);
+      o.evaluate_every = a.evaluate_every != 0 ? a.evaluate_every : 1;
+      break;
+  }
+  if (c.lora.rank > 0) o.client_template = client_templates(c);
+  return o;
+}
+
+Expected<std::unique_ptr<Schedule>> make_schedule(const Config& config, TensorList initial,
+                                                  std::unique_ptr<Aggregation> aggregation,
+                                                  const Clock& clock) {
+  auto options = schedule_options(config);
+  if (options.kind == ScheduleKind::sync) {
+    return std::unique_ptr<Schedule>(std::make_unique<SyncRounds>(
+        std::move(options), std::move(initial), std::move(aggregation), clock, run_id(config)));
+  }
+  if (auto ok = AsyncSchedule::supports(options, *aggregation); !ok) {
+    return Error{Errc::invalid_config, config.source + ": aggregator.schedule \"" +
+                                           to_string(options.kind) + "\" with aggregator.strategy \"" +
+                                           config.aggregator.strategy + "\": " + ok.error().message};
+  }
+  return std::unique_ptr<Schedule>(std::make_unique<AsyncSchedule>(
+      std::move(options), std::move(initial), std::move(aggregation), clock, run_id(config)));
+}
+
+}  // namespace flotilla

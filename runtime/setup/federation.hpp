@@ -1,0 +1,89 @@
+#pragma once
+/// What every role derives from the shared config: a client's slice of the data, the initial
+/// model, the run id. Every process of a run computes the same values from the same file.
+#include "runtime/setup/config.hpp"
+#include "runtime/ml/data.hpp"
+#include "runtime/plugin_host/aggregation.hpp"
+#include "runtime/ml/model.hpp"
+#include "runtime/plugin_host/plugin_host.hpp"
+#include "runtime/net/transport.hpp"
+#include "runtime/base/clock.hpp"
+#include "runtime/server/schedule.hpp"
+
+#include <functional>
+#include <memory>
+
+namespace flotilla {
+
+/// Client `id`'s training examples under the config's partition (its held-out share removed).
+/// Errc::invalid_argument if `id` is not below data.clients.
+/// `parts`: the config's partition of `full_train` (client_partitions), computed once for many
+/// clients; nullptr computes it for this call.
+[[nodiscard]] Expected<Dataset> client_train_data(
+    const Config& config, const Dataset& full_train, std::uint32_t id,
+    const std::vector<std::vector<std::int64_t>>* parts = nullptr);
+
+/// The indices of `full_train` each client holds under the config's partition.
+[[nodiscard]] std::vector<std::vector<std::int64_t>> client_partitions(const Config& config,
+                                                                      const Dataset& full_train);
+
+/// The evaluator's held-out set: the first evaluator.examples of the test split (all if 0).
+[[nodiscard]] Dataset evaluation_data(const Config& config, const Dataset& full_test);
+
+/// The global model (what the aggregator holds and the evaluator scores), initialised from
+/// run.seed, with LoRA adapters at lora.rank when lora.rank > 0.
+[[nodiscard]] Expected<std::unique_ptr<Model>> build_model(const Config& config);
+
+/// The plugin search path the config asks for (run.plugin-path, then $FLOTILLA_PLUGIN_PATH,
+/// then the built-in plugins), on the config's device.
+[[nodiscard]] Expected<std::unique_ptr<PluginRegistry>> plugin_registry(const Config& config);
+
+/// The aggregation method aggregator.strategy names ("builtin": the core's FedAvg fold; else a
+/// plugin loaded through `registry`, created with aggregator.options for `initial`).
+/// Errc::invalid_config or invalid_argument naming the config file and the plugin's problem.
+[[nodiscard]] Expected<std::unique_ptr<Aggregation>> build_aggregation(const Config& config,
+                                                                       PluginRegistry& registry,
+                                                                       const TensorList& initial);
+
+/// LoRA rank of client `id`: lora.ranks[id] when lora.ranks is set, else lora.rank.
+[[nodiscard]] std::int64_t client_lora_rank(const Config& config, std::uint32_t id);
+
+/// The model client `id` trains: the global model's, with adapters at the client's own rank
+/// (client_lora_rank). Same seed: same base weights, and A's rows are a prefix of the global A's.
+[[nodiscard]] Expected<std::unique_ptr<Model>> build_client_model(const Config& config,
+                                                                  std::uint32_t id);
+
+/// The ModelSpec (with its LoRA settings at `rank`) the config describes.
+[[nodiscard]] ModelSpec model_spec(const Config& config, std::int64_t rank);
+
+/// The names and shapes (meta tensors, no data) of what client `id` trains and sends:
+/// its model's trainable_state(). Built once per distinct rank and cached by the returned
+/// function; for the aggregator's per-client models (Aggregation::client_model).
+[[nodiscard]] std::function<TensorList(std::uint32_t)> client_templates(const Config& config);
+
+/// Options the config passes to an aggregation plugin on top of [aggregator.options]: when
+/// the plugin declares an option "alpha" that the user did not set, lora.alpha (the LoRA
+/// methods need the adapters' scale alpha/r). Returns [aggregator.options] with those added.
+[[nodiscard]] PluginOptions lora_plugin_options(const Config& config, const PluginLibrary& library);
+
+/// Transport options every role of the run uses (the message size limit).
+[[nodiscard]] EndpointOptions endpoint_options(const Config& config);
+
+/// The schedule's options the config asks for ([aggregator] schedule keys, run.rounds /
+/// versions / max-time / target-accuracy), with versions and evaluate-every derived when unset.
+[[nodiscard]] ScheduleOptions schedule_options(const Config& config);
+
+/// The schedule aggregator.schedule names over `aggregation`, starting from `initial`.
+/// Errc::invalid_config when the method declares it cannot work under that schedule.
+[[nodiscard]] Expected<std::unique_ptr<Schedule>> make_schedule(const Config& config,
+                                                                TensorList initial,
+                                                                std::unique_ptr<Aggregation> aggregation,
+                                                                const Clock& clock);
+
+/// Sends plugins' log lines to the run's logging ("plugin:<name>" components).
+void route_plugin_logs();
+
+/// "<run.name>-<seed>": identifies the run in every message.
+[[nodiscard]] std::string run_id(const Config& config);
+
+}  // namespace flotilla
