@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -41,6 +42,30 @@ void host_log(void* context, flotilla_log_level level, const char* message) {
 
 void host_set_error(void*, const char* message) { tls_error = message ? message : "(no message)"; }
 
+/// The shape a plugin asks for, or nothing (tls_error says why) when a dimension is negative.
+std::optional<std::vector<std::int64_t>> checked_dims(int32_t ndim, const int64_t* shape,
+                                                      const std::string& what) {
+  std::vector<std::int64_t> dims(shape, shape + ndim);
+  for (auto d : dims) {
+    if (d < 0) {
+      tls_error = what + ": negative dimension";
+      return std::nullopt;
+    }
+  }
+  return dims;
+}
+
+/// Whether no output of `out` is called `name` yet (else tls_error says so).
+bool fresh_name(const flotilla_output& out, const char* name, const char* what) {
+  for (const auto& t : out.tensors) {
+    if (t.name == name) {
+      tls_error = std::string(what) + ": tensor '" + name + "' emitted twice";
+      return false;
+    }
+  }
+  return true;
+}
+
 int host_output_tensor(void*, flotilla_output* out, const char* name, DLDataType dtype,
                        int32_t ndim, const int64_t* shape, DLDevice device, DLTensor* result) {
   try {
@@ -49,20 +74,10 @@ int host_output_tensor(void*, flotilla_output* out, const char* name, DLDataType
       tls_error = "output_tensor: null argument";
       return FLOTILLA_E_INVALID;
     }
-    for (const auto& t : out->tensors) {
-      if (t.name == name) {
-        tls_error = std::string("output_tensor: tensor '") + name + "' emitted twice";
-        return FLOTILLA_E_INVALID;
-      }
-    }
-    std::vector<std::int64_t> dims(shape, shape + ndim);
-    for (auto d : dims) {
-      if (d < 0) {
-        tls_error = std::string("output_tensor: negative dimension for '") + name + "'";
-        return FLOTILLA_E_INVALID;
-      }
-    }
-    auto t = at::empty(dims, at::TensorOptions()
+    if (!fresh_name(*out, name, "output_tensor")) return FLOTILLA_E_INVALID;
+    auto dims = checked_dims(ndim, shape, std::string("output_tensor: '") + name + "'");
+    if (!dims) return FLOTILLA_E_INVALID;
+    auto t = at::empty(*dims, at::TensorOptions()
                                  .dtype(sdk::scalar_type(dtype))
                                  .device(sdk::device(device)));
     out->tensors.push_back({name, t});
@@ -73,6 +88,41 @@ int host_output_tensor(void*, flotilla_output* out, const char* name, DLDataType
     return FLOTILLA_E_INVALID;
   }
 }
+
+at::Tensor* lent(void* handle) { return static_cast<at::Tensor*>(handle); }
+
+int host_lend_tensor(void*, DLDataType dtype, int32_t ndim, const int64_t* shape, DLDevice device,
+                     DLTensor* result, void** handle) {
+  try {
+    if (result == nullptr || handle == nullptr || ndim < 0 || (ndim > 0 && shape == nullptr)) {
+      tls_error = "lend_tensor: null argument";
+      return FLOTILLA_E_INVALID;
+    }
+    auto dims = checked_dims(ndim, shape, "lend_tensor");
+    if (!dims) return FLOTILLA_E_INVALID;
+    auto* t = new at::Tensor(at::empty(
+        *dims, at::TensorOptions().dtype(sdk::scalar_type(dtype)).device(sdk::device(device))));
+    *result = sdk::describe(*t);
+    *handle = t;
+    return FLOTILLA_OK;
+  } catch (const std::exception& e) {
+    tls_error = std::string("lend_tensor: ") + e.what();
+    return FLOTILLA_E_NO_MEMORY;
+  }
+}
+
+int host_emit_lent(void*, flotilla_output* out, const char* name, void* handle) {
+  if (out == nullptr || name == nullptr || handle == nullptr) {
+    tls_error = "emit_lent: null argument";
+    return FLOTILLA_E_INVALID;
+  }
+  if (!fresh_name(*out, name, "emit_lent")) return FLOTILLA_E_INVALID;
+  std::unique_ptr<at::Tensor> t(lent(handle));
+  out->tensors.push_back({name, std::move(*t)});
+  return FLOTILLA_OK;
+}
+
+void host_release_lent(void*, void* handle) { delete lent(handle); }
 
 const char* status_name(int status) {
   switch (status) {
@@ -175,6 +225,9 @@ Expected<std::shared_ptr<PluginLibrary>> PluginLibrary::open(const fs::path& pat
   lib->host_.log = &host_log;
   lib->host_.set_error = &host_set_error;
   lib->host_.output_tensor = &host_output_tensor;
+  lib->host_.lend_tensor = &host_lend_tensor;
+  lib->host_.emit_lent = &host_emit_lent;
+  lib->host_.release_lent = &host_release_lent;
 
   const flotilla_plugin* plugin = nullptr;
   lib->info_.name = path.stem().string();  // until the plugin says its name

@@ -127,9 +127,11 @@ void VersionRecorder::on(const Event& event) {
           ++counters_.messages_malformed;
         } else if constexpr (std::is_same_v<T, VersionProduced>) {
           ++counters_.rounds_completed;
+          open_.round = e.round;
           close_open(event.at, false, e.version);
         } else if constexpr (std::is_same_v<T, VersionFailed>) {
           ++counters_.rounds_failed;
+          open_.round = e.round;
           close_open(event.at, true, open_.model_version);
         } else if constexpr (std::is_same_v<T, EvaluationRequested>) {
           if (auto* p = pending_for_version(e.version)) {

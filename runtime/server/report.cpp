@@ -17,17 +17,18 @@ std::string human_bytes(double bytes) {
 
 namespace {
 
+/// "  train-loss 0.61  loss 0.55  acc 79.84%", or "  FAILED (why)".
+std::string outcome(const RoundRecord& r, const char* why_failed) {
+  if (r.failed) return fmt::format("  FAILED ({})", why_failed);
+  std::string s = fmt::format("  train-loss {:.4f}", r.train_loss);
+  if (r.eval_accuracy) s += fmt::format("  loss {:.4f}  acc {:6.2f}%", *r.eval_loss, 100 * *r.eval_accuracy);
+  return s;
+}
+
 std::string async_line(const RoundRecord& r, std::uint64_t planned) {
   std::string line = fmt::format("version {:>4}/{}  updates {}  late {}  rejected {} (stale {})",
                                  r.model_version, planned, r.updates, r.late, r.rejected, r.stale);
-  if (r.failed) {
-    line += "  FAILED (the aggregation method failed)";
-  } else {
-    line += fmt::format("  train-loss {:.4f}", r.train_loss);
-    if (r.eval_accuracy) {
-      line += fmt::format("  loss {:.4f}  acc {:6.2f}%", *r.eval_loss, 100 * *r.eval_accuracy);
-    }
-  }
+  line += outcome(r, "the aggregation method failed");
   line += fmt::format("  staleness {:.1f}/{}  busy {} idle {} offline {}", r.staleness_mean,
                       r.staleness_max, r.clients_busy, r.clients_idle, r.clients_offline);
   if (r.updates > 0) line += "  up " + human_bytes(r.bytes_per_client()) + "/client";
@@ -49,14 +50,7 @@ std::string progress_line(const RoundRecord& r, std::uint64_t total_rounds, Sche
   }
   std::string line = fmt::format("round {:>3}/{}  updates {}/{}  late {}  rejected {}", r.round,
                                  total_rounds, r.updates, r.sampled, r.late, r.rejected);
-  if (r.failed) {
-    line += "  FAILED (too few updates by the deadline)";
-  } else {
-    line += fmt::format("  train-loss {:.4f}", r.train_loss);
-    if (r.eval_accuracy) {
-      line += fmt::format("  loss {:.4f}  acc {:6.2f}%", *r.eval_loss, 100 * *r.eval_accuracy);
-    }
-  }
+  line += outcome(r, "too few updates by the deadline");
   if (r.updates > 0) line += "  up " + human_bytes(r.bytes_per_client()) + "/client";
   line += fmt::format("  round {:.1f}s  elapsed {:.1f}s", r.round_seconds, r.elapsed_seconds);
   return line;

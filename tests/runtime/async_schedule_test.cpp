@@ -3,6 +3,8 @@
 #include "runtime/plugin_host/fedavg.hpp"
 #include "runtime/server/sync_rounds.hpp"
 
+#include "schedule_testing.hpp"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -15,14 +17,7 @@ namespace {
 
 TensorList model_of(float value, std::int64_t n = 3) { return {{"w", torch::full({n}, value)}}; }
 
-template <class T>
-std::vector<std::pair<std::string, T>> sent(const std::vector<Send>& out) {
-  std::vector<std::pair<std::string, T>> r;
-  for (const auto& s : out) {
-    if (auto* p = std::get_if<T>(&s.payload)) r.emplace_back(s.peer, *p);
-  }
-  return r;
-}
+using flotilla::testing::sent;
 
 ScheduleOptions async_options(ScheduleKind kind, std::uint32_t clients) {
   ScheduleOptions o;
@@ -118,6 +113,7 @@ TEST(AsyncSchedule, MixesByAlphaTimesStaleness) {
   ASSERT_EQ(records.size(), 2U);
   EXPECT_EQ(records[1].staleness_max, 1U);
   EXPECT_EQ(records[1].model_version, 2U);
+  EXPECT_EQ(records[1].round, 2U) << "an async record's round is its version's index";
 }
 
 TEST(AsyncSchedule, BufferedWithKEqualNEqualsOneSyncFedAvgRoundBitForBit) {

@@ -2,6 +2,8 @@
 
 #include "runtime/plugin_host/fedavg.hpp"
 
+#include "schedule_testing.hpp"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -14,14 +16,7 @@ namespace {
 
 TensorList model_of(float value) { return {{"w", torch::full({3}, value)}}; }
 
-template <class T>
-std::vector<std::pair<std::string, T>> sent(const std::vector<Send>& out) {
-  std::vector<std::pair<std::string, T>> r;
-  for (const auto& s : out) {
-    if (auto* p = std::get_if<T>(&s.payload)) r.emplace_back(s.peer, *p);
-  }
-  return r;
-}
+using flotilla::testing::sent;
 
 struct Fixture {
   explicit Fixture(SyncOptions o) : options(o) {

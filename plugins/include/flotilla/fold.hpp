@@ -117,11 +117,19 @@ class WeightedMean {
       for (const auto& u : update) {
         names_.push_back(u.name);
         const auto dtype = u.tensor.scalar_type();
-        sums_.push_back(at::isFloatingType(dtype)
-                            ? at::empty(u.tensor.sizes(), at::TensorOptions()
-                                                              .dtype(accumulator_type(dtype))
-                                                              .device(host_.device()))
-                            : at::Tensor());
+        if (!at::isFloatingType(dtype)) {
+          sums_.emplace_back();
+          lent_.emplace_back();
+        } else if (host_.can_lend()) {
+          // The host's memory: the mean is handed over at finalize without a copy.
+          lent_.push_back(host_.lend(u.tensor.sizes(), accumulator_type(dtype)));
+          sums_.push_back(lent_.back().tensor());
+        } else {
+          sums_.push_back(at::empty(u.tensor.sizes(), at::TensorOptions()
+                                                          .dtype(accumulator_type(dtype))
+                                                          .device(host_.device())));
+          lent_.emplace_back();
+        }
       }
     }
     for (std::size_t i = 0; i < update.size(); ++i) {
@@ -147,16 +155,25 @@ class WeightedMean {
     return sums_;
   }
 
-  /// Emits every mean under its update name, and clears.
+  /// Emits every mean under its update name (the host's lent memory itself where it lent it:
+  /// no copy), and clears.
   void emit(flotilla_output* out) {
     auto& m = means();
-    for (std::size_t i = 0; i < m.size(); ++i) host_.emit(out, names_[i], m[i]);
+    for (std::size_t i = 0; i < m.size(); ++i) {
+      if (lent_[i].held()) {
+        m[i] = at::Tensor();
+        lent_[i].emit(out, names_[i]);
+      } else {
+        host_.emit(out, names_[i], m[i]);
+      }
+    }
     clear();
   }
 
   void clear() {
     names_.clear();
     sums_.clear();
+    lent_.clear();
     total_ = 0;
   }
 
@@ -164,6 +181,7 @@ class WeightedMean {
   Host host_;
   std::vector<std::string> names_;
   std::vector<at::Tensor> sums_;
+  std::vector<Lent> lent_;  ///< per sum: the host's memory it lives in, where the host lends
   double total_ = 0;
 };
 

@@ -42,7 +42,7 @@ extern "C" {
 #endif
 
 #define FLOTILLA_PLUGIN_ABI_MAJOR 1
-#define FLOTILLA_PLUGIN_ABI_MINOR 1 /* 1.1: flotilla_plugin.aggregator_flags */
+#define FLOTILLA_PLUGIN_ABI_MINOR 1 /* 1.1: aggregator_flags; host lend_tensor/emit_lent */
 /* The entry point's name for this ABI major. */
 #define FLOTILLA_PLUGIN_ENTRY_NAME "flotilla_plugin_v1"
 
@@ -125,6 +125,15 @@ typedef struct flotilla_host {
    * the order of the output. FLOTILLA_E_INVALID for a name used twice or a bad dtype/shape. */
   int (*output_tensor)(void* context, flotilla_output* out, const char* name, DLDataType dtype,
                        int32_t ndim, const int64_t* shape, DLDevice device, DLTensor* result);
+  /* Since ABI 1.1 (present when struct_size covers them): memory the host lends a plugin to
+   * keep across calls (e.g. its running sum), described in *result and identified by *handle,
+   * so that a result can be handed over without a copy: emit_lent makes the lent tensor output
+   * `name` of `out` (the handle is spent), release_lent gives it back unused. Every handle must
+   * be emitted or released before the state is destroyed. */
+  int (*lend_tensor)(void* context, DLDataType dtype, int32_t ndim, const int64_t* shape,
+                     DLDevice device, DLTensor* result, void** handle);
+  int (*emit_lent)(void* context, flotilla_output* out, const char* name, void* handle);
+  void (*release_lent)(void* context, void* handle);
 } flotilla_host;
 
 /* What the host knows about one update. */

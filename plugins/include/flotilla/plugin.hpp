@@ -14,9 +14,11 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -233,6 +235,55 @@ inline double bounded(const Options& options, const std::string& key, double fal
 }
 
 /// The host services a plugin state uses: its device, logging, outputs.
+/// A tensor in memory the host lent (ABI 1.1, flotilla_host.lend_tensor): a plugin keeps it
+/// across calls (a running sum) and hands it over as an output without a copy (emit); dropped
+/// unemitted, it goes back to the host.
+class Lent {
+ public:
+  Lent() = default;
+  Lent(const flotilla_host* host, at::Tensor view, void* handle)
+      : host_(host), view_(std::move(view)), handle_(handle) {}
+  Lent(Lent&& o) noexcept : host_(o.host_), view_(std::move(o.view_)), handle_(o.handle_) {
+    o.handle_ = nullptr;
+  }
+  Lent& operator=(Lent&& o) noexcept {
+    if (this != &o) {
+      release();
+      host_ = o.host_;
+      view_ = std::move(o.view_);
+      handle_ = o.handle_;
+      o.handle_ = nullptr;
+    }
+    return *this;
+  }
+  Lent(const Lent&) = delete;
+  Lent& operator=(const Lent&) = delete;
+  ~Lent() { release(); }
+
+  [[nodiscard]] bool held() const { return handle_ != nullptr; }
+  /// A view of the lent memory (valid until emitted or released).
+  [[nodiscard]] const at::Tensor& tensor() const { return view_; }
+  /// Makes the lent memory output `name` of `out`; this no longer holds it.
+  void emit(flotilla_output* out, const std::string& name) {
+    view_ = at::Tensor();
+    void* h = handle_;
+    handle_ = nullptr;
+    if (host_->emit_lent(host_->context, out, name.c_str(), h) != FLOTILLA_OK) {
+      throw std::runtime_error("host refused the lent tensor '" + name + "'");
+    }
+  }
+  void release() {
+    view_ = at::Tensor();
+    if (handle_ != nullptr) host_->release_lent(host_->context, handle_);
+    handle_ = nullptr;
+  }
+
+ private:
+  const flotilla_host* host_ = nullptr;
+  at::Tensor view_;
+  void* handle_ = nullptr;
+};
+
 class Host {
  public:
   explicit Host(const flotilla_host* host) : host_(host), device_(sdk::device(host->device)) {}
@@ -256,6 +307,23 @@ class Host {
     if (src.numel() > 0) view(dst).copy_(src);
   }
   [[nodiscard]] const flotilla_host* raw() const { return host_; }
+
+  /// Whether the host lends memory (ABI 1.1 hosts do; older ones do not).
+  [[nodiscard]] bool can_lend() const {
+    return host_->struct_size >= offsetof(flotilla_host, release_lent) + sizeof(void*) &&
+           host_->lend_tensor != nullptr && host_->emit_lent != nullptr &&
+           host_->release_lent != nullptr;
+  }
+  /// Host memory for a tensor of `sizes` and `dtype` on the host's device (see Lent).
+  [[nodiscard]] Lent lend(at::IntArrayRef sizes, at::ScalarType dtype) const {
+    DLTensor dst{};
+    void* handle = nullptr;
+    if (host_->lend_tensor(host_->context, dl_dtype(dtype), static_cast<std::int32_t>(sizes.size()),
+                           sizes.data(), dl_device(device_), &dst, &handle) != FLOTILLA_OK) {
+      throw std::bad_alloc();
+    }
+    return Lent(host_, view(dst), handle);
+  }
 
  private:
   const flotilla_host* host_;
