@@ -81,7 +81,7 @@ std::vector<Send> route(AggregatorSetup& s, const Inbound& in) {
       [&](const auto& p) -> std::vector<Send> {
         using T = std::decay_t<decltype(p)>;
         if constexpr (std::is_same_v<T, Hello>) {
-          return rounds.on_hello(in.peer, p);
+          return rounds.on_hello(in.peer, p, m.protocol_minor);
         } else if constexpr (std::is_same_v<T, Update>) {
           return rounds.on_update(in.peer, p);
         } else if constexpr (std::is_same_v<T, EvaluationResult>) {

@@ -2,6 +2,7 @@
 
 #include "runtime/ml/client_task.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -14,8 +15,15 @@ double run_seconds(const ClientState& state) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - state.started).count();
 }
 
-/// Blocks for an emulated delay (the actor is detached: it owns its thread).
-void emulate(double seconds) {
+/// Blocks for an emulated delay (the actor is detached: it owns its thread), at most as long as
+/// the aggregator waits for a task (its deadline and a second): an update later than that is
+/// dropped as late anyway, and a Pareto tail must not hold the client, or its shutdown, for hours.
+void emulate(const ClientSetup& s, double seconds) {
+  const auto& a = s.config.aggregator;
+  const double cap = std::chrono::duration<double>(
+                         a.schedule == ScheduleKind::sync ? a.round_deadline : a.task_deadline)
+                         .count() + 1.0;
+  seconds = std::min(seconds, cap);
   if (seconds > 0) std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
 }
 
@@ -40,7 +48,7 @@ void train(Self* self, const Message& m, const Task& task) {
     link.log()->debug("offline: task {} never reaches this device", task.round);
     return;
   }
-  if (s.device) emulate(s.device->download_seconds(total_bytes(task.tensors)));
+  if (s.device) emulate(s, s.device->download_seconds(total_bytes(task.tensors)));
   const auto plugin = s.optimizer->current();
   if (!plugin.event.empty()) {
     if (plugin.failed) {
@@ -67,8 +75,8 @@ void train(Self* self, const Message& m, const Task& task) {
       link.log()->info("emulated dropout: task {} is abandoned", task.round);
       return;
     }
-    emulate(plan.compute_seconds - result->stats.seconds);
-    emulate(s.device->upload_seconds(total_bytes(result->update.tensors)));
+    emulate(s, plan.compute_seconds - result->stats.seconds);
+    emulate(s, s.device->upload_seconds(total_bytes(result->update.tensors)));
   }
   link.log()->debug("task {}: {} steps, loss {:.4f}, {:.2f} s", task.round, result->stats.steps,
                     result->stats.loss, result->stats.seconds);

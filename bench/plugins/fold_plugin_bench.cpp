@@ -4,8 +4,9 @@
 ///   fold_plugin_bench [--mb 256] [--updates 8] [--repeats 3] [--device cpu|cuda]
 /// Prints `fold plugin_vs_builtin ratio=...` (plugin throughput / built-in throughput; both
 /// share the fold kernel, so what remains is the ABI's cost: update checks, DLPack views, the
-/// output copy) and the same for whole versions (folds plus finalize: there the plugin also
-/// copies the new model into host-allocated outputs, which the built-in hands over in place).
+/// output) and the same for whole versions (folds plus finalize: since ABI 1.1 the plugin's
+/// running mean lives in memory the host lent it and is handed over without a copy, as the
+/// built-in hands its accumulator over in place).
 /// Runs are interleaved and the best of --repeats is kept, so drift in machine load hits both
 /// alike. One LibTorch thread, so on the CPU the time measured is the thread's CPU time: on a
 /// shared machine wall time also counts the time other processes held the core. The built-in

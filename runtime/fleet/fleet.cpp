@@ -104,7 +104,10 @@ template <class OnRow>
 Expected<void> for_each_row(const std::string& path, std::string_view text,
                             const std::vector<std::string_view>& header, OnRow on_row) {
   std::string header_text;
-  for (auto h : header) header_text += (header_text.empty() ? "" : ",") + std::string(h);
+  for (auto h : header) {
+    if (!header_text.empty()) header_text += ',';
+    header_text.append(h);
+  }
   std::size_t rows = 0;
   Row row;
   bool seen_header = false;
@@ -188,17 +191,17 @@ Expected<void> validate(const DeviceProfileSpec& p) {
     if (!r) return r;
   }
   if (t.kind == K::lognormal) {
-    if (auto r = check(p, "task-time.median", t.median_seconds, t.median_seconds > 0, "> 0"); !r)
+    if (auto r = check(p, "task-median", t.median_seconds, t.median_seconds > 0, "> 0"); !r)
       return r;
-    if (auto r = check(p, "task-time.sigma", t.sigma, t.sigma >= 0, ">= 0"); !r) return r;
+    if (auto r = check(p, "task-sigma", t.sigma, t.sigma >= 0, ">= 0"); !r) return r;
   }
   if (t.kind == K::pareto) {
-    if (auto r = check(p, "task-time.scale", t.scale_seconds, t.scale_seconds > 0, "> 0"); !r)
+    if (auto r = check(p, "task-scale", t.scale_seconds, t.scale_seconds > 0, "> 0"); !r)
       return r;
-    if (auto r = check(p, "task-time.shape", t.shape, t.shape > 0, "> 0"); !r) return r;
+    if (auto r = check(p, "task-shape", t.shape, t.shape > 0, "> 0"); !r) return r;
   }
   if (t.kind == K::trace && t.trace_file.empty())
-    return config_error(p, "task-time.trace must name a file when task-time is 'trace'");
+    return config_error(p, "task-trace must name a file when task-time is 'trace'");
   return {};
 }
 

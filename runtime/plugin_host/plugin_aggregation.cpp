@@ -184,10 +184,12 @@ std::string PluginAggregation::describe() const {
   return info.name + " " + info.version + " (" + info.path.string() + ")";
 }
 
-AggregationTraits PluginAggregation::traits() const {
-  const auto flags = library_->info().aggregator_flags;
+AggregationTraits traits_of(const PluginInfo& info) {
+  const auto flags = info.aggregator_flags;
   return {(flags & FLOTILLA_AGG_NEEDS_COHORT) != 0, (flags & FLOTILLA_AGG_TRACKS_GLOBAL) != 0};
 }
+
+AggregationTraits PluginAggregation::traits() const { return traits_of(library_->info()); }
 
 Expected<void> PluginAggregation::reload(std::shared_ptr<PluginLibrary> library) {
   if (accepted_ != 0) {

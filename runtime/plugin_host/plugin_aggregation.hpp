@@ -9,6 +9,9 @@
 
 namespace flotilla {
 
+/// What an aggregator plugin declares (its aggregator_flags) as the seam's traits.
+[[nodiscard]] AggregationTraits traits_of(const PluginInfo& info);
+
 class PluginAggregation final : public Aggregation {
  public:
   /// Creates the plugin's state for `global` with `options` (checked against its specs).

@@ -112,14 +112,20 @@ int host_lend_tensor(void*, DLDataType dtype, int32_t ndim, const int64_t* shape
 }
 
 int host_emit_lent(void*, flotilla_output* out, const char* name, void* handle) {
-  if (out == nullptr || name == nullptr || handle == nullptr) {
-    tls_error = "emit_lent: null argument";
-    return FLOTILLA_E_INVALID;
-  }
-  if (!fresh_name(*out, name, "emit_lent")) return FLOTILLA_E_INVALID;
+  // The handle is spent on every path: taken as output, or freed with the error.
   std::unique_ptr<at::Tensor> t(lent(handle));
-  out->tensors.push_back({name, std::move(*t)});
-  return FLOTILLA_OK;
+  try {
+    if (out == nullptr || name == nullptr || t == nullptr) {
+      tls_error = "emit_lent: null argument";
+      return FLOTILLA_E_INVALID;
+    }
+    if (!fresh_name(*out, name, "emit_lent")) return FLOTILLA_E_INVALID;
+    out->tensors.push_back({name, std::move(*t)});
+    return FLOTILLA_OK;
+  } catch (const std::exception& e) {
+    tls_error = std::string("emit_lent: ") + e.what();
+    return FLOTILLA_E_NO_MEMORY;
+  }
 }
 
 void host_release_lent(void*, void* handle) { delete lent(handle); }

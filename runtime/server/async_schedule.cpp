@@ -10,8 +10,11 @@
 namespace flotilla {
 
 Expected<void> AsyncSchedule::supports(const ScheduleOptions& o, const Aggregation& aggregation) {
-  const auto traits = aggregation.traits();
-  const std::string name = aggregation.describe();
+  return supports(o, aggregation.traits(), aggregation.describe());
+}
+
+Expected<void> AsyncSchedule::supports(const ScheduleOptions& o, const AggregationTraits& traits,
+                                       const std::string& name) {
   if (o.kind == ScheduleKind::async && traits.needs_cohort) {
     return Error{Errc::invalid_config,
                  name + " needs many updates per version (it declares so), but schedule = \"async\" "
@@ -21,12 +24,12 @@ Expected<void> AsyncSchedule::supports(const ScheduleOptions& o, const Aggregati
     return Error{Errc::invalid_config,
                  name + " keeps and steps the global model itself (it declares so), but schedule = "
                         "\"async\" mixes the model on its own: use \"buffered\" (FedBuff with a "
-                        "server optimizer, server-learning-rate 1) or \"sync\""};
+                        "server optimizer, buffer-learning-rate 1) or \"sync\""};
   }
   if (traits.tracks_global && o.kind == ScheduleKind::buffered && o.server_learning_rate != 1.0) {
     return Error{Errc::invalid_config,
                  name + " keeps and steps the global model itself (it declares so): leave "
-                        "aggregator.server-learning-rate at 1 and set its own options instead"};
+                        "aggregator.buffer-learning-rate at 1 and set its own options instead"};
   }
   return {};
 }
@@ -49,7 +52,7 @@ std::string AsyncSchedule::describe() const {
     return fmt::format("async (FedAsync: alpha {}, staleness {}, concurrency {}{})", options_.alpha,
                        options_.staleness.describe(), concurrency, max_stale);
   }
-  return fmt::format("buffered (FedBuff: K {}, server-learning-rate {}, {}concurrency {}{})",
+  return fmt::format("buffered (FedBuff: K {}, buffer-learning-rate {}, {}concurrency {}{})",
                      options_.buffer_size, options_.server_learning_rate,
                      options_.staleness_weighted ? "staleness " + options_.staleness.describe() + ", " : "",
                      concurrency, max_stale);
@@ -90,9 +93,20 @@ void AsyncSchedule::tick_running(std::vector<Send>& out) {
       emit(TaskLost{it->first, client_id_of(it->first), it->second.seq});
       it = tasks_.erase(it);
       freed = true;
+      ++lost_in_a_row_;
     } else {
       ++it;
     }
+  }
+  const std::uint64_t cap = options_.max_concurrency == 0 ? registry_.live_clients()
+                                                          : options_.max_concurrency;
+  const std::uint64_t give_up = std::max<std::uint64_t>(10, 3 * cap);
+  if (lost_in_a_row_ >= give_up) {
+    failure_ = fmt::format("{} tasks in a row brought no update by aggregator.task-deadline ({} ms); "
+                           "are the clients training, and is the deadline long enough for them?",
+                           lost_in_a_row_, options_.task_deadline.count());
+    finish(out, failure_);
+    return;
   }
   if (stop_requested()) {
     end_run(out, target_reached_ ? "target accuracy reached" : "run.max-time reached");
@@ -212,6 +226,7 @@ std::vector<Send> AsyncSchedule::on_update(const std::string& peer, const Update
     after_update(out);
     return out;
   }
+  lost_in_a_row_ = 0;
   emit(UpdateAccepted{peer, client_id, update.round, update.base_model_version, tau, weight,
                       total_bytes(update.tensors), metric(update.metrics, "loss"),
                       metric(update.metrics, "accuracy")});

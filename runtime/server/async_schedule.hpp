@@ -19,6 +19,10 @@ class AsyncSchedule final : public Schedule {
   /// Errc::invalid_config if `aggregation` declares it cannot work under this schedule.
   [[nodiscard]] static Expected<void> supports(const ScheduleOptions& options,
                                                const Aggregation& aggregation);
+  /// The same from what a method declares (`name` for the message).
+  [[nodiscard]] static Expected<void> supports(const ScheduleOptions& options,
+                                               const AggregationTraits& traits,
+                                               const std::string& name);
 
   AsyncSchedule(ScheduleOptions options, TensorList initial_model,
                 std::unique_ptr<Aggregation> aggregation, const Clock& clock, std::string run_id);
@@ -35,6 +39,10 @@ class AsyncSchedule final : public Schedule {
   void on_client_left(const std::string& peer, std::vector<Send>& out) override;
   [[nodiscard]] bool owes_update(const std::string& peer) const override {
     return tasks_.contains(peer);
+  }
+  [[nodiscard]] Expected<void> accepts(const AggregationTraits& traits,
+                                       const std::string& name) const override {
+    return supports(options_, traits, name);
   }
   void tick_running(std::vector<Send>& out) override;
 
@@ -54,6 +62,9 @@ class AsyncSchedule final : public Schedule {
 
   std::map<std::string, Held> tasks_;
   std::uint64_t next_seq_ = 1;
+  /// Tasks lost at their deadline since the last accepted update: a run where nothing comes
+  /// back any more fails instead of handing out tasks for ever.
+  std::uint64_t lost_in_a_row_ = 0;
 };
 
 }  // namespace flotilla

@@ -78,4 +78,10 @@ std::vector<std::string> PeerRegistry::all() const {
   return out;
 }
 
+std::vector<std::string> PeerRegistry::everyone() const {
+  std::vector<std::string> out = all();
+  for (const auto& [id, p] : gone_) out.push_back(id);
+  return out;
+}
+
 }  // namespace flotilla

@@ -46,6 +46,8 @@ class PeerRegistry {
   [[nodiscard]] std::optional<std::string> evaluator() const;
   /// Every live peer (clients and evaluators).
   [[nodiscard]] std::vector<std::string> all() const;
+  /// Every peer ever registered, live or set aside (who must hear that the run is over).
+  [[nodiscard]] std::vector<std::string> everyone() const;
 
  private:
   const Clock& clock_;

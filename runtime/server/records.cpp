@@ -66,6 +66,7 @@ void VersionRecorder::on(const Event& event) {
           busy_.erase(e.peer);
         } else if constexpr (std::is_same_v<T, RoundStarted>) {
           if (!run_started_) run_started_ = event.at;
+          busy_.clear();  // a new round: only its sampled clients will hold tasks
           open_ = RoundRecord{};
           open_.round = e.round;
           open_.model_version = e.version;
@@ -94,23 +95,19 @@ void VersionRecorder::on(const Event& event) {
           weight_sum_ += e.weight;
         } else if constexpr (std::is_same_v<T, UpdateRejected>) {
           ++counters_.rejected_by_reason[static_cast<std::size_t>(e.reason)];
-          switch (e.reason) {
-            case RejectReason::late:
-            case RejectReason::stale:
-            case RejectReason::wrong_version:
-              busy_.erase(e.peer);
-              break;
-            default:
-              break;
+          // The update ended its sender's task, unless it was not its to send.
+          if (e.reason != RejectReason::not_sampled && e.reason != RejectReason::duplicate) {
+            busy_.erase(e.peer);
           }
           if (e.reason == RejectReason::late) {
             ++counters_.updates_late;
-            if (e.round == open_.round) {
-              ++open_.late;
+            auto late_for = std::find_if(pending_.begin(), pending_.end(),
+                                         [&](const Pending& p) { return p.record.round == e.round; });
+            // Its round's record if that is still here (sync); else the version being built.
+            if (e.round != open_.round && late_for != pending_.end()) {
+              ++late_for->record.late;
             } else {
-              for (auto& p : pending_) {
-                if (p.record.round == e.round) ++p.record.late;
-              }
+              ++open_.late;
             }
           } else {
             ++counters_.updates_rejected;

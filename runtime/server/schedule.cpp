@@ -1,6 +1,7 @@
 #include "runtime/server/schedule.hpp"
 
 #include "runtime/base/log.hpp"
+#include "runtime/plugin_host/plugin_aggregation.hpp"
 
 #include <algorithm>
 
@@ -53,10 +54,19 @@ std::uint32_t Schedule::client_id_of(const std::string& peer) const {
   return p != nullptr ? p->client_id : 0;
 }
 
-std::vector<Send> Schedule::on_hello(const std::string& peer, const Hello& hello) {
+std::vector<Send> Schedule::on_hello(const std::string& peer, const Hello& hello,
+                                     std::uint16_t protocol_minor) {
   std::vector<Send> out;
   if (phase_ == Phase::done) {
     out.push_back(Send{peer, Shutdown{"the run is over"}});
+    return out;
+  }
+  if (hello.role == Role::client && options_.kind == ScheduleKind::buffered && protocol_minor < 2) {
+    // A client before protocol 1.2 ignores Task.sendDelta and would send weights for ever.
+    emit(MessageRefused{peer, "client speaks protocol 1." + std::to_string(protocol_minor)});
+    out.push_back(error_to(peer, WireErrc::protocol_version,
+                           "the buffered schedule needs clients of protocol 1.2 or later (delta "
+                           "updates); this client speaks 1." + std::to_string(protocol_minor)));
     return out;
   }
   if (hello.role != Role::client && hello.role != Role::evaluator) {
@@ -118,6 +128,7 @@ void Schedule::reject(std::vector<Send>& out, const std::string& peer, const Upd
 }
 
 std::vector<Send> Schedule::on_evaluation(const std::string& peer, const EvaluationResult& r) {
+  (void)registry_.heard_from(peer);
   const auto round = ledger_.received(r.model_version);
   if (!round) {
     logger("aggregator")->warn("ignored an evaluation of round {} version {} from {}", r.round,
@@ -154,8 +165,12 @@ std::vector<Send> Schedule::on_tick() {
   // Peers silent for too long are gone: given no work until they are heard from. A client that
   // owes an update is training, not gone (it cannot send heartbeats while it trains); the
   // schedule's deadlines bound how long it is waited for.
-  for (const auto& peer : registry_.silent(options_.peer_timeout,
-                                           [this](const std::string& p) { return owes_update(p); })) {
+  // An evaluator that owes evaluations is busy evaluating (no heartbeats meanwhile either).
+  const auto evaluator = registry_.evaluator();
+  const auto exempt = [&](const std::string& p) {
+    return owes_update(p) || (evaluator && p == *evaluator && ledger_.waiting());
+  };
+  for (const auto& peer : registry_.silent(options_.peer_timeout, exempt)) {
     set_aside(peer, "silent for longer than aggregator.peer-timeout", out);
   }
   switch (phase_) {
@@ -194,6 +209,12 @@ std::vector<Send> Schedule::on_tick() {
 bool Schedule::at_safe_point() const { return aggregation_->accepted() == 0; }
 
 void Schedule::request_reload(std::shared_ptr<PluginLibrary> library, std::string reason) {
+  if (auto ok = accepts(traits_of(library->info()), library->info().name); !ok) {
+    emit(PluginReloaded{false, ok.error().message});
+    logger("aggregator")->error("plugin reload ({}) refused; still running {}: {}", reason,
+                                aggregation_->describe(), ok.error().message);
+    return;
+  }
   pending_reload_ = std::move(library);
   pending_reason_ = std::move(reason);
   if (phase_ != Phase::running || at_safe_point()) apply_pending_reload();
@@ -295,7 +316,8 @@ void Schedule::finish(std::vector<Send>& out, const std::string& reason) {
   phase_ = Phase::done;
   ledger_.clear();
   emit(RunFinished{reason, !failure_.empty()});
-  for (const auto& id : registry_.all()) out.push_back(Send{id, Shutdown{reason}});
+  // Peers set aside too: an offline device that comes back must learn the run is over.
+  for (const auto& id : registry_.everyone()) out.push_back(Send{id, Shutdown{reason}});
 }
 
 }  // namespace flotilla

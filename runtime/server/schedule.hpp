@@ -88,7 +88,9 @@ class Schedule {
   Schedule(const Schedule&) = delete;
   Schedule& operator=(const Schedule&) = delete;
 
-  [[nodiscard]] std::vector<Send> on_hello(const std::string& peer, const Hello& hello);
+  /// `protocol_minor`: the minor protocol version the peer's envelope carried.
+  [[nodiscard]] std::vector<Send> on_hello(const std::string& peer, const Hello& hello,
+                                           std::uint16_t protocol_minor = kProtocolMinor);
   [[nodiscard]] virtual std::vector<Send> on_update(const std::string& peer, const Update& update) = 0;
   [[nodiscard]] std::vector<Send> on_evaluation(const std::string& peer, const EvaluationResult& result);
   [[nodiscard]] std::vector<Send> on_heartbeat(const std::string& peer, const Heartbeat& beat);
@@ -141,6 +143,12 @@ class Schedule {
   virtual void tick_running(std::vector<Send>& out) = 0;
   /// Whether nothing is folded into the aggregation (a reload may happen now).
   [[nodiscard]] virtual bool at_safe_point() const;
+  /// Whether a method with these traits can work under this schedule (a reloaded build is
+  /// checked as the first one was at startup).
+  [[nodiscard]] virtual Expected<void> accepts(const AggregationTraits& traits,
+                                               const std::string& name) const {
+    return {};
+  }
 
   void emit(EventBody body);
   [[nodiscard]] double now_seconds() const;

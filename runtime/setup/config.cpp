@@ -433,6 +433,15 @@ Config read(const toml::table& root, const std::string& source) {
                   "the round at)");
   }
   if (auto ok = validate_fleet(c.fleet); !ok) fail(source + ": " + ok.error().message);
+  for (const auto& profile : c.fleet) {
+    for (auto id : profile.clients) {
+      if (id >= static_cast<std::uint32_t>(c.data.clients)) {
+        fail(source + ": fleet profile '" + profile.name + "' names client " + std::to_string(id) +
+             ", but data.clients is " + std::to_string(c.data.clients) + " (ids 0.." +
+             std::to_string(c.data.clients - 1) + ")");
+      }
+    }
+  }
   return c;
 }
 

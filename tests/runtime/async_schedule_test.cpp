@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <set>
 
 using namespace flotilla;
 using namespace std::chrono_literals;
@@ -367,4 +368,57 @@ TEST(Schedule, EventsCarryWhatTheRecordsShow) {
   EXPECT_TRUE(f.schedule->take_events().empty()) << "each event is taken once";
   EXPECT_EQ(f.schedule->counters().updates_accepted, 1U);
   EXPECT_EQ(f.schedule->counters().rejected(RejectReason::not_sampled), 1U);
+}
+
+TEST(Schedule, PeersSetAsideAreToldTheRunIsOver) {
+  auto o = async_options(ScheduleKind::async, 2);
+  o.versions = 1;
+  o.peer_timeout = 5s;
+  o.max_concurrency = 1;
+  Fleet f(o, model_of(0), 2);
+  ASSERT_EQ(f.tasks.size(), 1U);
+  const std::string busy = f.tasks.begin()->first;
+  const std::string idle = busy == "client-0" ? "client-1" : "client-0";
+  // The idle device goes offline (no heartbeats) and is set aside; the busy one trains on.
+  f.clock.advance(6s);
+  f.take(f.schedule->on_tick());
+  ASSERT_EQ(f.schedule->live_clients(), 1U);
+  const Task t = f.tasks.at(busy);
+  Update u;
+  u.round = t.round;
+  u.base_model_version = t.model_version;
+  u.num_examples = 10;
+  u.tensors = model_of(1);
+  auto out = f.schedule->on_update(busy, u);
+  ASSERT_TRUE(f.schedule->done());
+  std::set<std::string> told;
+  for (auto& [p, _] : sent<Shutdown>(out)) told.insert(p);
+  EXPECT_TRUE(told.contains(idle)) << "an offline device must learn the run is over when it is back";
+  EXPECT_TRUE(told.contains(busy));
+}
+
+TEST(AsyncSchedule, BufferedRefusesClientsThatCannotSendDeltas) {
+  auto o = async_options(ScheduleKind::buffered, 1);
+  ManualClock clock;
+  AsyncSchedule s(o, model_of(0), std::make_unique<FedAvg>(model_of(0)), clock, "run");
+  auto out = s.on_hello("client-0", Hello{Role::client, 0, {}, 10}, /*protocol_minor=*/1);
+  auto errors = sent<ErrorReply>(out);
+  ASSERT_EQ(errors.size(), 1U);
+  EXPECT_EQ(errors[0].second.code, WireErrc::protocol_version);
+  EXPECT_NE(errors[0].second.message.find("1.2"), std::string::npos) << errors[0].second.message;
+  EXPECT_EQ(s.live_clients(), 0U);
+}
+
+TEST(AsyncSchedule, ARunWhereNothingComesBackFailsInsteadOfRunningForEver) {
+  auto o = async_options(ScheduleKind::async, 2);
+  o.task_deadline = 1s;
+  Fleet f(o, model_of(0), 2);
+  for (int i = 0; i < 20 && !f.schedule->done(); ++i) {
+    f.clock.advance(1s);
+    f.take(f.schedule->on_tick());
+    for (const auto& p : {"client-0", "client-1"}) (void)f.schedule->on_heartbeat(p, Heartbeat{});
+  }
+  ASSERT_TRUE(f.schedule->done());
+  EXPECT_NE(f.schedule->failure().find("tasks in a row brought no update"), std::string::npos)
+      << f.schedule->failure();
 }

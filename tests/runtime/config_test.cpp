@@ -29,7 +29,8 @@ TEST(Config, EmptyFileGivesDocumentedDefaults) {
 }
 
 TEST(Config, ReadsEveryExampleConfig) {
-  for (const char* name : {"quickstart.toml", "fedit.toml", "ffa-lora.toml", "flexlora.toml"}) {
+  for (const char* name : {"quickstart.toml", "fedit.toml", "ffa-lora.toml", "flexlora.toml",
+                           "async_stragglers.toml"}) {
     auto c = load_config(std::string(FLOTILLA_SOURCE_DIR) + "/examples/" + name);
     EXPECT_TRUE(c.has_value()) << name << ": " << c.error().message;
     if (!c) continue;
@@ -194,4 +195,46 @@ TEST(Config, LoraAlphaReachesPluginsThatDeclareIt) {
   EXPECT_TRUE(lora_plugin_options(*c, **fedit).empty()) << "fedit declares no alpha";
   c->aggregator.options["alpha"] = "8";
   EXPECT_EQ(lora_plugin_options(*c, **flex).at("alpha"), "8") << "the user's value wins";
+}
+
+TEST(Config, ScheduleKeysAndTheirDerivedDefaults) {
+  auto c = parse_config(R"(
+[run]
+rounds = 5
+[data]
+clients = 10
+[aggregator]
+schedule = "buffered"
+buffer-size = 4
+staleness = "hinge"
+max-staleness = 3
+)", "t.toml");
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  const auto o = schedule_options(*c);
+  EXPECT_EQ(o.kind, ScheduleKind::buffered);
+  EXPECT_EQ(o.versions, 5U * 10U / 4U) << "the client work of 5 sync rounds, K deltas a version";
+  EXPECT_EQ(o.staleness.kind, Staleness::Kind::hinge);
+  EXPECT_DOUBLE_EQ(o.staleness.a, 10.0) << "the hinge's own default a";
+  EXPECT_EQ(o.max_staleness, 3U);
+  c->aggregator.schedule = ScheduleKind::async;
+  EXPECT_EQ(schedule_options(*c).versions, 50U);
+  EXPECT_EQ(schedule_options(*c).evaluate_every, 10U) << "every max-concurrency (all) versions";
+}
+
+TEST(Config, BadScheduleAndFleetValuesNameTheKey) {
+  EXPECT_NE(config_error("[aggregator]\nschedule = \"fedasync\"\n").message.find("aggregator.schedule"),
+            std::string::npos);
+  EXPECT_NE(config_error("[aggregator]\nalpha = 1.5\n").message.find("aggregator.alpha"),
+            std::string::npos);
+  EXPECT_NE(config_error("[aggregator]\nover-selection = 0.5\n").message.find("clients-per-round"),
+            std::string::npos);
+  EXPECT_NE(config_error("[[fleet.profile]]\ncompute-speeed = 2\n").message.find("compute-speeed"),
+            std::string::npos);
+  EXPECT_NE(config_error("[[fleet.profile]]\ndropout = 1.0\n").message.find("dropout"),
+            std::string::npos);
+  EXPECT_NE(config_error("[data]\nclients = 4\n[[fleet.profile]]\nclients = [7]\n").message.find(
+                "names client 7"),
+            std::string::npos);
+  EXPECT_NE(config_error("[[fleet.profile]]\ntask-time = \"trace\"\n").message.find("task-trace"),
+            std::string::npos);
 }

@@ -273,11 +273,11 @@ TEST(Fleet, ValidationNamesProfileAndKey) {
       {K::measured, [](auto& p) { p.dropout = 1; }, "dropout"},
       {K::measured, [](auto& p) { p.link.up_bytes_per_second = -5; }, "up-bandwidth"},
       {K::measured, [](auto& p) { p.link.down_latency_seconds = -1; }, "down-latency"},
-      {K::lognormal, [](auto& p) { p.task_time.median_seconds = 0; }, "task-time.median"},
-      {K::lognormal, [](auto& p) { p.task_time.sigma = -1; }, "task-time.sigma"},
-      {K::pareto, [](auto& p) { p.task_time.scale_seconds = 0; }, "task-time.scale"},
-      {K::pareto, [](auto& p) { p.task_time.shape = 0; }, "task-time.shape"},
-      {K::trace, [](auto& p) { p.task_time.trace_file.clear(); }, "task-time.trace"},
+      {K::lognormal, [](auto& p) { p.task_time.median_seconds = 0; }, "task-median"},
+      {K::lognormal, [](auto& p) { p.task_time.sigma = -1; }, "task-sigma"},
+      {K::pareto, [](auto& p) { p.task_time.scale_seconds = 0; }, "task-scale"},
+      {K::pareto, [](auto& p) { p.task_time.shape = 0; }, "task-shape"},
+      {K::trace, [](auto& p) { p.task_time.trace_file.clear(); }, "task-trace"},
   };
   DeviceProfileSpec good;
   good.name = "phones";

@@ -147,7 +147,8 @@ class WeightedMean {
   [[nodiscard]] const std::vector<std::string>& names() const { return names_; }
 
   /// The means, in the updates' order, computed in place (the sums' memory becomes the means).
-  /// Call once per version, then clear().
+  /// Call once per version, then clear(). Where the host lends memory (ABI 1.1) they are views
+  /// of it, valid until emit() or clear(): clone what must outlive the version.
   std::vector<at::Tensor>& means() {
     for (auto& s : sums_) {
       if (at::isFloatingType(s.scalar_type())) s.mul_(1.0 / total_);

@@ -128,7 +128,8 @@ typedef struct flotilla_host {
   /* Since ABI 1.1 (present when struct_size covers them): memory the host lends a plugin to
    * keep across calls (e.g. its running sum), described in *result and identified by *handle,
    * so that a result can be handed over without a copy: emit_lent makes the lent tensor output
-   * `name` of `out` (the handle is spent), release_lent gives it back unused. Every handle must
+   * `name` of `out` (the handle is spent, even when it fails), release_lent gives it back
+   * unused. Every handle must
    * be emitted or released before the state is destroyed. */
   int (*lend_tensor)(void* context, DLDataType dtype, int32_t ndim, const int64_t* shape,
                      DLDevice device, DLTensor* result, void** handle);
