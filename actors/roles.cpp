@@ -15,6 +15,11 @@
 namespace flotilla::actors {
 namespace {
 
+/// LibTorch threads of a standalone role (aggregator, client or evaluator process): run.threads,
+/// else 1. Several roles on one machine each taking every core were measured up to 25x slower
+/// (OpenMP threads spin-waiting for busy cores); a dedicated device sets run.threads.
+int role_threads(const Config& config) { return config.run.threads > 0 ? config.run.threads : 1; }
+
 int cores(const Config& config) {
   if (config.run.threads > 0) return config.run.threads;
   return static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
@@ -161,7 +166,7 @@ void with_actor_system(Spawn&& spawn) {
 
 RoleResult run_aggregator(const Config& config, AggregatorHooks hooks,
                           std::optional<std::string> listen) {
-  at::set_num_threads(cores(config));
+  at::set_num_threads(role_threads(config));
   auto setup = aggregator_setup(config, std::move(hooks), listen.value_or(config.aggregator.listen));
   if (!setup) return failed(setup.error());
   with_actor_system([&](caf::actor_system& sys) { sys.spawn(aggregator_actor, *setup); });
@@ -175,7 +180,7 @@ RoleResult run_client(const Config& config, std::uint32_t id, const std::string&
   if (!optimizer) return failed(optimizer.error());
   auto shared = client_shared(config, *train);
   if (!shared) return failed(shared.error());
-  auto setup = client_setup(config, id, connect, *train, cores(config), *optimizer, *shared);
+  auto setup = client_setup(config, id, connect, *train, role_threads(config), *optimizer, *shared);
   if (!setup) return failed(setup.error());
   logger("client-" + std::to_string(id))
       ->info("{} training examples; connecting to {}", (*setup)->train.size(), connect);
@@ -184,7 +189,7 @@ RoleResult run_client(const Config& config, std::uint32_t id, const std::string&
 }
 
 RoleResult run_evaluator(const Config& config, const std::string& connect) {
-  auto setup = evaluator_setup(config, connect, cores(config));
+  auto setup = evaluator_setup(config, connect, role_threads(config));
   if (!setup) return failed(setup.error());
   with_actor_system([&](caf::actor_system& sys) { sys.spawn<caf::detached>(evaluator_actor, *setup); });
   return outcome_of({(*setup)->outcome});

@@ -1,6 +1,7 @@
 #include "runtime/server/async_schedule.hpp"
 
 #include "runtime/plugin_host/fedavg.hpp"
+#include "runtime/plugin_host/plugin_aggregation.hpp"
 #include "runtime/server/sync_rounds.hpp"
 
 #include "schedule_testing.hpp"
@@ -37,11 +38,13 @@ ScheduleOptions async_options(ScheduleKind kind, std::uint32_t clients) {
 
 /// Drives a schedule with clients "client-0".."client-N-1", keeping the tasks each holds.
 struct Fleet {
-  Fleet(ScheduleOptions o, TensorList initial, int clients) {
+  Fleet(ScheduleOptions o, TensorList initial, int clients,
+        std::unique_ptr<Aggregation> method = nullptr) {
+    if (!method) method = std::make_unique<FedAvg>(initial);
     if (o.kind == ScheduleKind::sync) {
-      schedule = std::make_unique<SyncRounds>(o, initial, std::make_unique<FedAvg>(initial), clock, "run");
+      schedule = std::make_unique<SyncRounds>(o, initial, std::move(method), clock, "run");
     } else {
-      schedule = std::make_unique<AsyncSchedule>(o, initial, std::make_unique<FedAvg>(initial), clock, "run");
+      schedule = std::make_unique<AsyncSchedule>(o, initial, std::move(method), clock, "run");
     }
     for (int i = 0; i < clients; ++i) {
       take(schedule->on_hello(peer(i), Hello{Role::client, std::uint32_t(i), {}, 100}));
@@ -421,4 +424,31 @@ TEST(AsyncSchedule, ARunWhereNothingComesBackFailsInsteadOfRunningForEver) {
   ASSERT_TRUE(f.schedule->done());
   EXPECT_NE(f.schedule->failure().find("tasks in a row brought no update"), std::string::npos)
       << f.schedule->failure();
+}
+
+TEST(AsyncSchedule, HotReloadWaitsForTheBufferAndLosesNoDelta) {
+  // scaled-mean v1 averages, v2 doubles the average (tests/plugins/fixtures/scaled_mean.cpp).
+  const std::string dir = std::string(FLOTILLA_BINARY_DIR) + "/test-plugins/";
+  auto v1 = PluginLibrary::open(dir + "scaled-mean-v1.so", c10::Device(c10::kCPU));
+  auto v2 = PluginLibrary::open(dir + "scaled-mean-v2.so", c10::Device(c10::kCPU));
+  ASSERT_TRUE(v1) << v1.error().message;
+  ASSERT_TRUE(v2) << v2.error().message;
+  auto method = PluginAggregation::create(*v1, {}, model_of(1));
+  ASSERT_TRUE(method) << method.error().message;
+  auto o = async_options(ScheduleKind::buffered, 2);
+  o.buffer_size = 2;
+  Fleet f(o, model_of(1), 2, std::move(method).value());
+  f.answer("client-0", {{"w", torch::full({3}, 2.0F)}});
+  f.schedule->request_reload(*v2, "test");
+  EXPECT_TRUE(f.schedule->reload_pending()) << "a delta is buffered: the switch must wait";
+  f.answer("client-1", {{"w", torch::full({3}, 4.0F)}});
+  // v1 applied the whole buffer: 1 + mean(2, 4) = 4; then the switch happened.
+  ASSERT_EQ(f.schedule->model_version(), 1U);
+  EXPECT_TRUE(torch::allclose(f.schedule->model()[0].tensor, torch::full({3}, 4.0F)));
+  EXPECT_FALSE(f.schedule->reload_pending());
+  EXPECT_EQ(f.schedule->counters().plugin_reloads, 1U);
+  f.answer("client-0", {{"w", torch::full({3}, 1.0F)}});
+  f.answer("client-1", {{"w", torch::full({3}, 1.0F)}});
+  EXPECT_TRUE(torch::allclose(f.schedule->model()[0].tensor, torch::full({3}, 10.0F)))
+      << "v2 doubles the mean of the rebased deltas (4 + 1) after the switch";
 }
