@@ -48,6 +48,13 @@ struct Reporter {
                            rounds.model_version(), elapsed, c.updates_accepted, c.updates_late,
                            c.updates_rejected, c.messages_malformed)
                     << std::endl;
+          std::string reasons;
+          for (std::size_t i = 0; i < kRejectReasons; ++i) {
+            if (c.rejected_by_reason[i] == 0) continue;
+            reasons += fmt::format("{}{} {}", reasons.empty() ? "" : ", ",
+                                   to_string(static_cast<RejectReason>(i)), c.rejected_by_reason[i]);
+          }
+          if (!reasons.empty()) std::cout << "updates dropped by reason: " << reasons << std::endl;
           if (kind != ScheduleKind::sync) {
             std::cout << fmt::format("schedule {}: {} tasks sent, {} lost (no update by the "
                                      "deadline), {} updates dropped as stale",

@@ -26,7 +26,7 @@ for s in sync async buffered; do
   echo "== $s"
   sed "s/^schedule = \".*\"/schedule = \"$s\"/" "$CONFIG" > "$OUT/$s.toml"
   grep -q "^schedule = \"$s\"" "$OUT/$s.toml" || { echo "no 'schedule = ' line in $CONFIG" >&2; exit 2; }
-  "$FLOTILLA" --log-level warn run "$OUT/$s.toml" --output "$OUT/$s" 2>"$OUT/$s.log" | grep -E "^(done|schedule|final)" || {
+  "$FLOTILLA" --log-level warn run "$OUT/$s.toml" --output "$OUT/$s" 2>"$OUT/$s.log" | grep -E "^(done|schedule|updates dropped|final)" || {
     echo "the $s run failed; see $OUT/$s.log" >&2; exit 1; }
 done
 python3 - "$OUT" "$TARGET" <<'PY'
