@@ -66,11 +66,8 @@ void AsyncSchedule::hand_out(std::vector<Send>& out) {
   }
   const std::size_t cap =
       options_.max_concurrency == 0 ? registry_.live_clients() : options_.max_concurrency;
-  while (tasks_.size() < cap && !idle.empty()) {
-    std::uniform_int_distribution<std::size_t> pick(0, idle.size() - 1);
-    const auto i = pick(rng_);
-    const std::string peer = idle[i];
-    idle.erase(idle.begin() + static_cast<std::ptrdiff_t>(i));
+  if (tasks_.size() >= cap || idle.empty()) return;
+  for (const auto& peer : selection_->pick(std::move(idle), cap - tasks_.size(), rng_)) {
     const auto seq = next_seq_++;
     tasks_[peer] = Held{seq, version_, clock_.now()};
     out.push_back(task_for(peer, seq, options_.kind == ScheduleKind::buffered));

@@ -52,7 +52,7 @@ class AsyncSchedule final : public Schedule {
     std::uint64_t base_version = 0;
     Clock::time_point sent_at;
   };
-  /// Gives tasks to idle live clients (chosen at random) until max-concurrency train at once.
+  /// Gives tasks to idle live clients (as the Selection picks them) until max-concurrency train.
   void hand_out(std::vector<Send>& out);
   /// Produces a version from what the method folded, moving the model by `factor` towards it.
   void step(double factor, std::vector<Send>& out);

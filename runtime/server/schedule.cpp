@@ -24,6 +24,7 @@ Schedule::Schedule(ScheduleOptions options, TensorList initial_model,
       clock_(clock),
       run_id_(std::move(run_id)),
       rng_(options_.seed ^ 0x9E3779B97F4A7C15ULL),
+      selection_(options_.selection ? options_.selection : std::make_shared<const Selection>()),
       registry_(clock),
       ledger_(clock, EvaluationLedger::Options{options_.evaluation_timeout, options_.evaluate_every,
                                                options_.evaluate_every_time}),
@@ -263,8 +264,8 @@ TensorList Schedule::model_for(std::uint32_t client_id) {
 
 Send Schedule::task_for(const std::string& peer, std::uint64_t round, bool delta) {
   const auto id = client_id_of(peer);
-  Task task{round, version_, model_for(id), options_.training};
-  task.config.seed = options_.seed * 1000003ULL + round * 7919ULL + id;
+  Task task{round, version_, model_for(id),
+            selection_->configure(id, round, options_.training, options_.seed)};
   task.send_delta = delta;
   emit(TaskSent{peer, id, round, version_});
   return Send{peer, std::move(task)};

@@ -14,6 +14,7 @@
 #include "runtime/server/events.hpp"
 #include "runtime/server/peer_registry.hpp"
 #include "runtime/server/records.hpp"
+#include "runtime/server/selection.hpp"
 #include "runtime/server/staleness.hpp"
 
 #include <cstdint>
@@ -64,6 +65,9 @@ struct ScheduleOptions {
   double server_learning_rate = 1.0;    ///< FedBuff's η_g
   std::uint64_t max_staleness = 0;      ///< updates based more versions back are dropped; 0 = off
   bool staleness_weighted = false;      ///< FedBuff: weight each delta by s(τ)
+
+  /// Which waiting clients get work and with what settings; null = Selection's defaults.
+  std::shared_ptr<const Selection> selection;
 
   /// The names and shapes of what client `id` trains (its model's trainable_state(), e.g. at
   /// its own LoRA rank), for the aggregation's per-client models (Aggregation::client_model).
@@ -181,6 +185,7 @@ class Schedule {
   const Clock& clock_;
   std::string run_id_;
   std::mt19937_64 rng_;
+  std::shared_ptr<const Selection> selection_;
   PeerRegistry registry_;
   EvaluationLedger ledger_;
   Phase phase_ = Phase::registering;

@@ -83,17 +83,16 @@ void SyncRounds::tick_running(std::vector<Send>& out) {
 
 void SyncRounds::start_round(std::vector<Send>& out) {
   apply_pending_reload();  // between rounds: nothing is folded in yet
-  std::vector<std::string> clients = registry_.clients();
+  const auto live = registry_.clients();
   ++round_;
   collecting_ = true;
   round_started_ = clock_.now();
-  std::shuffle(clients.begin(), clients.end(), rng_);
-  std::size_t k = clients.size();
+  std::size_t k = live.size();
   if (options_.clients_per_round != 0) {
     const double want = std::ceil(options_.clients_per_round * (1.0 + options_.over_selection));
-    k = std::min<std::size_t>(static_cast<std::size_t>(want), clients.size());
+    k = std::min<std::size_t>(static_cast<std::size_t>(want), live.size());
   }
-  clients.resize(k);
+  const auto clients = selection_->pick(live, k, rng_);
   sampled_ = std::set<std::string>(clients.begin(), clients.end());
   fold_queue_.clear();
   replied_.clear();

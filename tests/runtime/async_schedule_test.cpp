@@ -452,3 +452,38 @@ TEST(AsyncSchedule, HotReloadWaitsForTheBufferAndLosesNoDelta) {
   EXPECT_TRUE(torch::allclose(f.schedule->model()[0].tensor, torch::full({3}, 10.0F)))
       << "v2 doubles the mean of the rebased deltas (4 + 1) after the switch";
 }
+
+namespace {
+/// Picks the lowest ids first and halves the learning rate of odd clients.
+class Ordered final : public Selection {
+ public:
+  std::vector<std::string> pick(std::vector<std::string> c, std::size_t n,
+                                std::mt19937_64&) const override {
+    std::sort(c.begin(), c.end());
+    c.resize(std::min(n, c.size()));
+    return c;
+  }
+  TrainingConfig configure(std::uint32_t id, std::uint64_t task, const TrainingConfig& base,
+                           std::uint64_t seed) const override {
+    auto t = Selection::configure(id, task, base, seed);
+    if (id % 2 == 1) t.learning_rate = base.learning_rate / 2;
+    return t;
+  }
+};
+}  // namespace
+
+TEST(Schedule, TheSelectionPolicyPicksClientsAndConfiguresTheirTasks) {
+  for (auto kind : {ScheduleKind::sync, ScheduleKind::async}) {
+    auto o = async_options(kind, 4);
+    o.clients_per_round = 2;
+    o.max_concurrency = 2;
+    o.training.learning_rate = 0.1F;
+    o.selection = std::make_shared<Ordered>();
+    Fleet f(o, model_of(0), 4);
+    ASSERT_EQ(f.tasks.size(), 2U) << to_string(kind);
+    EXPECT_TRUE(f.tasks.contains("client-0") && f.tasks.contains("client-1")) << to_string(kind);
+    EXPECT_FLOAT_EQ(f.tasks.at("client-0").config.learning_rate, 0.1F);
+    EXPECT_FLOAT_EQ(f.tasks.at("client-1").config.learning_rate, 0.05F);
+    EXPECT_NE(f.tasks.at("client-0").config.seed, f.tasks.at("client-1").config.seed);
+  }
+}
