@@ -105,8 +105,8 @@ void AsyncSchedule::tick_running(std::vector<Send>& out) {
     finish(out, failure_);
     return;
   }
-  if (stop_requested()) {
-    end_run(out, target_reached_ ? "target accuracy reached" : "run.max-time reached");
+  if (auto why = stop_reason()) {
+    end_run(out, *why);
     return;
   }
   if (freed) hand_out(out);
@@ -244,8 +244,8 @@ void AsyncSchedule::after_update(std::vector<Send>& out) {
   if (phase_ != Phase::running) return;
   if (version_ >= options_.versions) {
     end_run(out, "all versions done");
-  } else if (stop_requested()) {
-    end_run(out, target_reached_ ? "target accuracy reached" : "run.max-time reached");
+  } else if (auto why = stop_reason()) {
+    end_run(out, *why);
   } else {
     hand_out(out);
   }

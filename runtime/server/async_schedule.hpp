@@ -30,8 +30,6 @@ class AsyncSchedule final : public Schedule {
   [[nodiscard]] std::vector<Send> on_update(const std::string& peer, const Update& update) override;
   [[nodiscard]] std::uint64_t planned() const override { return options_.versions; }
   [[nodiscard]] std::string describe() const override;
-  /// Clients holding a task now.
-  [[nodiscard]] std::size_t busy() const { return tasks_.size(); }
 
  protected:
   void start(std::vector<Send>& out) override { hand_out(out); }

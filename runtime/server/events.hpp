@@ -3,7 +3,6 @@
 /// CSV (through VersionRecorder) and the metrics all read these; nothing keeps a second count.
 #include "runtime/protocol/message.hpp"
 
-#include <array>
 #include <cstdint>
 #include <string>
 #include <variant>

@@ -298,10 +298,13 @@ void Schedule::request_evaluation(std::vector<Send>& out, std::uint64_t version,
   emit(EvaluationRequested{version, round});
 }
 
-bool Schedule::stop_requested() const {
-  if (target_reached_) return true;
-  return options_.max_time.count() > 0 && run_started_ &&
-         clock_.now() - *run_started_ >= options_.max_time;
+std::optional<std::string> Schedule::stop_reason() const {
+  if (target_reached_) return "target accuracy reached";
+  if (options_.max_time.count() > 0 && run_started_ &&
+      clock_.now() - *run_started_ >= options_.max_time) {
+    return "run.max-time reached";
+  }
+  return std::nullopt;
 }
 
 void Schedule::end_run(std::vector<Send>& out, const std::string& reason) {

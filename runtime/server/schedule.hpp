@@ -128,7 +128,6 @@ class Schedule {
   [[nodiscard]] virtual std::uint64_t planned() const = 0;
   [[nodiscard]] std::size_t live_clients() const { return registry_.live_clients(); }
   [[nodiscard]] const std::string& run_id() const { return run_id_; }
-  [[nodiscard]] ScheduleKind kind() const { return options_.kind; }
   /// "sync", "async (alpha 0.6, polynomial(a=0.5))", "buffered (K 10, ...)".
   [[nodiscard]] virtual std::string describe() const = 0;
 
@@ -165,8 +164,8 @@ class Schedule {
   /// After the last version: wait for its evaluation, then finish.
   void end_run(std::vector<Send>& out, const std::string& reason);
   void finish(std::vector<Send>& out, const std::string& reason);
-  /// Whether the run should stop now: target accuracy reached or max-time passed.
-  [[nodiscard]] bool stop_requested() const;
+  /// Why the run should stop now (target accuracy reached, max-time passed); nothing if not.
+  [[nodiscard]] std::optional<std::string> stop_reason() const;
   void apply_pending_reload();
   /// What client `client_id` is sent: the global model, with the aggregation's per-client
   /// tensors (if it has any) in place of the global ones of the same names.

@@ -147,8 +147,10 @@ void SyncRounds::close_round(std::vector<Send>& out) {
   }
   sampled_.clear();
   replied_.clear();
-  if (last || stop_requested()) {
+  if (last) {
     end_run(out, "all rounds done");
+  } else if (auto why = stop_reason()) {
+    end_run(out, *why);
   } else {
     start_round(out);
   }
