@@ -10,12 +10,8 @@
 
 namespace flotilla::actors {
 
-struct AggregatorHooks {
-  std::function<void(const RoundRecord&)> on_round;   ///< each completed round/version, in order
-  std::function<void(const Schedule&)> on_done;       ///< once, when the run is over
-  /// The schedule's events, in order, as they happen (metrics and other observers).
-  std::function<void(const std::vector<Event>&)> on_events;
-};
+/// What the aggregator reports as the run goes (the schedule's records, its end, its events).
+using AggregatorHooks = ScheduleHooks;
 
 struct AggregatorSetup {
   std::unique_ptr<PluginRegistry> plugins;  ///< loads new builds of the aggregation plugin

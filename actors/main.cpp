@@ -6,6 +6,7 @@
 #include "runtime/plugin_host/plugin_host.hpp"
 #include "runtime/base/log.hpp"
 #include "runtime/server/report.hpp"
+#include "runtime/sim/simulator.hpp"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -75,6 +76,7 @@ struct Reporter {
           }
           if (csv) std::cout << "per-round metrics: " << csv->path() << std::endl;
         },
+        /*on_events=*/{},
     };
   }
 };
@@ -109,6 +111,33 @@ int list_plugins(const std::filesystem::path& dir) {
     }
   }
   return broken == 0 ? 0 : 1;
+}
+
+/// The simulator's own account: virtual and wall time, what the compute went to, memory.
+void print_simulation(const SimulationReport& r) {
+  std::cout << fmt::format(
+                   "simulated {:.1f} s of a {}-client fleet in {:.1f} s of wall time ({:.1f}x real "
+                   "time, {} worker{}; setup {:.1f} s)",
+                   r.virtual_seconds, r.clients, r.wall_seconds,
+                   r.wall_seconds > 0 ? r.virtual_seconds / r.wall_seconds : 0.0, r.workers,
+                   r.workers == 1 ? "" : "s", r.setup_seconds)
+            << std::endl;
+  std::cout << fmt::format(
+                   "compute: local training {:.1f} s over {} tasks, evaluation {:.1f} s; overhead "
+                   "{:.2f} (wall x workers / training; {:.2f} counting evaluation)",
+                   r.training_seconds, r.tasks_trained, r.evaluation_seconds, r.overhead(),
+                   r.overhead_with_evaluation())
+            << std::endl;
+  std::cout << fmt::format("devices: {} tasks dropped mid-way, {} sent to an offline device, {} "
+                           "failed; {} events ({:.0f}/s), {} heartbeats",
+                           r.tasks_dropped, r.tasks_unreached, r.tasks_failed, r.events,
+                           r.wall_seconds > 0 ? static_cast<double>(r.events) / r.wall_seconds : 0.0,
+                           r.heartbeats)
+            << std::endl;
+  std::cout << fmt::format("memory: {} per idle client, peak resident {}",
+                           human_bytes(static_cast<double>(r.idle_bytes_per_client)),
+                           human_bytes(static_cast<double>(r.peak_resident_bytes)))
+            << std::endl;
 }
 
 int finish(const actors::RoleResult& result) {
@@ -199,6 +228,12 @@ int main(int argc, char** argv) {
   }
   auto config = load(config_path);
   if (!config) return 2;
+  if (config->run.mode == RunMode::simulate && !*run) {
+    std::cerr << "flotilla: " << config_path
+              << " has run.mode = \"simulate\": the whole fleet runs in one process; start it "
+                 "with `flotilla run " << config_path << "`" << std::endl;
+    return 2;
+  }
 
   try {
     if (*run || *agg) {
@@ -210,6 +245,20 @@ int main(int argc, char** argv) {
         auto csv = RoundsCsv::open(dir);
         if (!csv) return finish({1, csv.error().message});
         reporter.csv = std::move(csv).value();
+      }
+      if (*run && config->run.mode == RunMode::simulate) {
+        SimulationHooks hooks{reporter.hooks(), [](const SimulationStatus& s) {
+                                std::cout << fmt::format(
+                                                 "[simulated {:.1f} s in {:.1f} s wall] model "
+                                                 "version {}, {} devices training, {} events",
+                                                 s.virtual_seconds, s.wall_seconds, s.versions,
+                                                 s.training, s.events)
+                                          << std::endl;
+                              }};
+        auto report = simulate(*config, std::move(hooks));
+        if (!report) return finish({1, report.error().message});
+        print_simulation(*report);
+        return report->failure.empty() ? 0 : finish({1, report->failure});
       }
       if (*run) return finish(actors::run_all(*config, reporter.hooks()));
       return finish(actors::run_aggregator(*config, reporter.hooks(),

@@ -62,28 +62,6 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
   return setup;
 }
 
-/// The clients' optimizer plugin (training.optimizer on run.plugin-path), checked with the run's
-/// [training] and [training.options] by creating it once over a model like the clients'.
-Expected<std::shared_ptr<WatchedPlugin>> optimizer_plugin(const Config& config) {
-  auto device = resolve_device(config.run.device);
-  if (!device) return device.error();
-  std::vector<std::filesystem::path> path(config.run.plugin_path.begin(), config.run.plugin_path.end());
-  auto registry = std::make_shared<PluginRegistry>(std::move(path), *device);
-  auto library = registry->load_spec(config.optimizer.name, FLOTILLA_KIND_OPTIMIZER);
-  if (!library) {
-    return Error{Errc::invalid_config, config.source + ": training.optimizer: " + library.error().message};
-  }
-  auto model = build_model(config);
-  if (!model) return model.error();
-  const std::string where = config.source + ": training.options";
-  auto options = optimizer_options((*library)->info(), config.optimizer.options, config.training);
-  if (!options) return Error{Errc::invalid_config, config.source + ": " + options.error().message};
-  if (auto ok = (*library)->check_options(*options, where); !ok) return ok.error();
-  auto trial = PluginOptimizer::create(*library, *options, trainable_parameters(**model), where);
-  if (!trial) return Error{Errc::invalid_config, where + ": " + trial.error().message};
-  return std::make_shared<WatchedPlugin>(std::move(registry), std::move(library).value());
-}
-
 /// What every client of a process shares: the data's partition and the fleet's traces, each
 /// computed once.
 struct ClientShared {
@@ -176,7 +154,7 @@ RoleResult run_aggregator(const Config& config, AggregatorHooks hooks,
 RoleResult run_client(const Config& config, std::uint32_t id, const std::string& connect) {
   auto train = load_fashion_mnist(config.data.path, true);
   if (!train) return failed(train.error());
-  auto optimizer = optimizer_plugin(config);
+  auto optimizer = client_optimizer(config);
   if (!optimizer) return failed(optimizer.error());
   auto shared = client_shared(config, *train);
   if (!shared) return failed(shared.error());
@@ -199,7 +177,7 @@ RoleResult run_all(const Config& config, AggregatorHooks hooks) {
   const int n_cores = cores(config);
   auto train = load_fashion_mnist(config.data.path, true);
   if (!train) return failed(train.error());
-  auto optimizer = optimizer_plugin(config);
+  auto optimizer = client_optimizer(config);
   if (!optimizer) return failed(optimizer.error());
   auto aggregator = aggregator_setup(config, std::move(hooks), config.aggregator.listen);
   if (!aggregator) return failed(aggregator.error());

@@ -38,16 +38,11 @@ std::uint64_t stream_seed(std::uint64_t seed, std::uint32_t client, std::uint64_
   return splitmix64(splitmix64(seed ^ splitmix64(client)) + purpose);
 }
 
-/// In (0, 1) with 53 random bits; the half-step offset keeps log() and 1/u finite.
-double open_uniform(std::mt19937_64& rng) {
-  return (static_cast<double>(rng() >> 11U) + 0.5) * 0x1.0p-53;
-}
-
 /// Box-Muller with both uniforms drawn per sample and the sine half discarded: a fixed two
 /// draws per normal, so the stream position never depends on a cached value.
-double standard_normal(std::mt19937_64& rng) {
-  double radius = std::sqrt(-2 * std::log(open_uniform(rng)));
-  return radius * std::cos(2 * std::numbers::pi * open_uniform(rng));
+double standard_normal(SplitMix& rng) {
+  double radius = std::sqrt(-2 * std::log(rng.open_uniform()));
+  return radius * std::cos(2 * std::numbers::pi * rng.open_uniform());
 }
 
 // ---- validation ------------------------------------------------------------------------------
@@ -156,17 +151,25 @@ Expected<std::uint32_t> parse_client(const std::string& path, const Row& row) {
   return v;
 }
 
-Expected<double> parse_seconds(const std::string& path, const Row& row, std::size_t field) {
+Expected<double> parse_number(const std::string& path, const Row& row, std::size_t field) {
   auto s = row.fields[field];
   double v = 0;
   auto r = std::from_chars(s.data(), s.data() + s.size(), v);
   if (r.ec != std::errc{} || r.ptr != s.data() + s.size() || !std::isfinite(v))
     return trace_error(path, row.line, "bad number '" + std::string(s) + "'");
-  if (v < 0) return trace_error(path, row.line, "negative duration " + std::string(s));
+  return v;
+}
+
+Expected<double> parse_seconds(const std::string& path, const Row& row, std::size_t field) {
+  auto v = parse_number(path, row, field);
+  if (v && *v < 0)
+    return trace_error(path, row.line, "negative duration " + std::string(row.fields[field]));
   return v;
 }
 
 }  // namespace
+
+std::uint64_t SplitMix::operator()() { return splitmix64(state_ += 0x9e3779b97f4a7c15ULL); }
 
 // ---- profiles --------------------------------------------------------------------------------
 
@@ -243,6 +246,8 @@ Expected<std::shared_ptr<const Traces>> Traces::load(
       if (auto r = traces->load_task_times(p.task_time.trace_file); !r) return r.error();
     if (!p.availability_trace.empty())
       if (auto r = traces->load_availability(p.availability_trace); !r) return r.error();
+    if (!p.device_trace.empty())
+      if (auto r = traces->load_devices(p.device_trace); !r) return r.error();
   }
   return std::shared_ptr<const Traces>(std::move(traces));
 }
@@ -315,6 +320,49 @@ Expected<void> Traces::load_availability(const std::string& path) {
   return {};
 }
 
+Expected<void> Traces::load_devices(const std::string& path) {
+  if (devices_.contains(path)) return {};
+  auto text = read_trace(path);
+  if (!text) return text.error();
+  std::map<std::uint32_t, DeviceCapacity> by_client;
+  auto parsed = for_each_row(
+      path, *text, {"client", "compute-speed", "up-bandwidth", "down-bandwidth"},
+      [&](const Row& row) {
+        auto client = parse_client(path, row);
+        if (!client) return Expected<void>(client.error());
+        DeviceCapacity c;
+        double* fields[] = {&c.compute_speed, &c.up_bytes_per_second, &c.down_bytes_per_second};
+        for (std::size_t f = 1; f <= 3; ++f) {
+          auto v = parse_number(path, row, f);
+          if (!v) return Expected<void>(v.error());
+          if (f == 1 ? !(*v > 0) : !(*v >= 0))
+            return Expected<void>(trace_error(path, row.line,
+                                              std::string(f == 1 ? "compute-speed must be > 0"
+                                                                 : "bandwidth must be >= 0") +
+                                                  ", got " + std::string(row.fields[f])));
+          *fields[f - 1] = *v;
+        }
+        if (!by_client.emplace(*client, c).second)
+          return Expected<void>(trace_error(path, row.line,
+                                            "client " + std::to_string(*client) + " named twice"));
+        return Expected<void>();
+      });
+  if (!parsed) return parsed;
+  auto& sorted = devices_[path];
+  sorted.assign(by_client.begin(), by_client.end());
+  return {};
+}
+
+const DeviceCapacity* Traces::device(const std::string& path, std::uint32_t client) const {
+  auto file = devices_.find(path);
+  if (file == devices_.end()) return nullptr;
+  const auto& rows = file->second;
+  auto it = std::lower_bound(rows.begin(), rows.end(), client,
+                             [](const auto& entry, std::uint32_t id) { return entry.first < id; });
+  if (it != rows.end() && it->first == client) return &it->second;
+  return &rows[client % rows.size()].second;
+}
+
 const std::vector<double>* Traces::task_times(const std::string& path,
                                               std::uint32_t client) const {
   auto file = task_times_.find(path);
@@ -338,32 +386,47 @@ const std::vector<OnlineWindow>* Traces::availability(const std::string& path,
 
 DeviceEmulator::DeviceEmulator(DeviceProfileSpec profile, std::uint32_t client_id,
                                std::uint64_t seed, std::shared_ptr<const Traces> traces)
+    : DeviceEmulator(std::make_shared<const DeviceProfileSpec>(std::move(profile)), client_id,
+                     seed, std::move(traces)) {}
+
+DeviceEmulator::DeviceEmulator(std::shared_ptr<const DeviceProfileSpec> profile,
+                               std::uint32_t client_id, std::uint64_t seed,
+                               std::shared_ptr<const Traces> traces)
     : profile_(std::move(profile)),
-      client_id_(client_id),
       traces_(std::move(traces)),
+      client_id_(client_id),
       task_rng_(stream_seed(seed, client_id, 1)),
       dropout_rng_(stream_seed(seed, client_id, 2)),
       availability_rng_(stream_seed(seed, client_id, 3)),
       availability_seed_(stream_seed(seed, client_id, 3)) {
-  if (auto r = validate(profile_); !r) throw Failure(r.error());
-  auto not_loaded = [&](const std::string& file) {
-    return Failure(Errc::invalid_argument,
-                   "fleet profile '" + profile_.name + "': trace '" + file + "' is not loaded");
-  };
-  if (profile_.task_time.kind == TaskTime::Kind::trace) {
-    if (traces_) trace_rows_ = traces_->task_times(profile_.task_time.trace_file, client_id_);
-    if (trace_rows_ == nullptr) throw not_loaded(profile_.task_time.trace_file);
-  }
-  if (!profile_.availability_trace.empty()) {
-    if (!traces_ || !traces_->loaded(profile_.availability_trace))
-      throw not_loaded(profile_.availability_trace);
-    windows_ = traces_->availability(profile_.availability_trace, client_id_);
-  }
+  if (!profile_) throw Failure(Errc::invalid_argument, "a device emulator needs a profile");
+  if (auto r = validate(*profile_); !r) throw Failure(r.error());
+  attach_traces();
   restart_availability();
 }
 
+void DeviceEmulator::attach_traces() {
+  const auto& p = *profile_;
+  auto not_loaded = [&](const std::string& file) {
+    return Failure(Errc::invalid_argument,
+                   "fleet profile '" + p.name + "': trace '" + file + "' is not loaded");
+  };
+  if (p.task_time.kind == TaskTime::Kind::trace) {
+    if (traces_) trace_rows_ = traces_->task_times(p.task_time.trace_file, client_id_);
+    if (trace_rows_ == nullptr) throw not_loaded(p.task_time.trace_file);
+  }
+  if (!p.availability_trace.empty()) {
+    if (!traces_ || !traces_->loaded(p.availability_trace)) throw not_loaded(p.availability_trace);
+    windows_ = traces_->availability(p.availability_trace, client_id_);
+  }
+  if (!p.device_trace.empty()) {
+    if (traces_) capacity_ = traces_->device(p.device_trace, client_id_);
+    if (capacity_ == nullptr) throw not_loaded(p.device_trace);
+  }
+}
+
 DeviceEmulator::TaskPlan DeviceEmulator::plan_task(double measured_seconds) {
-  const auto& t = profile_.task_time;
+  const auto& t = profile_->task_time;
   double seconds = 0;
   switch (t.kind) {
     case TaskTime::Kind::measured: seconds = std::max(0.0, measured_seconds); break;
@@ -371,47 +434,54 @@ DeviceEmulator::TaskPlan DeviceEmulator::plan_task(double measured_seconds) {
       seconds = t.median_seconds * std::exp(t.sigma * standard_normal(task_rng_));
       break;
     case TaskTime::Kind::pareto:
-      seconds = t.scale_seconds / std::pow(open_uniform(task_rng_), 1 / t.shape);
+      seconds = t.scale_seconds / std::pow(task_rng_.open_uniform(), 1 / t.shape);
       break;
     case TaskTime::Kind::trace:
       seconds = (*trace_rows_)[next_row_];
-      next_row_ = (next_row_ + 1) % trace_rows_->size();
+      next_row_ = static_cast<std::uint32_t>((next_row_ + 1) % trace_rows_->size());
       break;
   }
   TaskPlan plan;
-  plan.compute_seconds = seconds / profile_.compute_speed;
+  plan.compute_seconds = seconds / compute_speed();
   // Two draws every task, whatever the outcome, so task k's fate depends on k alone.
-  double u_drop = open_uniform(dropout_rng_);
-  double u_when = open_uniform(dropout_rng_);
-  plan.drops = u_drop < profile_.dropout;
+  double u_drop = dropout_rng_.open_uniform();
+  double u_when = dropout_rng_.open_uniform();
+  plan.drops = u_drop < profile_->dropout;
   if (plan.drops) plan.drop_after_seconds = u_when * plan.compute_seconds;
   return plan;
 }
 
+double DeviceEmulator::up_bandwidth() const {
+  return capacity_ != nullptr ? capacity_->up_bytes_per_second : profile_->link.up_bytes_per_second;
+}
+
+double DeviceEmulator::down_bandwidth() const {
+  return capacity_ != nullptr ? capacity_->down_bytes_per_second
+                              : profile_->link.down_bytes_per_second;
+}
+
 double DeviceEmulator::upload_seconds(std::uint64_t bytes) const {
-  const auto& l = profile_.link;
-  return l.up_latency_seconds +
-         (l.up_bytes_per_second > 0 ? static_cast<double>(bytes) / l.up_bytes_per_second : 0);
+  const double bw = up_bandwidth();
+  return profile_->link.up_latency_seconds + (bw > 0 ? static_cast<double>(bytes) / bw : 0);
 }
 
 double DeviceEmulator::download_seconds(std::uint64_t bytes) const {
-  const auto& l = profile_.link;
-  return l.down_latency_seconds +
-         (l.down_bytes_per_second > 0 ? static_cast<double>(bytes) / l.down_bytes_per_second : 0);
+  const double bw = down_bandwidth();
+  return profile_->link.down_latency_seconds + (bw > 0 ? static_cast<double>(bytes) / bw : 0);
 }
 
 void DeviceEmulator::restart_availability() {
   availability_rng_.seed(availability_seed_);
-  period_online_ = open_uniform(availability_rng_) < profile_.availability;
+  period_online_ = availability_rng_.open_uniform() < profile_->availability;
   period_start_ = 0;
   period_end_ = draw_period(period_online_);
 }
 
 double DeviceEmulator::draw_period(bool online) {
-  double a = profile_.availability;
-  double mean = online ? profile_.mean_session_seconds
-                       : profile_.mean_session_seconds * (1 - a) / a;
-  return period_start_ - mean * std::log(open_uniform(availability_rng_));
+  double a = profile_->availability;
+  double mean = online ? profile_->mean_session_seconds
+                       : profile_->mean_session_seconds * (1 - a) / a;
+  return period_start_ - mean * std::log(availability_rng_.open_uniform());
 }
 
 void DeviceEmulator::seek(double t) {
@@ -435,14 +505,14 @@ void DeviceEmulator::seek(double t) {
 }
 
 bool DeviceEmulator::online_at(double t) {
-  if (windows_ == nullptr && profile_.availability >= 1) return true;
+  if (windows_ == nullptr && profile_->availability >= 1) return true;
   seek(t);
   if (windows_ != nullptr) return window_ < windows_->size() && (*windows_)[window_].online <= t;
   return period_online_;
 }
 
 double DeviceEmulator::next_change_after(double t) {
-  if (windows_ == nullptr && profile_.availability >= 1) return infinity;
+  if (windows_ == nullptr && profile_->availability >= 1) return infinity;
   seek(t);
   if (windows_ != nullptr) {
     if (window_ == windows_->size()) return infinity;

@@ -172,6 +172,35 @@ std::vector<std::vector<std::int64_t>> draw_dirichlet(
   return parts;
 }
 
+/// Client `c`'s share under PartitionKind::classes: classes_per_client distinct labels (those
+/// with examples), examples_per_client examples split evenly over them, distinct within the
+/// client, each drawn from its own stream so a client's share does not depend on the others.
+std::vector<std::int64_t> draw_classes(const std::vector<std::vector<std::int64_t>>& by_class,
+                                       const std::vector<std::size_t>& nonempty,
+                                       const PartitionSpec& spec, std::uint64_t client) {
+  std::mt19937_64 rng(spec.seed * 0x9E3779B97F4A7C15ULL + client * 0xD1B54A32D192ED03ULL + 7);
+  std::vector<std::size_t> classes = nonempty;
+  const auto k = std::min(classes.size(), static_cast<std::size_t>(spec.classes_per_client));
+  for (std::size_t i = 0; i < k; ++i) std::swap(classes[i], classes[i + rng() % (classes.size() - i)]);
+  std::vector<std::int64_t> out;
+  out.reserve(static_cast<std::size_t>(spec.examples_per_client));
+  const auto total = static_cast<std::size_t>(spec.examples_per_client);
+  for (std::size_t j = 0; j < k; ++j) {
+    const auto& pool = by_class[classes[j]];
+    auto want = std::min(total / k + (j < total % k ? 1 : 0), pool.size());
+    // Floyd's sampling: `want` distinct positions of the pool in O(want^2) for small shares.
+    const std::size_t first = out.size();
+    for (std::size_t m = pool.size() - want; m < pool.size(); ++m) {
+      const auto pick = pool[rng() % (m + 1)];
+      const bool seen = std::find(out.begin() + static_cast<std::ptrdiff_t>(first), out.end(),
+                                  pick) != out.end();
+      out.push_back(seen ? pool[m] : pick);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 }  // namespace
 
 void shuffle(std::vector<std::int64_t>& v, std::mt19937_64& rng) {
@@ -228,6 +257,23 @@ std::vector<std::vector<std::int64_t>> partition(const at::Tensor& labels,
   const auto cpu_labels = labels.to(torch::kCPU, torch::kInt64).contiguous();
   const std::int64_t n = cpu_labels.numel();
   if (spec.kind == PartitionKind::iid) return partition_iid(n, spec);
+  if (spec.kind == PartitionKind::classes) {
+    if (spec.classes_per_client < 1 || spec.examples_per_client < 1) {
+      throw Failure(Errc::invalid_config, "classes-per-client and examples-per-client must be >= 1");
+    }
+    const auto* lp = cpu_labels.data_ptr<std::int64_t>();
+    const std::int64_t num_classes = n == 0 ? 0 : *std::max_element(lp, lp + n) + 1;
+    std::vector<std::vector<std::int64_t>> by_class(static_cast<std::size_t>(num_classes));
+    for (std::int64_t i = 0; i < n; ++i) by_class[static_cast<std::size_t>(lp[i])].push_back(i);
+    std::vector<std::size_t> nonempty;
+    for (std::size_t c = 0; c < by_class.size(); ++c) {
+      if (!by_class[c].empty()) nonempty.push_back(c);
+    }
+    if (nonempty.empty()) throw Failure(Errc::invalid_config, "the dataset has no examples to partition");
+    std::vector<std::vector<std::int64_t>> parts(static_cast<std::size_t>(spec.num_clients));
+    for (std::size_t c = 0; c < parts.size(); ++c) parts[c] = draw_classes(by_class, nonempty, spec, c);
+    return parts;
+  }
 
   if (!(spec.alpha > 0)) {
     throw Failure(Errc::invalid_config,

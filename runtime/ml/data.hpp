@@ -31,7 +31,11 @@ struct Dataset {
 /// The rows `indices` of `data` (a copy).
 [[nodiscard]] Dataset subset(const Dataset& data, const std::vector<std::int64_t>& indices);
 
-enum class PartitionKind { iid, dirichlet };
+/// iid: shuffled and cut evenly. dirichlet: label skew, every example to exactly one client.
+/// classes: each client holds examples_per_client examples of classes_per_client labels,
+/// drawn independently per client (so clients may share examples): a fleet of any size, a
+/// million clients included, gets small non-IID shares of a fixed dataset.
+enum class PartitionKind { iid, dirichlet, classes };
 
 struct PartitionSpec {
   PartitionKind kind = PartitionKind::iid;
@@ -40,10 +44,13 @@ struct PartitionSpec {
   std::uint64_t seed = 0;
   /// Smallest number of examples any client may get (dirichlet redraws until met).
   std::int64_t min_examples = 10;
+  int classes_per_client = 2;               ///< classes
+  std::int64_t examples_per_client = 64;    ///< classes
 };
 
-/// Assigns every example to exactly one client. Deterministic in (labels, spec): every process
-/// of a run computes the same partition from the shared config.
+/// Assigns every example to exactly one client (iid, dirichlet), or draws each client's share
+/// (classes). Deterministic in (labels, spec): every process of a run computes the same
+/// partition from the shared config. Each client's indices are sorted.
 [[nodiscard]] std::vector<std::vector<std::int64_t>> partition(const at::Tensor& labels,
                                                                const PartitionSpec& spec);
 

@@ -58,16 +58,47 @@ std::string AsyncSchedule::describe() const {
                      concurrency, max_stale);
 }
 
+void AsyncSchedule::Idle::insert(const std::string& peer) {
+  if (position_.emplace(peer, peers_.size()).second) peers_.push_back(peer);
+}
+
+void AsyncSchedule::Idle::erase(const std::string& peer) {
+  auto it = position_.find(peer);
+  if (it == position_.end()) return;
+  const std::size_t at = it->second;
+  position_.erase(it);
+  if (at + 1 != peers_.size()) {
+    peers_[at] = std::move(peers_.back());
+    position_[peers_[at]] = at;
+  }
+  peers_.pop_back();
+}
+
+void AsyncSchedule::start(std::vector<Send>& out) {
+  for (const auto& peer : registry_.clients()) {
+    if (!tasks_.contains(peer)) idle_.insert(peer);
+  }
+  hand_out(out);
+}
+
+void AsyncSchedule::on_client_ready(const std::string& peer, std::vector<Send>& out) {
+  if (!tasks_.contains(peer) && registry_.live(peer)) idle_.insert(peer);
+  hand_out(out);
+}
+
+void AsyncSchedule::task_over(const std::string& peer) {
+  tasks_.erase(peer);
+  if (registry_.live(peer)) idle_.insert(peer);
+}
+
 void AsyncSchedule::hand_out(std::vector<Send>& out) {
   if (phase_ != Phase::running) return;
-  std::vector<std::string> idle;
-  for (const auto& peer : registry_.clients()) {
-    if (!tasks_.contains(peer)) idle.push_back(peer);
-  }
   const std::size_t cap =
       options_.max_concurrency == 0 ? registry_.live_clients() : options_.max_concurrency;
-  if (tasks_.size() >= cap || idle.empty()) return;
-  for (const auto& peer : selection_->pick(std::move(idle), cap - tasks_.size(), rng_)) {
+  if (tasks_.size() >= cap || idle_.peers().empty()) return;
+  for (const auto& peer : selection_->pick(idle_.peers(), cap - tasks_.size(), rng_)) {
+    if (!registry_.live(peer) || tasks_.contains(peer)) continue;  // a policy's stray pick
+    idle_.erase(peer);
     const auto seq = next_seq_++;
     tasks_[peer] = Held{seq, version_, clock_.now()};
     out.push_back(task_for(peer, seq, options_.kind == ScheduleKind::buffered));
@@ -76,6 +107,7 @@ void AsyncSchedule::hand_out(std::vector<Send>& out) {
 
 void AsyncSchedule::on_client_left(const std::string& peer, std::vector<Send>& out) {
   tasks_.erase(peer);
+  idle_.erase(peer);
   hand_out(out);
 }
 
@@ -88,6 +120,7 @@ void AsyncSchedule::tick_running(std::vector<Send>& out) {
                                  "its slot goes to another client",
                                  it->first, it->second.seq, options_.task_deadline.count());
       emit(TaskLost{it->first, client_id_of(it->first), it->second.seq});
+      if (registry_.live(it->first)) idle_.insert(it->first);
       it = tasks_.erase(it);
       freed = true;
       ++lost_in_a_row_;
@@ -178,7 +211,7 @@ std::vector<Send> AsyncSchedule::on_update(const std::string& peer, const Update
   }
   const auto task = held->second;
   // Whatever happens to this update, the client's task is over: it gets new work below.
-  tasks_.erase(held);
+  task_over(peer);
   const bool buffered = options_.kind == ScheduleKind::buffered;
   if (update.base_model_version != task.base_version) {
     reject(out, peer, update, RejectReason::wrong_version,

@@ -5,8 +5,11 @@
 namespace flotilla {
 
 bool PeerRegistry::add(const std::string& peer, const Hello& hello) {
-  const bool known = peers_.contains(peer) || gone_.erase(peer) > 0;
+  auto live = peers_.find(peer);
+  const bool known = live != peers_.end() || gone_.erase(peer) > 0;
+  if (live != peers_.end() && live->second.role == Role::client) --live_clients_;
   peers_[peer] = Peer{hello.role, hello.client_id, hello.num_examples, clock_.now()};
+  if (hello.role == Role::client) ++live_clients_;
   return known;
 }
 
@@ -18,6 +21,7 @@ bool PeerRegistry::heard_from(const std::string& peer) {
   auto g = gone_.find(peer);
   if (g == gone_.end()) return false;
   g->second.last_seen = clock_.now();
+  if (g->second.role == Role::client) ++live_clients_;
   peers_.insert(*g);
   gone_.erase(g);
   return true;
@@ -26,6 +30,7 @@ bool PeerRegistry::heard_from(const std::string& peer) {
 bool PeerRegistry::set_aside(const std::string& peer) {
   auto it = peers_.find(peer);
   if (it == peers_.end()) return false;
+  if (it->second.role == Role::client) --live_clients_;
   gone_.insert(*it);
   peers_.erase(it);
   return true;
@@ -58,11 +63,6 @@ std::vector<std::string> PeerRegistry::clients() const {
     if (p.role == Role::client) out.push_back(id);
   }
   return out;
-}
-
-std::size_t PeerRegistry::live_clients() const {
-  return static_cast<std::size_t>(std::count_if(
-      peers_.begin(), peers_.end(), [](const auto& p) { return p.second.role == Role::client; }));
 }
 
 std::optional<std::string> PeerRegistry::evaluator() const {

@@ -42,7 +42,7 @@ class PeerRegistry {
   [[nodiscard]] bool live(const std::string& peer) const { return peers_.contains(peer); }
   /// Live clients' routing ids, in a stable order.
   [[nodiscard]] std::vector<std::string> clients() const;
-  [[nodiscard]] std::size_t live_clients() const;
+  [[nodiscard]] std::size_t live_clients() const { return live_clients_; }
   [[nodiscard]] std::optional<std::string> evaluator() const;
   /// Every live peer (clients and evaluators).
   [[nodiscard]] std::vector<std::string> all() const;
@@ -53,6 +53,7 @@ class PeerRegistry {
   const Clock& clock_;
   std::map<std::string, Peer> peers_;
   std::map<std::string, Peer> gone_;
+  std::size_t live_clients_ = 0;  ///< clients in peers_
 };
 
 }  // namespace flotilla

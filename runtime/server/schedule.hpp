@@ -204,4 +204,12 @@ class Schedule {
   std::string pending_reason_;
 };
 
+/// Who watches a run, whether a real aggregator or a simulator drives its schedule.
+struct ScheduleHooks {
+  std::function<void(const RoundRecord&)> on_round;   ///< each completed round/version, in order
+  std::function<void(const Schedule&)> on_done;       ///< once, when the run is over
+  /// The schedule's events, in order, as they happen (metrics and other observers).
+  std::function<void(const std::vector<Event>&)> on_events;
+};
+
 }  // namespace flotilla

@@ -17,8 +17,9 @@ class Selection {
  public:
   virtual ~Selection() = default;
   /// At most `count` of `candidates` (live clients holding no task), in the order work is
-  /// handed out. Default: a uniform random sample drawn with `rng`.
-  [[nodiscard]] virtual std::vector<std::string> pick(std::vector<std::string> candidates,
+  /// handed out. Default: a uniform random sample drawn with `rng`, in O(count) draws whatever
+  /// the number of candidates (a fleet of a million idle clients is not copied or shuffled).
+  [[nodiscard]] virtual std::vector<std::string> pick(const std::vector<std::string>& candidates,
                                                       std::size_t count, std::mt19937_64& rng) const;
   /// The training settings of client `client_id`'s task `task` (sync: the round; async: the
   /// task's sequence number). Default: `base` with a seed drawn from (run seed, task, client).

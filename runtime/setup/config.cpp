@@ -235,6 +235,7 @@ DeviceProfileSpec read_profile(const toml::table& table, const std::string& sour
   seconds("mean-session", p.mean_session_seconds);
   r.real(section, "dropout", p.dropout, 0.0, 0.999, "a number in [0, 1)");
   r.string(section, "availability-trace", p.availability_trace);
+  r.string(section, "device-trace", p.device_trace);
   r.choice(section, "task-time", p.task_time.kind,
            std::map<std::string, TaskTime::Kind>{{"measured", TaskTime::Kind::measured},
                                                  {"lognormal", TaskTime::Kind::lognormal},
@@ -255,6 +256,8 @@ Config read(const toml::table& root, const std::string& source) {
   Reader r(root, source);
   const auto inf = std::numeric_limits<double>::infinity();
 
+  r.choice("run", "mode", c.run.mode,
+           std::map<std::string, RunMode>{{"real", RunMode::real}, {"simulate", RunMode::simulate}});
   r.string("run", "name", c.run.name);
   r.integer("run", "seed", c.run.seed, 0);
   r.integer("run", "rounds", c.run.rounds, 1, 1'000'000);
@@ -270,11 +273,14 @@ Config read(const toml::table& root, const std::string& source) {
   r.string("data", "path", c.data.path);
   r.choice("data", "partition", c.data.partition,
            std::map<std::string, PartitionKind>{{"iid", PartitionKind::iid},
-                                                {"dirichlet", PartitionKind::dirichlet}});
+                                                {"dirichlet", PartitionKind::dirichlet},
+                                                {"classes", PartitionKind::classes}});
   r.real("data", "alpha", c.data.alpha, 1e-6, 1e6, "a positive number");
-  r.integer("data", "clients", c.data.clients, 1, 100'000);
+  r.integer("data", "clients", c.data.clients, 1, 10'000'000);
   r.real("data", "test-fraction", c.data.test_fraction, 0.0, 0.9, "a number in [0, 0.9]");
   r.integer("data", "min-examples", c.data.min_examples, 1);
+  r.integer("data", "classes-per-client", c.data.classes_per_client, 1, 1'000'000);
+  r.integer("data", "examples-per-client", c.data.examples_per_client, 1, 1'000'000'000);
 
   r.choice("model", "name", c.model.name,
            std::map<std::string, std::string>{{"mlp", "mlp"}, {"cnn", "cnn"}});
@@ -336,6 +342,10 @@ Config read(const toml::table& root, const std::string& source) {
   r.duration("client", "connect-timeout", c.client.connect_timeout);
   r.duration("client", "heartbeat-interval", c.client.heartbeat_interval);
 
+  r.duration("simulation", "tick", c.simulation.tick);
+  r.real("simulation", "example-seconds", c.simulation.example_seconds, 0.0, 1e6, "a number >= 0");
+  r.duration("simulation", "progress", c.simulation.progress);
+
   r.boolean("evaluator", "enabled", c.evaluator.enabled);
   r.integer("evaluator", "examples", c.evaluator.examples, 0);
   r.integer("evaluator", "batch-size", c.evaluator.batch_size, 1, 1 << 20);
@@ -375,6 +385,9 @@ Config read(const toml::table& root, const std::string& source) {
          ") is larger than data.clients (" + std::to_string(c.data.clients) + ")");
   }
   if (c.aggregator.listen.empty()) fail(source + ": aggregator.listen is empty");
+  if (c.run.mode == RunMode::simulate && c.simulation.tick.count() <= 0) {
+    fail(source + ": simulation.tick must be > 0 (how often virtual deadlines are checked)");
+  }
   if (c.aggregator.strategy.empty()) fail(source + ": aggregator.strategy is empty");
   if (c.optimizer.name.empty()) fail(source + ": training.optimizer is empty");
   for (const char* key : {"learning-rate", "momentum", "weight-decay"}) {

@@ -17,7 +17,12 @@
 
 namespace flotilla {
 
+/// real: every role trains and waits in wall-clock time (one process or many). simulate: one
+/// process drives the same schedule on a virtual clock (docs/simulation.md).
+enum class RunMode { real, simulate };
+
 struct RunSection {
+  RunMode mode = RunMode::real;
   std::string name = "flotilla";
   std::uint64_t seed = 0;
   std::uint32_t rounds = 10;
@@ -40,6 +45,8 @@ struct DataSection {
   int clients = 8;                ///< how many clients the data is split into
   double test_fraction = 0.1;     ///< each client's held-out share
   std::int64_t min_examples = 10;
+  int classes_per_client = 2;               ///< partition "classes"
+  std::int64_t examples_per_client = 64;    ///< partition "classes"
 };
 
 struct AggregatorSection {
@@ -100,6 +107,17 @@ struct EvaluatorSection {
   std::int64_t batch_size = 1000;
 };
 
+/// run.mode = "simulate": how virtual time passes (docs/simulation.md).
+struct SimulationSection {
+  /// How often the schedule's deadlines and timeouts are checked, in virtual time.
+  Duration tick{1'000};
+  /// Virtual seconds one training example takes on the reference device (compute speed 1),
+  /// for devices whose task-time is "measured": a task costs examples seen x this / speed.
+  double example_seconds = 0.001;
+  /// Virtual seconds between progress lines (0 = none).
+  Duration progress{0};
+};
+
 struct Config {
   std::string source;  ///< the file it was read from
   RunSection run;
@@ -111,6 +129,7 @@ struct Config {
   AggregatorSection aggregator;
   ClientSection client;
   EvaluatorSection evaluator;
+  SimulationSection simulation;
   /// Device profiles ([[fleet.profile]]): emulated task times, links, availability, dropouts.
   std::vector<DeviceProfileSpec> fleet;
 };

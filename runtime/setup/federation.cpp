@@ -2,6 +2,8 @@
 
 #include "runtime/plugin_host/fedavg.hpp"
 #include "runtime/plugin_host/plugin_aggregation.hpp"
+#include "runtime/plugin_host/plugin_optimizer.hpp"
+#include "runtime/ml/trainer.hpp"
 #include "runtime/base/log.hpp"
 #include "runtime/server/async_schedule.hpp"
 #include "runtime/server/sync_rounds.hpp"
@@ -22,6 +24,8 @@ std::vector<std::vector<std::int64_t>> client_partitions(const Config& config,
   spec.alpha = config.data.alpha;
   spec.seed = config.run.seed;
   spec.min_examples = config.data.min_examples;
+  spec.classes_per_client = config.data.classes_per_client;
+  spec.examples_per_client = config.data.examples_per_client;
   return partition(full_train.labels, spec);
 }
 
@@ -39,8 +43,13 @@ Expected<Dataset> client_train_data(const Config& config, const Dataset& full_tr
     own = client_partitions(config, full_train);
     parts = &own;
   }
-  auto split = split_train_test(parts->at(id), config.data.test_fraction, config.run.seed + id);
-  return subset(full_train, split.train);
+  return subset(full_train, client_train_indices(config, *parts, id));
+}
+
+std::vector<std::int64_t> client_train_indices(const Config& config,
+                                               const std::vector<std::vector<std::int64_t>>& parts,
+                                               std::uint32_t id) {
+  return split_train_test(parts.at(id), config.data.test_fraction, config.run.seed + id).train;
 }
 
 Dataset evaluation_data(const Config& config, const Dataset& full_test) {
@@ -114,6 +123,26 @@ EndpointOptions endpoint_options(const Config& config) {
 
 std::string run_id(const Config& config) {
   return config.run.name + "-" + std::to_string(config.run.seed);
+}
+
+Expected<std::shared_ptr<WatchedPlugin>> client_optimizer(const Config& config) {
+  auto device = resolve_device(config.run.device);
+  if (!device) return device.error();
+  std::vector<std::filesystem::path> path(config.run.plugin_path.begin(), config.run.plugin_path.end());
+  auto registry = std::make_shared<PluginRegistry>(std::move(path), *device);
+  auto library = registry->load_spec(config.optimizer.name, FLOTILLA_KIND_OPTIMIZER);
+  if (!library) {
+    return Error{Errc::invalid_config, config.source + ": training.optimizer: " + library.error().message};
+  }
+  auto model = build_model(config);
+  if (!model) return model.error();
+  const std::string where = config.source + ": training.options";
+  auto options = optimizer_options((*library)->info(), config.optimizer.options, config.training);
+  if (!options) return Error{Errc::invalid_config, config.source + ": " + options.error().message};
+  if (auto ok = (*library)->check_options(*options, where); !ok) return ok.error();
+  auto trial = PluginOptimizer::create(*library, *options, trainable_parameters(**model), where);
+  if (!trial) return Error{Errc::invalid_config, where + ": " + trial.error().message};
+  return std::make_shared<WatchedPlugin>(std::move(registry), std::move(library).value());
 }
 
 Expected<std::unique_ptr<PluginRegistry>> plugin_registry(const Config& config) {

@@ -23,6 +23,10 @@ namespace flotilla {
     const Config& config, const Dataset& full_train, std::uint32_t id,
     const std::vector<std::vector<std::int64_t>>* parts = nullptr);
 
+/// Client `id`'s training indices within its share `parts[id]` (its held-out share removed).
+[[nodiscard]] std::vector<std::int64_t> client_train_indices(
+    const Config& config, const std::vector<std::vector<std::int64_t>>& parts, std::uint32_t id);
+
 /// The indices of `full_train` each client holds under the config's partition.
 [[nodiscard]] std::vector<std::vector<std::int64_t>> client_partitions(const Config& config,
                                                                       const Dataset& full_train);
@@ -44,6 +48,11 @@ namespace flotilla {
 [[nodiscard]] Expected<std::unique_ptr<Aggregation>> build_aggregation(const Config& config,
                                                                        PluginRegistry& registry,
                                                                        const TensorList& initial);
+
+/// The clients' optimizer plugin (training.optimizer on run.plugin-path), checked with the
+/// run's [training] and [training.options] by creating it once over a model like the clients'.
+/// Errc::invalid_config naming the config file and the problem.
+[[nodiscard]] Expected<std::shared_ptr<WatchedPlugin>> client_optimizer(const Config& config);
 
 /// LoRA rank of client `id`: lora.ranks[id] when lora.ranks is set, else lora.rank.
 [[nodiscard]] std::int64_t client_lora_rank(const Config& config, std::uint32_t id);

@@ -457,8 +457,9 @@ namespace {
 /// Picks the lowest ids first and halves the learning rate of odd clients.
 class Ordered final : public Selection {
  public:
-  std::vector<std::string> pick(std::vector<std::string> c, std::size_t n,
+  std::vector<std::string> pick(const std::vector<std::string>& candidates, std::size_t n,
                                 std::mt19937_64&) const override {
+    auto c = candidates;
     std::sort(c.begin(), c.end());
     c.resize(std::min(n, c.size()));
     return c;

@@ -291,6 +291,33 @@ TEST_F(FashionMnist, PartitionsAreDeterministicInTheSeed) {
   }
 }
 
+TEST_F(FashionMnist, ClassesPartitionGivesAnyNumberOfClientsSmallSkewedShares) {
+  const auto labels = label_vector(*train_);
+  PartitionSpec spec;
+  spec.kind = PartitionKind::classes;
+  spec.num_clients = 100'000;  // more clients than examples: shares overlap across clients
+  spec.classes_per_client = 2;
+  spec.examples_per_client = 20;
+  spec.seed = 4;
+  const auto parts = partition(train_->labels, spec);
+  ASSERT_EQ(parts.size(), 100'000U);
+  std::set<std::vector<std::int64_t>> distinct;
+  for (std::size_t c = 0; c < parts.size(); c += 997) {
+    const auto& p = parts[c];
+    ASSERT_EQ(p.size(), 20U) << "client " << c;
+    EXPECT_TRUE(std::is_sorted(p.begin(), p.end()));
+    EXPECT_EQ(std::set<std::int64_t>(p.begin(), p.end()).size(), 20U) << "distinct within a client";
+    std::set<std::int64_t> classes;
+    for (auto i : p) classes.insert(labels[static_cast<std::size_t>(i)]);
+    EXPECT_EQ(classes.size(), 2U) << "client " << c;
+    distinct.insert(p);
+  }
+  EXPECT_GT(distinct.size(), 90U) << "clients draw their own shares";
+  // A client's share depends on its id and the seed alone, not on the fleet's size.
+  spec.num_clients = 10;
+  EXPECT_EQ(partition(train_->labels, spec)[7], parts[7]);
+}
+
 TEST_F(FashionMnist, DirichletPartitionIsLabelSkewed) {
   const auto labels = label_vector(*train_);
   PartitionSpec spec;
