@@ -160,6 +160,10 @@ RoleResult run_client(const Config& config, std::uint32_t id, const std::string&
   if (!shared) return failed(shared.error());
   auto setup = client_setup(config, id, connect, *train, role_threads(config), *optimizer, *shared);
   if (!setup) return failed(setup.error());
+  // The client keeps its own slice: the whole training set (188 MB as floats) and everyone's
+  // partition go before the run, not after it.
+  *train = Dataset{};
+  shared->parts = {};
   logger("client-" + std::to_string(id))
       ->info("{} training examples; connecting to {}", (*setup)->train.size(), connect);
   with_actor_system([&](caf::actor_system& sys) { sys.spawn<caf::detached>(client_actor, *setup); });

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Flotilla's benchmarks, each printing ratios measured in this one run (the machines are
 # shared and noisy: compare ratios, not absolute numbers across runs).
-#   scripts/bench.sh [fold|transport|e2e|blas|plugins|schedules|async ...]     default: all
+#   scripts/bench.sh [fold|transport|e2e|blas|plugins|schedules|async|simulate|churn ...]   default: all
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async)
+WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async simulate churn)
 bash scripts/install-deps.sh
 bash scripts/build.sh flotilla fold_bench transport_bench baseline_bench blas_bench \
   fold_plugin_bench galore_bench
@@ -14,6 +14,14 @@ trap 'rm -rf "$OUT"' EXIT
 
 for w in "${WHICH[@]}"; do
 case "$w" in
+churn)
+  echo "== churn: 100 client processes on loopback, SIGKILLed and restarted at random (async, 150 s)"
+  bash bench/churn.sh "$B/flotilla" 100 150 async
+  ;;
+simulate)
+  echo "== simulate: the fleet simulator at 10,000 and 1,000,000 clients; schedules at 1,000"
+  bash bench/simulate.sh "$B/flotilla"
+  ;;
 schedules)
   echo "== schedules: time to 80% on examples/async_stragglers.toml (16 devices, lognormal sigma 1, 10% dropouts)"
   bash scripts/compare-schedules.sh --out "$OUT/schedules" | sed -n '/^schedule /,$p'

@@ -2,18 +2,23 @@
 # Runs examples/async_stragglers.toml (16 emulated devices, lognormal task times with sigma 1,
 # 10% dropouts) once per schedule, same fleet, data and seed, and prints for each the time to
 # the target accuracy and the final accuracy; writes a PNG of accuracy against time.
-#   scripts/compare-schedules.sh [--target 0.8] [--out DIR] [CONFIG]
+# --simulate runs the same config on a virtual clock (run.mode = "simulate"); a config that
+# already says so (e.g. examples/stragglers_1000.toml) is simulated anyway. Times are then
+# virtual seconds.
+#   scripts/compare-schedules.sh [--target 0.8] [--out DIR] [--simulate] [CONFIG]
 #   default: --target 0.8, --out compare-schedules/, CONFIG examples/async_stragglers.toml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=0.8
 OUT=compare-schedules
 CONFIG=examples/async_stragglers.toml
+SIMULATE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --target) TARGET=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    --simulate) SIMULATE=1; shift ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     -*) echo "compare-schedules.sh: unknown option '$1'" >&2; exit 2 ;;
     *) CONFIG=$1; shift ;;
   esac
@@ -26,7 +31,10 @@ for s in sync async buffered; do
   echo "== $s"
   sed "s/^schedule = \".*\"/schedule = \"$s\"/" "$CONFIG" > "$OUT/$s.toml"
   grep -q "^schedule = \"$s\"" "$OUT/$s.toml" || { echo "no 'schedule = ' line in $CONFIG" >&2; exit 2; }
-  "$FLOTILLA" --log-level warn run "$OUT/$s.toml" --output "$OUT/$s" 2>"$OUT/$s.log" | grep -E "^(done|schedule|updates dropped|final)" || {
+  if [ "$SIMULATE" = 1 ] && ! grep -q '^mode = "simulate"' "$OUT/$s.toml"; then
+    sed -i '/^mode = /d; /^\[run\]/a mode = "simulate"' "$OUT/$s.toml"
+  fi
+  "$FLOTILLA" --log-level warn run "$OUT/$s.toml" --output "$OUT/$s" 2>"$OUT/$s.log" | grep -E "^(done|schedule|updates dropped|final|simulated|compute:)" || {
     echo "the $s run failed; see $OUT/$s.log" >&2; exit 1; }
 done
 python3 - "$OUT" "$TARGET" <<'PY'
@@ -49,12 +57,15 @@ if rows.get("sync"):
     for s in ("async", "buffered"):
         if rows.get(s): print(f"{s}: {rows['sync']/rows[s]:.2f}x faster to {target:.0%} than sync")
 PY
+CLIENTS=$(sed -n 's/^clients = \([0-9]*\).*/\1/p' "$OUT/sync.toml" | head -1)
+CLOCK="seconds since the first task"
+grep -q '^mode = "simulate"' "$OUT/sync.toml" && CLOCK="virtual seconds since the first task (simulated)"
 if command -v gnuplot >/dev/null; then
   gnuplot <<GP
 set terminal png size 900,540
 set output "$OUT/accuracy.png"
-set title "Test accuracy against time: 16 devices, lognormal task times (sigma 1), 10% dropouts"
-set xlabel "seconds since the first task"
+set title "Test accuracy against time: $CLIENTS devices ($(basename "$CONFIG"))"
+set xlabel "$CLOCK"
 set ylabel "test accuracy (%)"
 set key bottom right
 set grid

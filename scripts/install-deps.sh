@@ -13,6 +13,8 @@ PACKAGES=(
   libtomlplusplus-dev libcli11-dev libspdlog-dev nlohmann-json3-dev libcpp-httplib-dev libdlpack-dev
   # tests and benchmarks
   googletest libgtest-dev libgmock-dev libbenchmark-dev iperf3
+  # the slow test across network namespaces (ip netns, tc tbf)
+  iproute2
   # the end-to-end tests and bench.sh check results with a few lines of Python
   python3
   # a fast BLAS for LibTorch's CPU kernels (Debian's default reference BLAS is ~25x slower)

@@ -86,6 +86,17 @@ void AsyncSchedule::on_client_ready(const std::string& peer, std::vector<Send>& 
   hand_out(out);
 }
 
+void AsyncSchedule::on_client_restarted(const std::string& peer, std::vector<Send>& out) {
+  if (auto held = tasks_.find(peer); held != tasks_.end()) {
+    // Its process restarted: the task died with the old one. Waiting for its deadline would
+    // only keep a slot idle.
+    logger("aggregator")->info("{} registered again: its task {} is lost", peer, held->second.seq);
+    emit(TaskLost{peer, client_id_of(peer), held->second.seq});
+    tasks_.erase(held);
+  }
+  on_client_ready(peer, out);
+}
+
 void AsyncSchedule::task_over(const std::string& peer) {
   tasks_.erase(peer);
   if (registry_.live(peer)) idle_.insert(peer);
@@ -113,21 +124,25 @@ void AsyncSchedule::on_client_left(const std::string& peer, std::vector<Send>& o
 
 void AsyncSchedule::tick_running(std::vector<Send>& out) {
   const auto now = clock_.now();
-  bool freed = false;
+  std::vector<std::string> lost;
   for (auto it = tasks_.begin(); it != tasks_.end();) {
     if (now - it->second.sent_at >= options_.task_deadline) {
       logger("aggregator")->warn("{} sent no update for task {} within {} ms (aggregator.task-deadline); "
                                  "its slot goes to another client",
                                  it->first, it->second.seq, options_.task_deadline.count());
       emit(TaskLost{it->first, client_id_of(it->first), it->second.seq});
-      if (registry_.live(it->first)) idle_.insert(it->first);
+      lost.push_back(it->first);
       it = tasks_.erase(it);
-      freed = true;
       ++lost_in_a_row_;
     } else {
       ++it;
     }
   }
+  // A client whose task was lost may be gone (killed, off the network) and would lose every
+  // task it is given: it gets no more until it is heard from (a live one sends heartbeats
+  // between tasks, or its late update).
+  for (const auto& peer : lost) set_aside(peer, "lost its task", out);
+  const bool freed = !lost.empty();
   const std::uint64_t cap = options_.max_concurrency == 0 ? registry_.live_clients()
                                                           : options_.max_concurrency;
   const std::uint64_t give_up = std::max<std::uint64_t>(10, 3 * cap);
@@ -193,7 +208,7 @@ void AsyncSchedule::step(double factor, std::vector<Send>& out) {
 
 std::vector<Send> AsyncSchedule::on_update(const std::string& peer, const Update& update) {
   std::vector<Send> out;
-  (void)registry_.heard_from(peer);
+  heard(peer, out);  // a client set aside (e.g. its task was lost) is back, and idle
   if (phase_ != Phase::running) {
     reject(out, peer, update, RejectReason::late, "the run is no longer taking updates");
     return out;

@@ -35,6 +35,7 @@ class AsyncSchedule final : public Schedule {
  protected:
   void start(std::vector<Send>& out) override;
   void on_client_ready(const std::string& peer, std::vector<Send>& out) override;
+  void on_client_restarted(const std::string& peer, std::vector<Send>& out) override;
   void on_client_left(const std::string& peer, std::vector<Send>& out) override;
   [[nodiscard]] bool owes_update(const std::string& peer) const override {
     return tasks_.contains(peer);

@@ -7,9 +7,9 @@ namespace flotilla {
 bool PeerRegistry::add(const std::string& peer, const Hello& hello) {
   auto live = peers_.find(peer);
   const bool known = live != peers_.end() || gone_.erase(peer) > 0;
-  if (live != peers_.end() && live->second.role == Role::client) --live_clients_;
+  if (live != peers_.end()) forget(live->second.role, peer);
   peers_[peer] = Peer{hello.role, hello.client_id, hello.num_examples, clock_.now()};
-  if (hello.role == Role::client) ++live_clients_;
+  count(hello.role, peer);
   return known;
 }
 
@@ -21,7 +21,7 @@ bool PeerRegistry::heard_from(const std::string& peer) {
   auto g = gone_.find(peer);
   if (g == gone_.end()) return false;
   g->second.last_seen = clock_.now();
-  if (g->second.role == Role::client) ++live_clients_;
+  count(g->second.role, peer);
   peers_.insert(*g);
   gone_.erase(g);
   return true;
@@ -30,7 +30,7 @@ bool PeerRegistry::heard_from(const std::string& peer) {
 bool PeerRegistry::set_aside(const std::string& peer) {
   auto it = peers_.find(peer);
   if (it == peers_.end()) return false;
-  if (it->second.role == Role::client) --live_clients_;
+  forget(it->second.role, peer);
   gone_.insert(*it);
   peers_.erase(it);
   return true;
@@ -43,6 +43,7 @@ std::vector<std::string> PeerRegistry::silent(
   for (const auto& [id, p] : peers_) {
     if (now - p.last_seen > timeout && !(exempt && exempt(id))) out.push_back(id);
   }
+  std::sort(out.begin(), out.end());
   return out;
 }
 
@@ -62,25 +63,36 @@ std::vector<std::string> PeerRegistry::clients() const {
   for (const auto& [id, p] : peers_) {
     if (p.role == Role::client) out.push_back(id);
   }
+  std::sort(out.begin(), out.end());
   return out;
 }
 
 std::optional<std::string> PeerRegistry::evaluator() const {
-  for (const auto& [id, p] : peers_) {
-    if (p.role == Role::evaluator) return id;
-  }
-  return std::nullopt;
+  if (evaluators_.empty()) return std::nullopt;
+  return *evaluators_.begin();
+}
+
+void PeerRegistry::count(Role role, const std::string& peer) {
+  if (role == Role::client) ++live_clients_;
+  if (role == Role::evaluator) evaluators_.insert(peer);
+}
+
+void PeerRegistry::forget(Role role, const std::string& peer) {
+  if (role == Role::client) --live_clients_;
+  if (role == Role::evaluator) evaluators_.erase(peer);
 }
 
 std::vector<std::string> PeerRegistry::all() const {
   std::vector<std::string> out;
   for (const auto& [id, p] : peers_) out.push_back(id);
+  std::sort(out.begin(), out.end());
   return out;
 }
 
 std::vector<std::string> PeerRegistry::everyone() const {
   std::vector<std::string> out = all();
   for (const auto& [id, p] : gone_) out.push_back(id);
+  std::sort(out.begin(), out.end());
   return out;
 }
 

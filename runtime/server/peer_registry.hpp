@@ -7,7 +7,8 @@
 
 #include <cstdint>
 #include <functional>
-#include <map>
+#include <set>
+#include <unordered_map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,7 +33,7 @@ class PeerRegistry {
   /// Sets a live peer aside until it is heard from again; false if it is not live.
   bool set_aside(const std::string& peer);
   /// Live peers silent for longer than `timeout`, except those `exempt` says may be silent
-  /// (e.g. training without heartbeats).
+  /// (e.g. training without heartbeats), sorted.
   [[nodiscard]] std::vector<std::string> silent(Duration timeout,
                                                 const std::function<bool(const std::string&)>& exempt) const;
 
@@ -40,7 +41,7 @@ class PeerRegistry {
   /// Also finds peers set aside (their client id stays known).
   [[nodiscard]] const Peer* find_any(const std::string& peer) const;
   [[nodiscard]] bool live(const std::string& peer) const { return peers_.contains(peer); }
-  /// Live clients' routing ids, in a stable order.
+  /// Live clients' routing ids, sorted.
   [[nodiscard]] std::vector<std::string> clients() const;
   [[nodiscard]] std::size_t live_clients() const { return live_clients_; }
   [[nodiscard]] std::optional<std::string> evaluator() const;
@@ -50,10 +51,16 @@ class PeerRegistry {
   [[nodiscard]] std::vector<std::string> everyone() const;
 
  private:
+  void count(Role role, const std::string& peer);
+  void forget(Role role, const std::string& peer);
+
   const Clock& clock_;
-  std::map<std::string, Peer> peers_;
-  std::map<std::string, Peer> gone_;
-  std::size_t live_clients_ = 0;  ///< clients in peers_
+  // Hashed: a heartbeat from one of a million peers costs one lookup, not twenty string
+  // comparisons; the lists above are sorted where their order matters.
+  std::unordered_map<std::string, Peer> peers_;
+  std::unordered_map<std::string, Peer> gone_;
+  std::size_t live_clients_ = 0;    ///< clients in peers_
+  std::set<std::string> evaluators_;  ///< evaluators in peers_
 };
 
 }  // namespace flotilla

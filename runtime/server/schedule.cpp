@@ -90,20 +90,27 @@ std::vector<Send> Schedule::on_hello(const std::string& peer, const Hello& hello
     run_started_ = clock_.now();
     start(out);
   } else if (phase_ == Phase::running) {
-    on_client_ready(peer, out);
+    if (known) {
+      on_client_restarted(peer, out);
+    } else {
+      on_client_ready(peer, out);
+    }
   }
   return out;
 }
 
 std::vector<Send> Schedule::on_heartbeat(const std::string& peer, const Heartbeat&) {
   std::vector<Send> out;
-  if (registry_.heard_from(peer)) {
-    const auto* p = registry_.find(peer);
-    emit(ClientJoined{peer, p->role, p->client_id, true});
-    logger("aggregator")->info("{} is back", peer);
-    if (phase_ == Phase::running && p->role == Role::client) on_client_ready(peer, out);
-  }
+  heard(peer, out);
   return out;
+}
+
+void Schedule::heard(const std::string& peer, std::vector<Send>& out) {
+  if (!registry_.heard_from(peer)) return;
+  const auto* p = registry_.find(peer);
+  emit(ClientJoined{peer, p->role, p->client_id, true});
+  logger("aggregator")->info("{} is back", peer);
+  if (phase_ == Phase::running && p->role == Role::client) on_client_ready(peer, out);
 }
 
 std::vector<Send> Schedule::on_bad_message(const std::string& peer, const Error& error) {
@@ -129,18 +136,18 @@ void Schedule::reject(std::vector<Send>& out, const std::string& peer, const Upd
 }
 
 std::vector<Send> Schedule::on_evaluation(const std::string& peer, const EvaluationResult& r) {
-  (void)registry_.heard_from(peer);
+  std::vector<Send> out;
+  heard(peer, out);
   const auto round = ledger_.received(r.model_version);
   if (!round) {
     logger("aggregator")->warn("ignored an evaluation of round {} version {} from {}", r.round,
                                r.model_version, peer);
-    return {};
+    return out;
   }
   emit(Evaluated{r.model_version, *round, r.loss, r.accuracy});
   if (options_.target_accuracy > 0 && r.accuracy >= options_.target_accuracy && r.model_version > 0) {
     target_reached_ = true;
   }
-  std::vector<Send> out;
   if (phase_ == Phase::draining && !ledger_.waiting()) finish(out, "all rounds done");
   return out;
 }

@@ -138,6 +138,11 @@ class Schedule {
   virtual void start(std::vector<Send>& out) = 0;
   /// A client registered or came back while the run is going.
   virtual void on_client_ready(const std::string& peer, std::vector<Send>& out) {}
+  /// A known client registered again while the run is going: its process restarted, and any
+  /// work it held is gone with the old one.
+  virtual void on_client_restarted(const std::string& peer, std::vector<Send>& out) {
+    on_client_ready(peer, out);
+  }
   /// A client was set aside (silent past the peer timeout).
   virtual void on_client_left(const std::string& peer, std::vector<Send>& out) {}
   /// Whether `peer` may be silent because it is training (no heartbeats while it trains).
@@ -175,6 +180,9 @@ class Schedule {
   void reject(std::vector<Send>& out, const std::string& peer, const Update& update,
               RejectReason reason, const std::string& why);
   void set_aside(const std::string& peer, const char* why, std::vector<Send>& out);
+  /// `peer` was heard from (any message): a peer that had been set aside is back, and a client
+  /// back while the run is going is ready for work.
+  void heard(const std::string& peer, std::vector<Send>& out);
   [[nodiscard]] std::uint32_t client_id_of(const std::string& peer) const;
   static Send error_to(const std::string& peer, WireErrc code, std::string message);
 

@@ -28,7 +28,7 @@ std::size_t SyncRounds::needed() const {
 
 std::vector<Send> SyncRounds::on_update(const std::string& peer, const Update& update) {
   std::vector<Send> out;
-  (void)registry_.heard_from(peer);
+  heard(peer, out);
   if (!collecting_ || update.round != round_) {
     if (update.round < round_ || (update.round == round_ && !collecting_)) {
       reject(out, peer, update, RejectReason::late, "round " + std::to_string(update.round) + " is over");

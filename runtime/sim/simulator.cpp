@@ -379,6 +379,13 @@ void Simulation::drain_schedule() {
     if (hooks_.schedule.on_round) hooks_.schedule.on_round(r);
   }
   auto events = schedule_->take_events();
+  for (const auto& e : events) {
+    // A device the schedule set aside learns nothing of it: it keeps sending heartbeats every
+    // client.heartbeat-interval, and its next one brings it back (here: at the next tick).
+    if (const auto* left = std::get_if<ClientLeft>(&e.body)) {
+      if (auto id = client_of(left->peer)) clients_[*id].last_beat = -beat_every_;
+    }
+  }
   if (hooks_.schedule.on_events && !events.empty()) hooks_.schedule.on_events(events);
 }
 
@@ -591,6 +598,9 @@ Expected<SimulationReport> Simulation::run() {
   // Per-client chatter (registrations, devices going quiet) would be millions of lines; the
   // summary counts it. --log-level debug shows it.
   if (spdlog::get_level() > spdlog::level::debug) logger("aggregator")->set_level(spdlog::level::err);
+  // The loop's own tensor work (folding, mixing) on one thread too: OpenMP threads spinning
+  // for cores the workers hold were measured many times slower than one thread.
+  at::set_num_threads(1);
   if (auto ok = set_up(); !ok) return ok.error();
   report_.workers = std::max(1, config_.run.threads);
   report_.clients = static_cast<std::uint32_t>(config_.data.clients);

@@ -218,6 +218,52 @@ TEST(AsyncSchedule, ADropoutNeverStallsTheBuffer) {
   EXPECT_TRUE(torch::allclose(f.schedule->model()[0].tensor, torch::ones({3})));
 }
 
+TEST(AsyncSchedule, AClientThatLostItsTaskGetsNoMoreUntilItIsHeardFrom) {
+  // A killed (or unplugged) device would lose every task it is given, a deadline each.
+  auto o = async_options(ScheduleKind::async, 3);
+  o.max_concurrency = 2;
+  Fleet f(o, model_of(0), 3);
+  ASSERT_EQ(f.tasks.size(), 2U);
+  std::set<std::string> silent;
+  for (const auto& [p, t] : f.tasks) silent.insert(p);
+  f.tasks.clear();
+  f.clock.advance(31s);
+  f.take(f.schedule->on_tick());
+  EXPECT_EQ(f.schedule->counters().tasks_lost, 2U);
+  ASSERT_EQ(f.tasks.size(), 1U) << "only the client that never held a task gets work";
+  EXPECT_FALSE(silent.contains(f.tasks.begin()->first));
+  // One of the silent ones turns out to be alive: its heartbeat brings it back, with work.
+  const std::string back = *silent.begin();
+  f.take(f.schedule->on_heartbeat(back, Heartbeat{}));
+  EXPECT_TRUE(f.tasks.contains(back));
+  // The other's late update is refused but brings it back too (no free slot: no task yet).
+  const std::string late = *std::next(silent.begin());
+  Update u;
+  u.round = 1;
+  u.tensors = model_of(5);
+  f.take(f.schedule->on_update(late, u));
+  EXPECT_EQ(f.schedule->counters().updates_late, 1U);
+  f.answer(back, model_of(1));
+  EXPECT_TRUE(f.tasks.contains(back) || f.tasks.contains(late))
+      << "the freed slot goes to a live client again";
+}
+
+TEST(AsyncSchedule, AClientThatRegistersAgainGetsWorkAtOnce) {
+  // Its process was restarted: the task it held died with the old one.
+  auto o = async_options(ScheduleKind::async, 1);
+  Fleet f(o, model_of(0), 1);
+  ASSERT_EQ(f.tasks.size(), 1U);
+  const auto first = f.tasks.at("client-0").round;
+  f.tasks.clear();
+  f.clock.advance(2s);
+  f.take(f.schedule->on_hello("client-0", Hello{Role::client, 0, {}, 100}));
+  ASSERT_TRUE(f.tasks.contains("client-0")) << "no waiting for the old task's deadline";
+  EXPECT_GT(f.tasks.at("client-0").round, first);
+  EXPECT_EQ(f.schedule->counters().tasks_lost, 1U);
+  f.answer("client-0", model_of(3));
+  EXPECT_EQ(f.schedule->model_version(), 1U);
+}
+
 TEST(AsyncSchedule, WeightsAreRefusedUnderBufferedAndDeltasUnderAsync) {
   Fleet f(async_options(ScheduleKind::buffered, 1), model_of(0), 1);
   Task t = f.tasks.at("client-0");

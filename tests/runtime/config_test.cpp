@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 
 using namespace flotilla;
@@ -30,14 +31,14 @@ TEST(Config, EmptyFileGivesDocumentedDefaults) {
 
 TEST(Config, ReadsEveryExampleConfig) {
   for (const char* name : {"quickstart.toml", "fedit.toml", "ffa-lora.toml", "flexlora.toml",
-                           "async_stragglers.toml"}) {
+                           "async_stragglers.toml", "scale_10k.toml", "stragglers_1000.toml"}) {
     auto c = load_config(std::string(FLOTILLA_SOURCE_DIR) + "/examples/" + name);
     EXPECT_TRUE(c.has_value()) << name << ": " << c.error().message;
     if (!c) continue;
     // Its model builds (LoRA targets exist), for the aggregator and for every client.
     auto global = build_model(*c);
     EXPECT_TRUE(global.has_value()) << name << ": " << global.error().message;
-    for (int id = 0; id < c->data.clients; ++id) {
+    for (int id = 0; id < std::min(c->data.clients, 16); ++id) {
       auto m = build_client_model(*c, static_cast<std::uint32_t>(id));
       EXPECT_TRUE(m.has_value()) << name << " client " << id;
     }
@@ -219,6 +220,40 @@ max-staleness = 3
   c->aggregator.schedule = ScheduleKind::async;
   EXPECT_EQ(schedule_options(*c).versions, 50U);
   EXPECT_EQ(schedule_options(*c).evaluate_every, 10U) << "every max-concurrency (all) versions";
+}
+
+TEST(Config, SimulationKeys) {
+  auto c = parse_config(R"(
+[run]
+mode = "simulate"
+[data]
+partition = "classes"
+classes-per-client = 3
+examples-per-client = 40
+clients = 1000000
+[simulation]
+tick = "500ms"
+example-seconds = 0.02
+progress = "1m"
+[[fleet.profile]]
+device-trace = "devices.csv"
+)", "sim.toml");
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_EQ(c->run.mode, RunMode::simulate);
+  EXPECT_EQ(c->data.partition, PartitionKind::classes);
+  EXPECT_EQ(c->data.classes_per_client, 3);
+  EXPECT_EQ(c->data.examples_per_client, 40);
+  EXPECT_EQ(c->data.clients, 1'000'000);
+  EXPECT_EQ(c->simulation.tick, Duration(500));
+  EXPECT_DOUBLE_EQ(c->simulation.example_seconds, 0.02);
+  EXPECT_EQ(c->simulation.progress, Duration(60'000));
+  EXPECT_EQ(c->fleet.at(0).device_trace, "devices.csv");
+  EXPECT_EQ(parse_config("", "e.toml")->run.mode, RunMode::real);
+  EXPECT_NE(config_error("[run]\nmode = \"virtual\"\n").message.find("run.mode"), std::string::npos);
+  EXPECT_NE(config_error("[run]\nmode = \"simulate\"\n[simulation]\ntick = \"0s\"\n").message.find(
+                "simulation.tick"),
+            std::string::npos);
+  EXPECT_NE(config_error("[data]\nclients = 20000000\n").message.find("data.clients"), std::string::npos);
 }
 
 TEST(Config, BadScheduleAndFleetValuesNameTheKey) {

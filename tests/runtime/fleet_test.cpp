@@ -222,6 +222,53 @@ TEST(Fleet, AvailabilityTraceWindows) {
   EXPECT_THROW(DeviceEmulator(unloaded, 1, 0, *traces), Failure);
 }
 
+TEST(Fleet, DeviceTraceGivesEachClientItsSpeedAndLinks) {
+  DeviceProfileSpec p = lognormal(4.0, 0.0);  // every task: exactly 4 s at speed 1
+  p.compute_speed = 1.0;
+  p.link.up_latency_seconds = 0.5;
+  p.device_trace = write_file("devices.csv",
+                              "# client,speed,bytes/s up,bytes/s down\n"
+                              "client,compute-speed,up-bandwidth,down-bandwidth\n"
+                              "7,2.0,1000,0\n"
+                              "3,0.5,0,4000\n");
+  auto traces = Traces::load({p});
+  ASSERT_TRUE(traces) << traces.error().message;
+  DeviceEmulator fast(p, 7, 1, *traces);
+  EXPECT_DOUBLE_EQ(fast.compute_speed(), 2.0);
+  EXPECT_DOUBLE_EQ(fast.plan_task(0).compute_seconds, 2.0);
+  EXPECT_DOUBLE_EQ(fast.upload_seconds(3000), 0.5 + 3.0) << "latency from the profile, bandwidth from the trace";
+  EXPECT_DOUBLE_EQ(fast.download_seconds(1 << 20), 0.0) << "0 = unlimited";
+  DeviceEmulator slow(p, 3, 1, *traces);
+  EXPECT_DOUBLE_EQ(slow.plan_task(0).compute_seconds, 8.0);
+  EXPECT_DOUBLE_EQ(slow.download_seconds(8000), 2.0);
+  // Client 10 is not named: the rows sorted by id are (3, 7), and 10 mod 2 = 0 picks client 3's.
+  DeviceEmulator unnamed(p, 10, 1, *traces);
+  EXPECT_DOUBLE_EQ(unnamed.compute_speed(), 0.5);
+
+  Traces t;
+  auto bad = t.load_devices(write_file("bad.csv", "client,compute-speed,up-bandwidth,down-bandwidth\n1,0,1,1\n"));
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("bad.csv:2: compute-speed must be > 0"), std::string::npos)
+      << bad.error().message;
+  bad = t.load_devices(write_file("twice.csv", "client,compute-speed,up-bandwidth,down-bandwidth\n1,1,1,1\n1,2,1,1\n"));
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("twice.csv:3: client 1 named twice"), std::string::npos)
+      << bad.error().message;
+  auto unloaded = p;
+  unloaded.device_trace += ".other";
+  EXPECT_THROW(DeviceEmulator(unloaded, 1, 0, *traces), Failure);
+}
+
+TEST(Fleet, EmulatorsAreSmallAndShareTheirProfile) {
+  // A simulator keeps one per client of a fleet of millions.
+  EXPECT_LE(sizeof(DeviceEmulator), 160U);
+  auto profile = std::make_shared<const DeviceProfileSpec>(lognormal(1.0, 1.0));
+  DeviceEmulator a(profile, 1, 9);
+  DeviceEmulator b(profile, 1, 9);
+  EXPECT_EQ(&a.profile(), &b.profile());
+  EXPECT_EQ(times(a, 50), times(b, 50));
+}
+
 TEST(Fleet, MalformedTracesNameFileAndLine) {
   auto has = [](const Error& e, const std::string& part) {
     return e.message.find(part) != std::string::npos;
