@@ -32,7 +32,7 @@ summary() {  # summary LOG
 import re, sys
 text = open(sys.argv[1]).read()
 def num(pattern):
-    m = re.search(pattern, text)
+    m = re.search(pattern, text, re.M)
     return m.group(1) if m else "?"
 fig = {
     "overhead": num(r"overhead ([\d.]+)"),
@@ -40,7 +40,7 @@ fig = {
     "events_per_s": num(r"events \(([\d.]+)/s\)"),
     "bytes_per_idle_client": num(r"memory: (.+?) per idle client"),
     "peak_rss": num(r"peak resident (.+)"),
-    "virtual_s": num(r"simulated ([\d.]+) s"),
+    "virtual_s": num(r"^simulated ([\d.]+) s"),
     "wall_s": num(r"in ([\d.]+) s of wall time"),
 }
 print("figures: " + " ".join(f"{k}={v}" for k, v in fig.items()))
@@ -65,8 +65,8 @@ million)
   summary "$WORK/million.log"
   ;;
 compare)
-  echo "== simulate: sync vs async vs buffered at 1,000 clients (virtual seconds to 70%)"
-  bash scripts/compare-schedules.sh --target 0.7 --out "$WORK/c1000" examples/stragglers_1000.toml \
+  echo "== simulate: sync vs async vs buffered at 1,000 clients (virtual seconds to 65%)"
+  bash scripts/compare-schedules.sh --target 0.65 --out "$WORK/c1000" examples/stragglers_1000.toml \
     | sed -n '/^schedule /,$p'
   echo "== simulate: the 16-device comparison (examples/async_stragglers.toml) on a virtual clock (to 80%)"
   bash scripts/compare-schedules.sh --simulate --out "$WORK/c16sim" | sed -n '/^schedule /,$p'

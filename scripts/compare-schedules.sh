@@ -64,7 +64,7 @@ if command -v gnuplot >/dev/null; then
   gnuplot <<GP
 set terminal png size 900,540
 set output "$OUT/accuracy.png"
-set title "Test accuracy against time: $CLIENTS devices ($(basename "$CONFIG"))"
+set title "Test accuracy against time: $CLIENTS devices ($(basename "$CONFIG"))" noenhanced
 set xlabel "$CLOCK"
 set ylabel "test accuracy (%)"
 set key bottom right

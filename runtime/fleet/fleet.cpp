@@ -167,6 +167,17 @@ Expected<double> parse_seconds(const std::string& path, const Row& row, std::siz
   return v;
 }
 
+/// `client`'s row of a trace sorted by client id, else the row of the k-th client in it,
+/// k = client mod the number of clients: a small trace serves a large fleet.
+template <class Value>
+const Value& named_or_modulo(const std::vector<std::pair<std::uint32_t, Value>>& rows,
+                             std::uint32_t client) {
+  auto it = std::lower_bound(rows.begin(), rows.end(), client,
+                             [](const auto& entry, std::uint32_t id) { return entry.first < id; });
+  if (it != rows.end() && it->first == client) return it->second;
+  return rows[client % rows.size()].second;
+}
+
 }  // namespace
 
 std::uint64_t SplitMix::operator()() { return splitmix64(state_ += 0x9e3779b97f4a7c15ULL); }
@@ -356,22 +367,14 @@ Expected<void> Traces::load_devices(const std::string& path) {
 const DeviceCapacity* Traces::device(const std::string& path, std::uint32_t client) const {
   auto file = devices_.find(path);
   if (file == devices_.end()) return nullptr;
-  const auto& rows = file->second;
-  auto it = std::lower_bound(rows.begin(), rows.end(), client,
-                             [](const auto& entry, std::uint32_t id) { return entry.first < id; });
-  if (it != rows.end() && it->first == client) return &it->second;
-  return &rows[client % rows.size()].second;
+  return &named_or_modulo(file->second, client);
 }
 
 const std::vector<double>* Traces::task_times(const std::string& path,
                                               std::uint32_t client) const {
   auto file = task_times_.find(path);
   if (file == task_times_.end()) return nullptr;
-  const auto& by_client = file->second;
-  auto it = std::lower_bound(by_client.begin(), by_client.end(), client,
-                             [](const auto& entry, std::uint32_t id) { return entry.first < id; });
-  if (it != by_client.end() && it->first == client) return &it->second;
-  return &by_client[client % by_client.size()].second;
+  return &named_or_modulo(file->second, client);
 }
 
 const std::vector<OnlineWindow>* Traces::availability(const std::string& path,

@@ -4,25 +4,49 @@
 
 namespace flotilla {
 
+void PeerRegistry::link(Entry& e, const std::string& id) {
+  e.id = &id;
+  e.older = newest_;
+  e.newer = nullptr;
+  if (newest_ != nullptr) newest_->newer = &e;
+  newest_ = &e;
+  if (oldest_ == nullptr) oldest_ = &e;
+}
+
+void PeerRegistry::unlink(Entry& e) {
+  (e.older != nullptr ? e.older->newer : oldest_) = e.newer;
+  (e.newer != nullptr ? e.newer->older : newest_) = e.older;
+  e.older = e.newer = nullptr;
+}
+
 bool PeerRegistry::add(const std::string& peer, const Hello& hello) {
   auto live = peers_.find(peer);
   const bool known = live != peers_.end() || gone_.erase(peer) > 0;
-  if (live != peers_.end()) forget(live->second.role, peer);
-  peers_[peer] = Peer{hello.role, hello.client_id, hello.num_examples, clock_.now()};
+  if (live != peers_.end()) {
+    forget(live->second.peer.role, peer);
+    unlink(live->second);
+  }
+  auto [it, inserted] = peers_.try_emplace(peer);
+  it->second.peer = Peer{hello.role, hello.client_id, hello.num_examples, clock_.now()};
+  link(it->second, it->first);
   count(hello.role, peer);
   return known;
 }
 
 bool PeerRegistry::heard_from(const std::string& peer) {
   if (auto it = peers_.find(peer); it != peers_.end()) {
-    it->second.last_seen = clock_.now();
+    it->second.peer.last_seen = clock_.now();
+    unlink(it->second);
+    link(it->second, it->first);
     return false;
   }
   auto g = gone_.find(peer);
   if (g == gone_.end()) return false;
   g->second.last_seen = clock_.now();
   count(g->second.role, peer);
-  peers_.insert(*g);
+  auto [it, inserted] = peers_.try_emplace(peer);
+  it->second.peer = g->second;
+  link(it->second, it->first);
   gone_.erase(g);
   return true;
 }
@@ -30,8 +54,9 @@ bool PeerRegistry::heard_from(const std::string& peer) {
 bool PeerRegistry::set_aside(const std::string& peer) {
   auto it = peers_.find(peer);
   if (it == peers_.end()) return false;
-  forget(it->second.role, peer);
-  gone_.insert(*it);
+  forget(it->second.peer.role, peer);
+  unlink(it->second);
+  gone_.emplace(peer, it->second.peer);
   peers_.erase(it);
   return true;
 }
@@ -40,8 +65,8 @@ std::vector<std::string> PeerRegistry::silent(
     Duration timeout, const std::function<bool(const std::string&)>& exempt) const {
   std::vector<std::string> out;
   const auto now = clock_.now();
-  for (const auto& [id, p] : peers_) {
-    if (now - p.last_seen > timeout && !(exempt && exempt(id))) out.push_back(id);
+  for (const Entry* e = oldest_; e != nullptr && now - e->peer.last_seen > timeout; e = e->newer) {
+    if (!(exempt && exempt(*e->id))) out.push_back(*e->id);
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -49,7 +74,7 @@ std::vector<std::string> PeerRegistry::silent(
 
 const PeerRegistry::Peer* PeerRegistry::find(const std::string& peer) const {
   auto it = peers_.find(peer);
-  return it == peers_.end() ? nullptr : &it->second;
+  return it == peers_.end() ? nullptr : &it->second.peer;
 }
 
 const PeerRegistry::Peer* PeerRegistry::find_any(const std::string& peer) const {
@@ -61,7 +86,7 @@ const PeerRegistry::Peer* PeerRegistry::find_any(const std::string& peer) const 
 std::vector<std::string> PeerRegistry::clients() const {
   std::vector<std::string> out;
   for (const auto& [id, p] : peers_) {
-    if (p.role == Role::client) out.push_back(id);
+    if (p.peer.role == Role::client) out.push_back(id);
   }
   std::sort(out.begin(), out.end());
   return out;

@@ -25,6 +25,8 @@ class PeerRegistry {
   };
 
   explicit PeerRegistry(const Clock& clock) : clock_(clock) {}
+  PeerRegistry(const PeerRegistry&) = delete;
+  PeerRegistry& operator=(const PeerRegistry&) = delete;
 
   /// Registers `peer` (again, if known or set aside); true if it was known before.
   bool add(const std::string& peer, const Hello& hello);
@@ -33,7 +35,8 @@ class PeerRegistry {
   /// Sets a live peer aside until it is heard from again; false if it is not live.
   bool set_aside(const std::string& peer);
   /// Live peers silent for longer than `timeout`, except those `exempt` says may be silent
-  /// (e.g. training without heartbeats), sorted.
+  /// (e.g. training without heartbeats), sorted. Costs what it finds (and the exempt), not the
+  /// number of peers: live peers are kept in the order they were last heard from.
   [[nodiscard]] std::vector<std::string> silent(Duration timeout,
                                                 const std::function<bool(const std::string&)>& exempt) const;
 
@@ -54,10 +57,23 @@ class PeerRegistry {
   void count(Role role, const std::string& peer);
   void forget(Role role, const std::string& peer);
 
+  /// A live peer, linked into the list of live peers from the longest silent to the most
+  /// recently heard (the clock never goes back, so the list stays ordered by last_seen).
+  struct Entry {
+    Peer peer;
+    Entry* older = nullptr;
+    Entry* newer = nullptr;
+    const std::string* id = nullptr;  ///< its key in peers_ (node addresses are stable)
+  };
+  void link(Entry& e, const std::string& id);
+  void unlink(Entry& e);
+
   const Clock& clock_;
   // Hashed: a heartbeat from one of a million peers costs one lookup, not twenty string
   // comparisons; the lists above are sorted where their order matters.
-  std::unordered_map<std::string, Peer> peers_;
+  std::unordered_map<std::string, Entry> peers_;
+  Entry* oldest_ = nullptr;
+  Entry* newest_ = nullptr;
   std::unordered_map<std::string, Peer> gone_;
   std::size_t live_clients_ = 0;    ///< clients in peers_
   std::set<std::string> evaluators_;  ///< evaluators in peers_
