@@ -106,7 +106,7 @@ Expected<std::shared_ptr<ClientSetup>> client_setup(const Config& config, std::u
     } catch (const Failure& f) {
       return Error{Errc::invalid_config, config.source + ": " + f.what()};
     }
-    setup->profile.compute_speed = static_cast<float>(profile.compute_speed);
+    setup->profile.compute_speed = static_cast<float>(setup->device->compute_speed());
     setup->profile.kind += " as '" + profile.name + "'";
   }
   return setup;

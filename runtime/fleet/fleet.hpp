@@ -143,7 +143,7 @@ class DeviceEmulator {
   /// Throws Failure for an invalid profile or a trace `traces` has not loaded.
   DeviceEmulator(DeviceProfileSpec profile, std::uint32_t client_id, std::uint64_t seed,
                  std::shared_ptr<const Traces> traces = nullptr);
-  /// The same with a profile shared by many devices (checked once, by validate_fleet).
+  /// The same with a profile shared by many devices.
   DeviceEmulator(std::shared_ptr<const DeviceProfileSpec> profile, std::uint32_t client_id,
                  std::uint64_t seed, std::shared_ptr<const Traces> traces = nullptr);
 

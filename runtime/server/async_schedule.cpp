@@ -138,11 +138,7 @@ void AsyncSchedule::tick_running(std::vector<Send>& out) {
       ++it;
     }
   }
-  // A client whose task was lost may be gone (killed, off the network) and would lose every
-  // task it is given: it gets no more until it is heard from (a live one sends heartbeats
-  // between tasks, or its late update).
-  for (const auto& peer : lost) set_aside(peer, "lost its task", out);
-  const bool freed = !lost.empty();
+  // Counted against the clients there were, before those that lost their tasks are set aside.
   const std::uint64_t cap = options_.max_concurrency == 0 ? registry_.live_clients()
                                                           : options_.max_concurrency;
   const std::uint64_t give_up = std::max<std::uint64_t>(10, 3 * cap);
@@ -157,7 +153,11 @@ void AsyncSchedule::tick_running(std::vector<Send>& out) {
     end_run(out, *why);
     return;
   }
-  if (freed) hand_out(out);
+  // A client whose task was lost may be gone (killed, off the network) and would lose every
+  // task it is given: it gets no more until it is heard from (a live one sends heartbeats
+  // between tasks, or its late update). Setting it aside hands its slot to another client.
+  for (const auto& peer : lost) set_aside(peer, "lost its task", out);
+  if (!lost.empty()) hand_out(out);
 }
 
 Expected<TensorList> AsyncSchedule::rebase(const TensorList& delta) const {

@@ -385,6 +385,13 @@ Config read(const toml::table& root, const std::string& source) {
          ") is larger than data.clients (" + std::to_string(c.data.clients) + ")");
   }
   if (c.aggregator.listen.empty()) fail(source + ": aggregator.listen is empty");
+  if (c.run.mode == RunMode::simulate && c.lora.dropout > 0 && c.run.threads > 1) {
+    // LibTorch's dropout draws from one process-wide generator: with several workers training
+    // at once, who draws first would change the results.
+    fail(source + ": lora.dropout > 0 with run.mode = \"simulate\" needs run.threads = 1 (adapter "
+                  "dropout draws from LibTorch's one global generator, so concurrent workers would "
+                  "make the run depend on their timing)");
+  }
   if (c.run.mode == RunMode::simulate && c.simulation.tick.count() <= 0) {
     fail(source + ": simulation.tick must be > 0 (how often virtual deadlines are checked)");
   }

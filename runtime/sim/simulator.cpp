@@ -181,7 +181,7 @@ class Simulation {
   Expected<void> set_up();
   Expected<void> populate();
   void push(double time, Kind kind, std::uint32_t client = 0) {
-    if (kind != Kind::tick && kind != Kind::availability && kind != Kind::status) ++pending_work_;
+    if (kind != Kind::tick && kind != Kind::status) ++pending_work_;
     queue_.push(SimEvent{time, next_seq_++, kind, client});
   }
   void handle(const SimEvent& e);
@@ -190,7 +190,9 @@ class Simulation {
   void deliver_task(std::uint32_t id, Task task);
   void start_task(std::uint32_t id, Task task);
   void compute_done(std::uint32_t id);
-  void free_client(std::uint32_t id);
+  /// The device is idle again; `answered`: it just sent its update (the schedule heard it),
+  /// else it abandoned its task and its next heartbeat comes at the next tick.
+  void free_client(std::uint32_t id, bool answered);
   void availability_change(std::uint32_t id);
   void start_evaluation(EvaluationRequest request);
   void evaluation_done();
@@ -219,7 +221,9 @@ class Simulation {
   std::unique_ptr<Workers> workers_;
 
   std::priority_queue<SimEvent, std::vector<SimEvent>, EventLater> queue_;
-  std::uint64_t pending_work_ = 0;  ///< queued compute, uploads, frees and evaluations
+  /// Queued compute, uploads, frees, evaluations and availability changes: while any is
+  /// queued, something can still happen (a night with every device offline is not a stall).
+  std::uint64_t pending_work_ = 0;
   std::uint64_t next_seq_ = 0;
   std::uint64_t job_seq_ = 0;
   double tick_ = 1;
@@ -323,8 +327,9 @@ Expected<void> Simulation::populate() {
   std::vector<std::vector<std::int64_t>>().swap(parts);
 
   // Every device says hello at the start, as a client process does when it starts (an offline
-  // one is then silent and set aside after the peer timeout). The first work is handed out
-  // once every device is in, and the population's memory is measured before it trains.
+  // one is then silent and set aside after the peer timeout). The schedule starts at its
+  // min-clients-th hello; the work it hands out is delivered once every device is in, so the
+  // population's memory is measured before anything trains.
   std::vector<Send> first;
   auto keep = [&first](std::vector<Send> sends) {
     for (auto& s : sends) {
@@ -452,7 +457,7 @@ void Simulation::compute_done(std::uint32_t id) {
   if (!trained.result) {
     ++report_.tasks_failed;
     logger("simulator")->error("client {} cannot train its task: {}", id, trained.result.error().message);
-    free_client(id);
+    free_client(id, true);  // its error reply is heard
     return;
   }
   ++report_.tasks_trained;
@@ -461,10 +466,10 @@ void Simulation::compute_done(std::uint32_t id) {
        Kind::update_arrives, id);
 }
 
-void Simulation::free_client(std::uint32_t id) {
+void Simulation::free_client(std::uint32_t id, bool answered) {
   auto& c = clients_[id];
   c.busy = false;
-  c.last_beat = now_;
+  c.last_beat = answered ? now_ : -beat_every_;
   auto it = inflight_.find(id);
   if (it == inflight_.end()) return;
   while (!c.busy && !it->second.waiting.empty()) {
@@ -561,11 +566,13 @@ Expected<void> Simulation::stalled() const {
   return Error{Errc::rejected,
                "the simulated run stalled: nothing happened for " +
                    std::to_string(static_cast<long>(now_ - last_activity_)) +
-                   " virtual seconds (are all devices offline for good, or is no client left?)"};
+                   " virtual seconds and nothing is pending: no device trains, none will come "
+                   "online again, and the schedule sends no work (are all devices offline for "
+                   "good, or is no client left?)"};
 }
 
 void Simulation::handle(const SimEvent& e) {
-  if (e.kind != Kind::tick && e.kind != Kind::availability && e.kind != Kind::status) --pending_work_;
+  if (e.kind != Kind::tick && e.kind != Kind::status) --pending_work_;
   switch (e.kind) {
     case Kind::tick:
       heartbeats();
@@ -577,13 +584,13 @@ void Simulation::handle(const SimEvent& e) {
     case Kind::update_arrives: {
       auto update = std::move(inflight_[e.client].update);
       last_activity_ = now_;
-      free_client(e.client);
+      free_client(e.client, true);
       process(schedule_->on_update(peer(e.client), update));
       break;
     }
     case Kind::client_free:
       last_activity_ = now_;
-      free_client(e.client);
+      free_client(e.client, false);
       break;
     case Kind::evaluation_done: evaluation_done(); break;
     case Kind::status:

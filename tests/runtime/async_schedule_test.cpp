@@ -248,6 +248,35 @@ TEST(AsyncSchedule, AClientThatLostItsTaskGetsNoMoreUntilItIsHeardFrom) {
       << "the freed slot goes to a live client again";
 }
 
+TEST(AsyncSchedule, ManyTasksLostAtOnceAreCountedAgainstTheFleetThereWas) {
+  // 20 clients, all training (max-concurrency 0); 16 go silent. Setting them aside must not
+  // shrink the give-up limit (3 x the clients) below the 16 lost at once while 4 still answer.
+  auto o = async_options(ScheduleKind::async, 20);
+  o.max_concurrency = 0;
+  Fleet f(o, model_of(0), 20);
+  ASSERT_EQ(f.tasks.size(), 20U);
+  f.clock.advance(29s);
+  for (int i = 0; i < 4; ++i) f.answer(Fleet::peer(i), model_of(1));
+  for (int i = 4; i < 20; ++i) f.tasks.erase(Fleet::peer(i));
+  f.clock.advance(2s);
+  f.take(f.schedule->on_tick());
+  EXPECT_EQ(f.schedule->counters().tasks_lost, 16U);
+  EXPECT_FALSE(f.schedule->done()) << f.schedule->failure();
+  EXPECT_EQ(f.schedule->live_clients(), 4U);
+}
+
+TEST(AsyncSchedule, ATickThatEndsTheRunHandsOutNoMoreWork) {
+  auto o = async_options(ScheduleKind::async, 3);
+  o.max_concurrency = 2;
+  o.max_time = 30s;
+  Fleet f(o, model_of(0), 3);
+  ASSERT_EQ(f.tasks.size(), 2U);
+  f.tasks.clear();
+  f.clock.advance(31s);  // both tasks lost, and max-time reached, in the same tick
+  const auto out = f.schedule->on_tick();
+  EXPECT_TRUE(sent<Task>(out).empty()) << "no task for the idle client once the run is ending";
+}
+
 TEST(AsyncSchedule, AClientThatRegistersAgainGetsWorkAtOnce) {
   // Its process was restarted: the task it held died with the old one.
   auto o = async_options(ScheduleKind::async, 1);

@@ -254,6 +254,9 @@ device-trace = "devices.csv"
                 "simulation.tick"),
             std::string::npos);
   EXPECT_NE(config_error("[data]\nclients = 20000000\n").message.find("data.clients"), std::string::npos);
+  EXPECT_NE(config_error("[run]\nmode = \"simulate\"\nthreads = 2\n[lora]\nrank = 4\ndropout = 0.1\n")
+                .message.find("run.threads = 1"),
+            std::string::npos);
 }
 
 TEST(Config, BadScheduleAndFleetValuesNameTheKey) {

@@ -151,6 +151,28 @@ TEST(Simulator, OfflineDevicesGetNoWorkAndTheRunGoesOn) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(Simulator, ANightWithEveryDeviceOfflineIsNotAStall) {
+  // Every device is online for the first 2 s and again from 600 s on: the run waits out the
+  // night (its tasks are lost, the devices set aside) and finishes once they are back.
+  const auto dir = std::filesystem::temp_directory_path() / "flotilla-sim-night";
+  std::filesystem::create_directories(dir);
+  const auto trace = (dir / "availability.csv").string();
+  {
+    std::ofstream out(trace);
+    out << "client,online,offline\n";
+    for (int c = 0; c < 4; ++c) out << c << ",0,2\n" << c << ",600,100000\n";
+  }
+  const std::string fleet =
+      "[[fleet.profile]]\nname = \"nightly\"\ntask-time = \"lognormal\"\ntask-median = \"5s\"\n"
+      "task-sigma = 0.0\navailability-trace = \"" + trace + "\"\n";
+  const auto run = simulate_config(parse(base_config(
+      "schedule = \"async\"\nmax-concurrency = 2\ntask-deadline = \"20s\"\npeer-timeout = \"10s\"",
+      fleet, 4, 1, "versions = 6")));
+  EXPECT_EQ(run.version, 6U);
+  EXPECT_GT(run.report.virtual_seconds, 600);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Simulator, IdleClientsCostLessThanOneKibibyteEach) {
   // A registered population of 50,000, two of them training at a time: what each idle one
   // costs in memory (its data indices, its device, its place in the schedule's registry).
