@@ -68,6 +68,29 @@ std::string row(const RoundRecord& r) {
   return buf;
 }
 
+/// A [[fleet.profile]] whose devices' task times are lognormal(median, sigma) and whose clients
+/// 0..clients-1 are online exactly in `windows` (an availability trace written for the test).
+struct OnlineTrace {
+  std::filesystem::path dir;
+  std::string profile;
+  OnlineTrace(const std::string& name, int clients,
+              const std::vector<std::pair<int, int>>& windows, const std::string& median,
+              double sigma)
+      : dir(std::filesystem::temp_directory_path() / ("flotilla-sim-" + name)) {
+    std::filesystem::create_directories(dir);
+    const auto trace = (dir / "availability.csv").string();
+    std::ofstream out(trace);
+    out << "client,online,offline\n";
+    for (int c = 0; c < clients; ++c) {
+      for (const auto& [on, off] : windows) out << c << ',' << on << ',' << off << '\n';
+    }
+    profile = "[[fleet.profile]]\nname = \"" + name + "\"\ntask-time = \"lognormal\"\ntask-median = \"" +
+              median + "\"\ntask-sigma = " + std::to_string(sigma) + "\navailability-trace = \"" +
+              trace + "\"\n";
+  }
+  ~OnlineTrace() { std::filesystem::remove_all(dir); }
+};
+
 std::vector<std::string> rows(const Run& run) {
   std::vector<std::string> out;
   for (const auto& r : run.records) out.push_back(row(r));
@@ -130,17 +153,8 @@ TEST(Simulator, MeasuredTaskTimeIsExamplesTimesTheReferenceCost) {
 TEST(Simulator, OfflineDevicesGetNoWorkAndTheRunGoesOn) {
   // Clients 0-3 are online only for the first 2 s; async tasks sent to them later never arrive,
   // they are set aside after the peer timeout, and the others finish the run.
-  const auto dir = std::filesystem::temp_directory_path() / "flotilla-sim-test";
-  std::filesystem::create_directories(dir);
-  const auto trace = (dir / "availability.csv").string();
-  {
-    std::ofstream out(trace);
-    out << "client,online,offline\n";
-    for (int c = 0; c < 4; ++c) out << c << ",0,2\n";
-  }
-  const std::string fleet =
-      "[[fleet.profile]]\nname = \"flaky\"\ntask-time = \"lognormal\"\ntask-median = \"3s\"\n"
-      "task-sigma = 0.5\navailability-trace = \"" + trace + "\"\n";
+  const OnlineTrace flaky("flaky", 4, {{0, 2}}, "3s", 0.5);
+  const std::string& fleet = flaky.profile;
   const auto run = simulate_config(parse(base_config(
       "schedule = \"async\"\nmax-concurrency = 4\ntask-deadline = \"20s\"\npeer-timeout = \"10s\"",
       fleet, 10)));
@@ -148,29 +162,18 @@ TEST(Simulator, OfflineDevicesGetNoWorkAndTheRunGoesOn) {
   EXPECT_GT(run.report.tasks_unreached + run.report.tasks_trained, run.accepted);
   EXPECT_FALSE(run.records.empty());
   EXPECT_GT(run.records.back().clients_offline, 0U) << "the offline devices were set aside";
-  std::filesystem::remove_all(dir);
 }
 
 TEST(Simulator, ANightWithEveryDeviceOfflineIsNotAStall) {
   // Every device is online for the first 2 s and again from 600 s on: the run waits out the
   // night (its tasks are lost, the devices set aside) and finishes once they are back.
-  const auto dir = std::filesystem::temp_directory_path() / "flotilla-sim-night";
-  std::filesystem::create_directories(dir);
-  const auto trace = (dir / "availability.csv").string();
-  {
-    std::ofstream out(trace);
-    out << "client,online,offline\n";
-    for (int c = 0; c < 4; ++c) out << c << ",0,2\n" << c << ",600,100000\n";
-  }
-  const std::string fleet =
-      "[[fleet.profile]]\nname = \"nightly\"\ntask-time = \"lognormal\"\ntask-median = \"5s\"\n"
-      "task-sigma = 0.0\navailability-trace = \"" + trace + "\"\n";
+  const OnlineTrace nightly("nightly", 4, {{0, 2}, {600, 100000}}, "5s", 0.0);
+  const std::string& fleet = nightly.profile;
   const auto run = simulate_config(parse(base_config(
       "schedule = \"async\"\nmax-concurrency = 2\ntask-deadline = \"20s\"\npeer-timeout = \"10s\"",
       fleet, 4, 1, "versions = 6")));
   EXPECT_EQ(run.version, 6U);
   EXPECT_GT(run.report.virtual_seconds, 600);
-  std::filesystem::remove_all(dir);
 }
 
 TEST(Simulator, IdleClientsCostLessThanOneKibibyteEach) {
