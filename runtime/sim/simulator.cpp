@@ -16,7 +16,6 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
-#include <limits>
 #include <map>
 #include <mutex>
 #include <queue>
