@@ -155,9 +155,9 @@ void AsyncSchedule::tick_running(std::vector<Send>& out) {
   }
   // A client whose task was lost may be gone (killed, off the network) and would lose every
   // task it is given: it gets no more until it is heard from (a live one sends heartbeats
-  // between tasks, or its late update). Setting it aside hands its slot to another client.
+  // between tasks, or its late update). Setting it aside hands its slot to another client
+  // (on_client_left; a peer holding a task is always live, so each one frees its slot there).
   for (const auto& peer : lost) set_aside(peer, "lost its task", out);
-  if (!lost.empty()) hand_out(out);
 }
 
 Expected<TensorList> AsyncSchedule::rebase(const TensorList& delta) const {
