@@ -15,7 +15,7 @@ void dispatch(Self* self, std::vector<Send> sends) {
                                          send.reply_to));
   }
   auto events = s.rounds->take_events();
-  if (s.hooks.on_events && !events.empty()) s.hooks.on_events(events);
+  if (s.hooks.on_events && !events.empty()) s.hooks.on_events(*s.rounds, events);
   for (const auto& record : s.rounds->take_completed()) {
     if (s.hooks.on_round) s.hooks.on_round(record);
   }

@@ -2,6 +2,7 @@
 /// The aggregator: registers clients and evaluators, runs the rounds (runtime/server/sync_rounds.hpp)
 /// and sends what they say to send. All decisions are the round logic's; this only routes.
 #include "actors/bridge.hpp"
+#include "monitoring/aggregator_metrics.hpp"
 #include "runtime/plugin_host/plugin_host.hpp"
 #include "runtime/server/schedule.hpp"
 
@@ -22,6 +23,8 @@ struct AggregatorSetup {
   std::shared_ptr<Mailbox> mailbox;
   std::shared_ptr<Outcome> outcome;
   AggregatorHooks hooks;
+  /// Reads the schedule's events through `hooks` (metrics.listen); null = metrics off.
+  std::shared_ptr<monitoring::AggregatorMetrics> metrics;
   std::chrono::milliseconds tick{100};
 };
 

@@ -63,7 +63,9 @@ void train(Self* self, const Message& m, const Task& task) {
     result = run_task(*s.model, s.train, task, plugin.library, s.config.optimizer.options,
                       s.config.source + ": training.options");
   }
+  auto& counters = self->state.counters;
   if (!result) {
+    ++counters.tasks_failed;
     link.log()->error("cannot train task {}: {}", task.round, result.error().message);
     link.send(ErrorReply{WireErrc::rejected, result.error().message}, m.message_id);
     return;
@@ -73,6 +75,7 @@ void train(Self* self, const Message& m, const Task& task) {
     if (plan.drops) {
       // A device that drops out mid-task never answers; the schedule must cope.
       link.log()->info("emulated dropout: task {} is abandoned", task.round);
+      ++counters.tasks_failed;
       return;
     }
     emulate(s, plan.compute_seconds - result->stats.seconds);
@@ -80,6 +83,11 @@ void train(Self* self, const Message& m, const Task& task) {
   }
   link.log()->debug("task {}: {} steps, loss {:.4f}, {:.2f} s", task.round, result->stats.steps,
                     result->stats.loss, result->stats.seconds);
+  ++counters.tasks_completed;
+  counters.training_seconds += result->stats.seconds;
+  counters.examples += result->stats.examples_seen;
+  counters.optimizer_state_bytes = result->stats.optimizer_state_bytes;
+  result->update.stats = link.report();
   link.send(std::move(result->update), m.message_id);
 }
 
@@ -94,6 +102,8 @@ caf::behavior client_actor(Self* self, std::shared_ptr<ClientSetup> setup) {
   auto& s = *setup;
   self->state.setup = std::move(setup);
   self->state.link = std::make_unique<PeerLink>("client-" + std::to_string(s.id), s);
+  self->state.counters.device_class = s.device_class;
+  self->state.link->count_as_client(&self->state.counters, s.client_metrics.get());
   s.mailbox->attach(caf::actor_cast<caf::actor>(self));
   Hello hello;
   hello.role = Role::client;

@@ -18,6 +18,9 @@ struct ClientSetup : PeerSetup {
   /// The device profile this client emulates ([[fleet.profile]]): slower compute, links,
   /// availability, dropouts around real training. None: the machine as it is.
   std::optional<DeviceEmulator> device;
+  /// What its counters are reported under (client.device-class, else the profile's name, else
+  /// the model's device type).
+  std::string device_class;
 };
 
 struct ClientState {
@@ -25,6 +28,7 @@ struct ClientState {
   std::unique_ptr<PeerLink> link;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   bool offline = false;  ///< emulated: the device is off the network (no heartbeats, no work)
+  ClientStats counters;  ///< what it reports (heartbeats, updates, its process's metrics)
   static inline const char* name = "client";
 };
 

@@ -20,6 +20,7 @@ void score(Self* self, const Message& m, const EvaluationRequest& req) {
     const auto slot = s.compute();
     stats = evaluate(*s.model, s.test, s.config.evaluator.batch_size);
   }
+  if (s.metrics) s.metrics->evaluated(req.model_version, stats.loss, stats.accuracy, stats.seconds);
   link.send(EvaluationResult{req.round, req.model_version, stats.num_examples, stats.loss,
                              stats.accuracy, {{"seconds", stats.seconds}}},
             m.message_id);

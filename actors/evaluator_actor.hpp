@@ -8,6 +8,8 @@ namespace flotilla::actors {
 
 struct EvaluatorSetup : PeerSetup {
   Dataset test;
+  /// Its latest scores (metrics.listen); null = off.
+  std::shared_ptr<monitoring::EvaluatorMetrics> metrics;
 };
 
 struct EvaluatorState {

@@ -1,5 +1,6 @@
 /// `flotilla`: run a whole federation in one process, or one role of it per process.
 #include "actors/roles.hpp"
+#include "monitoring/server.hpp"
 #include "runtime/net/admin.hpp"
 #include "runtime/setup/config.hpp"
 #include "runtime/setup/federation.hpp"
@@ -15,6 +16,7 @@
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <thread>
 
 using namespace flotilla;
 
@@ -140,6 +142,39 @@ void print_simulation(const SimulationReport& r) {
             << std::endl;
 }
 
+/// This process's metrics endpoint (metrics.listen, or --metrics-listen), when one is asked for.
+struct Monitoring {
+  monitoring::MetricsPtr metrics;
+  std::unique_ptr<monitoring::MetricsServer> server;
+  Duration hold{0};
+
+  [[nodiscard]] monitoring::Metrics* get() const { return metrics.get(); }
+  /// Keeps serving for metrics.hold after the run, so that the last values are scraped.
+  void linger() const {
+    if (!server || hold.count() <= 0) return;
+    std::cout << fmt::format("serving metrics at {} for {:.0f} s more (metrics.hold)", server->url(),
+                             std::chrono::duration<double>(hold).count())
+              << std::endl;
+    std::this_thread::sleep_for(hold);
+  }
+};
+
+std::optional<Monitoring> start_monitoring(const Config& config, const std::string& listen_flag) {
+  Monitoring m;
+  const std::string listen = listen_flag.empty() ? config.metrics.listen : listen_flag;
+  if (listen.empty()) return m;
+  m.metrics = std::make_shared<monitoring::Metrics>();
+  auto server = monitoring::MetricsServer::start(listen, m.metrics);
+  if (!server) {
+    std::cerr << "flotilla: " << config.source << ": " << server.error().message << std::endl;
+    return std::nullopt;
+  }
+  m.server = std::move(server).value();
+  m.hold = config.metrics.hold;
+  std::cout << "metrics: " << m.server->url() << std::endl;
+  return m;
+}
+
 int finish(const actors::RoleResult& result) {
   if (result.code != 0) std::cerr << "flotilla: " << result.message << std::endl;
   return result.code;
@@ -164,7 +199,7 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
 
-  std::string config_path, output, connect, listen;
+  std::string config_path, output, connect, listen, metrics_listen;
   std::uint32_t id = 0;
 
   auto* run = app.add_subcommand("run", "Run the whole federation (aggregator, evaluator, every "
@@ -187,6 +222,10 @@ int main(int argc, char** argv) {
   auto* eval = app.add_subcommand("evaluator", "Run the evaluator");
   eval->add_option("CONFIG", config_path, "Run config (TOML)")->required()->check(CLI::ExistingFile);
   eval->add_option("--connect", connect, "Aggregator endpoint")->required();
+  for (auto* sub : {run, agg, client, eval}) {
+    sub->add_option("--metrics-listen", metrics_listen,
+                    "Serve Prometheus metrics on HOST:PORT (default: metrics.listen; port 0 = any)");
+  }
 
   auto* plugins = app.add_subcommand("plugins", "Inspect plugins");
   plugins->require_subcommand(1);
@@ -235,6 +274,13 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  auto monitoring = start_monitoring(*config, metrics_listen);
+  if (!monitoring) return 2;
+  const auto done = [&](const actors::RoleResult& result) {
+    monitoring->linger();
+    return finish(result);
+  };
+
   try {
     if (*run || *agg) {
       Reporter reporter;
@@ -246,8 +292,11 @@ int main(int argc, char** argv) {
         if (!csv) return finish({1, csv.error().message});
         reporter.csv = std::move(csv).value();
       }
+      auto hooks = reporter.hooks();
       if (*run && config->run.mode == RunMode::simulate) {
-        SimulationHooks hooks{reporter.hooks(), [](const SimulationStatus& s) {
+        std::shared_ptr<monitoring::AggregatorMetrics> watched;
+        if (monitoring->get() != nullptr) watched = actors::watch_schedule(*config, *monitoring->get(), hooks);
+        SimulationHooks sim_hooks{std::move(hooks), [](const SimulationStatus& s) {
                                 std::cout << fmt::format(
                                                  "[simulated {:.1f} s in {:.1f} s wall] model "
                                                  "version {}, {} devices training, {} events",
@@ -255,17 +304,18 @@ int main(int argc, char** argv) {
                                                  s.training, s.events)
                                           << std::endl;
                               }};
-        auto report = simulate(*config, std::move(hooks));
-        if (!report) return finish({1, report.error().message});
+        auto report = simulate(*config, std::move(sim_hooks));
+        if (!report) return done({1, report.error().message});
         print_simulation(*report);
-        return report->failure.empty() ? 0 : finish({1, report->failure});
+        return done({report->failure.empty() ? 0 : 1, report->failure});
       }
-      if (*run) return finish(actors::run_all(*config, reporter.hooks()));
-      return finish(actors::run_aggregator(*config, reporter.hooks(),
-                                           listen.empty() ? std::nullopt : std::optional(listen)));
+      if (*run) return done(actors::run_all(*config, std::move(hooks), monitoring->get()));
+      return done(actors::run_aggregator(*config, std::move(hooks),
+                                         listen.empty() ? std::nullopt : std::optional(listen),
+                                         monitoring->get()));
     }
-    if (*client) return finish(actors::run_client(*config, id, connect));
-    return finish(actors::run_evaluator(*config, connect));
+    if (*client) return done(actors::run_client(*config, id, connect, monitoring->get()));
+    return done(actors::run_evaluator(*config, connect, monitoring->get()));
   } catch (const std::exception& e) {
     std::cerr << "flotilla: " << e.what() << std::endl;
     return 1;

@@ -66,6 +66,23 @@ PeerLink::Next PeerLink::handle_common(const Message& m) {
   return Next::not_mine;
 }
 
+void PeerLink::count_as_client(const ClientStats* counters, monitoring::ClientMetrics* metrics) {
+  counters_ = counters;
+  metrics_ = metrics;
+  recorded_ = ClientStats{};
+  if (counters_ != nullptr) recorded_.device_class = counters_->device_class;
+}
+
+std::optional<ClientStats> PeerLink::report() {
+  if (counters_ == nullptr) return std::nullopt;
+  ClientStats now = *counters_;
+  now.bytes_sent = endpoint_->bytes_sent();
+  now.bytes_received = endpoint_->bytes_received();
+  if (metrics_ != nullptr) metrics_->record(now, recorded_);
+  recorded_ = now;
+  return now;
+}
+
 bool PeerLink::give_up_if_unanswered() {
   if (welcomed_) return false;
   outcome_->fail(1, "no answer from the aggregator at " + endpoint_->address() + " within " +

@@ -2,6 +2,7 @@
 /// What clients and evaluators share: their link to the aggregator (registration, heartbeats,
 /// the connect timeout, shutdown and error replies). Each actor keeps only its own work.
 #include "actors/bridge.hpp"
+#include "monitoring/peer_metrics.hpp"
 #include "runtime/setup/config.hpp"
 #include "runtime/ml/model.hpp"
 
@@ -44,6 +45,8 @@ struct PeerSetup {
   /// Shared by the clients and the evaluator of one process, so that at most one computation
   /// per core runs at once (nullptr = no limit).
   std::shared_ptr<ComputeSlots> compute_slots;
+  /// This process's client counters (metrics.listen); shared by its clients; null = off.
+  std::shared_ptr<monitoring::ClientMetrics> client_metrics;
 
   /// Builds the model (client `client_id`'s, at its own LoRA rank, when given; else the
   /// global model) and connects to the aggregator at `address` as `name`.
@@ -68,7 +71,15 @@ class PeerLink {
   [[nodiscard]] Next handle_common(const Message& message);
   /// The connect timeout fired: fails the role unless the aggregator has answered.
   [[nodiscard]] bool give_up_if_unanswered();
-  void heartbeat() { send(Heartbeat{0, false}); }
+  /// A heartbeat, with this client's counters when it counts them (count_as_client).
+  void heartbeat() { send(Heartbeat{0, false, report()}); }
+
+  /// Reports `counters` (kept by the client, without the transport's bytes, which the link adds)
+  /// in heartbeats and through report(), and records them into `metrics` (this process's
+  /// client endpoint; may be null). `counters` must outlive the link.
+  void count_as_client(const ClientStats* counters, monitoring::ClientMetrics* metrics);
+  /// The client's counters now (none for an evaluator), also recorded into its metrics.
+  [[nodiscard]] std::optional<ClientStats> report();
 
   [[nodiscard]] const ClientSection& timing() const { return timing_; }
   [[nodiscard]] const std::shared_ptr<spdlog::logger>& log() const { return log_; }
@@ -84,6 +95,9 @@ class PeerLink {
   std::string run_id_;
   std::uint64_t next_message_id_ = 1;
   bool welcomed_ = false;
+  const ClientStats* counters_ = nullptr;
+  monitoring::ClientMetrics* metrics_ = nullptr;
+  ClientStats recorded_;  ///< what metrics_ has been told so far
 };
 
 /// Routes one inbound message of a peer actor: undecodable ones are logged and dropped, the

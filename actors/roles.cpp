@@ -29,7 +29,8 @@ RoleResult failed(const Error& e) { return RoleResult{1, e.message}; }
 
 Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config,
                                                             AggregatorHooks hooks,
-                                                            const std::string& listen) {
+                                                            const std::string& listen,
+                                                            monitoring::Metrics* metrics) {
   auto model = build_model(config);
   if (!model) return model.error();
   auto setup = std::make_shared<AggregatorSetup>();
@@ -54,6 +55,15 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
   auto schedule = make_schedule(config, std::move(initial), std::move(aggregation).value(), clock);
   if (!schedule) return schedule.error();
   setup->rounds = std::move(schedule).value();
+  if (metrics != nullptr) {
+    setup->metrics = watch_schedule(config, *metrics, setup->hooks);
+    metrics->add_counter("flotilla_aggregator_received_bytes_total",
+                         "Bytes the aggregator's transport received (all frames).",
+                         [e = setup->endpoint] { return static_cast<double>(e->bytes_received()); });
+    metrics->add_counter("flotilla_aggregator_sent_bytes_total",
+                         "Bytes the aggregator's transport sent (all frames).",
+                         [e = setup->endpoint] { return static_cast<double>(e->bytes_sent()); });
+  }
   logger("aggregator")->info("listening on {} (run {}, schedule {}, {} {}, waiting for {} clients)",
                              setup->endpoint->address(), run_id(config), setup->rounds->describe(),
                              setup->rounds->planned(),
@@ -109,6 +119,10 @@ Expected<std::shared_ptr<ClientSetup>> client_setup(const Config& config, std::u
     setup->profile.compute_speed = static_cast<float>(setup->device->compute_speed());
     setup->profile.kind += " as '" + profile.name + "'";
   }
+  setup->device_class = !config.client.device_class.empty() ? config.client.device_class
+                        : setup->device ? setup->device->profile().name
+                                        : setup->model->device().str().substr(
+                                              0, setup->model->device().str().find(':'));
   return setup;
 }
 
@@ -142,16 +156,28 @@ void with_actor_system(Spawn&& spawn) {
 
 }  // namespace
 
+std::shared_ptr<monitoring::AggregatorMetrics> watch_schedule(const Config& config,
+                                                              monitoring::Metrics& metrics,
+                                                              ScheduleHooks& hooks) {
+  auto watched = std::make_shared<monitoring::AggregatorMetrics>(metrics.registry());
+  watched->describe(run_id(config), to_string(config.aggregator.schedule),
+                    config.aggregator.strategy, config.aggregator.strategy != "builtin");
+  hooks.on_events = watched->hook(std::move(hooks.on_events));
+  return watched;
+}
+
 RoleResult run_aggregator(const Config& config, AggregatorHooks hooks,
-                          std::optional<std::string> listen) {
+                          std::optional<std::string> listen, monitoring::Metrics* metrics) {
   at::set_num_threads(role_threads(config));
-  auto setup = aggregator_setup(config, std::move(hooks), listen.value_or(config.aggregator.listen));
+  auto setup = aggregator_setup(config, std::move(hooks), listen.value_or(config.aggregator.listen),
+                                metrics);
   if (!setup) return failed(setup.error());
   with_actor_system([&](caf::actor_system& sys) { sys.spawn(aggregator_actor, *setup); });
   return outcome_of({(*setup)->outcome});
 }
 
-RoleResult run_client(const Config& config, std::uint32_t id, const std::string& connect) {
+RoleResult run_client(const Config& config, std::uint32_t id, const std::string& connect,
+                      monitoring::Metrics* metrics) {
   auto train = load_fashion_mnist(config.data.path, true);
   if (!train) return failed(train.error());
   auto optimizer = client_optimizer(config);
@@ -160,6 +186,7 @@ RoleResult run_client(const Config& config, std::uint32_t id, const std::string&
   if (!shared) return failed(shared.error());
   auto setup = client_setup(config, id, connect, *train, role_threads(config), *optimizer, *shared);
   if (!setup) return failed(setup.error());
+  if (metrics != nullptr) (*setup)->client_metrics = std::make_shared<monitoring::ClientMetrics>(metrics->registry());
   // The client keeps its own slice: the whole training set (188 MB as floats) and everyone's
   // partition go before the run, not after it.
   *train = Dataset{};
@@ -170,20 +197,22 @@ RoleResult run_client(const Config& config, std::uint32_t id, const std::string&
   return outcome_of({(*setup)->outcome});
 }
 
-RoleResult run_evaluator(const Config& config, const std::string& connect) {
+RoleResult run_evaluator(const Config& config, const std::string& connect,
+                         monitoring::Metrics* metrics) {
   auto setup = evaluator_setup(config, connect, role_threads(config));
   if (!setup) return failed(setup.error());
+  if (metrics != nullptr) (*setup)->metrics = std::make_shared<monitoring::EvaluatorMetrics>(metrics->registry());
   with_actor_system([&](caf::actor_system& sys) { sys.spawn<caf::detached>(evaluator_actor, *setup); });
   return outcome_of({(*setup)->outcome});
 }
 
-RoleResult run_all(const Config& config, AggregatorHooks hooks) {
+RoleResult run_all(const Config& config, AggregatorHooks hooks, monitoring::Metrics* metrics) {
   const int n_cores = cores(config);
   auto train = load_fashion_mnist(config.data.path, true);
   if (!train) return failed(train.error());
   auto optimizer = client_optimizer(config);
   if (!optimizer) return failed(optimizer.error());
-  auto aggregator = aggregator_setup(config, std::move(hooks), config.aggregator.listen);
+  auto aggregator = aggregator_setup(config, std::move(hooks), config.aggregator.listen, metrics);
   if (!aggregator) return failed(aggregator.error());
   const std::string address = (*aggregator)->endpoint->address();
 
@@ -193,6 +222,7 @@ RoleResult run_all(const Config& config, AggregatorHooks hooks) {
     auto e = evaluator_setup(config, address, 1);
     if (!e) return failed(e.error());
     evaluator = *e;
+    if (metrics != nullptr) evaluator->metrics = std::make_shared<monitoring::EvaluatorMetrics>(metrics->registry());
     outcomes.push_back(evaluator->outcome);
   }
   // Clients and the evaluator share the cores: at most one training or evaluation per core at
@@ -202,12 +232,16 @@ RoleResult run_all(const Config& config, AggregatorHooks hooks) {
   if (evaluator) evaluator->compute_slots = slots;
   auto shared = client_shared(config, *train);
   if (!shared) return failed(shared.error());
+  // The process's clients add up on one endpoint (its client families; never a client label).
+  std::shared_ptr<monitoring::ClientMetrics> client_metrics;
+  if (metrics != nullptr) client_metrics = std::make_shared<monitoring::ClientMetrics>(metrics->registry());
   std::vector<std::shared_ptr<ClientSetup>> clients;
   for (int id = 0; id < config.data.clients; ++id) {
     auto c = client_setup(config, static_cast<std::uint32_t>(id), address, *train, 1, *optimizer,
                           *shared);
     if (!c) return failed(c.error());
     (*c)->compute_slots = slots;
+    (*c)->client_metrics = client_metrics;
     outcomes.push_back((*c)->outcome);
     clients.push_back(*c);
   }

@@ -5,6 +5,7 @@
 /// write sum) against memcpy's 2, so 0.67 of memcpy is its bound; folding k waiting updates
 /// in one pass moves (k+2)/k and can beat memcpy.
 #include "runtime/plugin_host/fedavg.hpp"
+#include "runtime/base/clock.hpp"
 
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
@@ -17,13 +18,8 @@
 #include <malloc.h>
 
 using namespace flotilla;
-using Clock = std::chrono::steady_clock;
 
 namespace {
-
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
 
 /// Heap bytes in use now (glibc's own count: exact, unlike RSS, which misses freed memory
 /// that malloc reuses).
@@ -86,7 +82,7 @@ int main(int argc, char** argv) {
   int cycle = 0;
   const double memcpy_s = best_of(5, [&] {
     const auto& src = pool[static_cast<std::size_t>(cycle++ % 4)];
-    auto t = Clock::now();
+    auto t = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < src.size(); ++i) {
       std::memcpy(dst[i].tensor.data_ptr(), src[i].tensor.data_ptr(), src[i].tensor.nbytes());
     }
@@ -94,7 +90,7 @@ int main(int argc, char** argv) {
   });
   const double copy_s = best_of(5, [&] {
     const auto& src = pool[static_cast<std::size_t>(cycle++ % 4)];
-    auto t = Clock::now();
+    auto t = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < src.size(); ++i) dst[i].tensor.copy_(src[i].tensor);
     return seconds_since(t);
   });
@@ -107,7 +103,7 @@ int main(int argc, char** argv) {
     const double s = best_of(3, [&] {
       FedAvg fold(global);
       const std::size_t before = rss_bytes();
-      auto t = Clock::now();
+      auto t = std::chrono::steady_clock::now();
       for (int i = 0; i < n_updates; i += batch) {
         std::vector<WeightedUpdate> ups;
         for (int k = 0; k < batch && i + k < n_updates; ++k) {
@@ -144,7 +140,7 @@ int main(int argc, char** argv) {
     std::size_t before = rss_bytes(), peak = 0;
     const double s = best_of(2, [&] {
       before = rss_bytes();
-      auto t = Clock::now();
+      auto t = std::chrono::steady_clock::now();
       std::vector<TensorList> weighted;
       for (int k = 0; k < n; ++k) {
         TensorList w;

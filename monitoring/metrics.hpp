@@ -1,18 +1,46 @@
 #pragma once
-/// The metrics registry every role is handed, and the HTTP endpoint that serves it.
+/// The metrics of one process: the registry every role adds its families to (handed to them,
+/// never a global), the process's own metrics, and the text an HTTP endpoint serves.
 #include <prometheus/registry.h>
 
+#include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 namespace flotilla::monitoring {
 
-/// One registry per process; actors receive it (never a global) and add their families.
-using RegistryPtr = std::shared_ptr<prometheus::Registry>;
+class Metrics {
+ public:
+  /// A registry with the process's metrics (process_cpu_seconds_total, resident memory, open
+  /// and maximum fds, start time, threads) and flotilla_build_info.
+  Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
 
-[[nodiscard]] RegistryPtr make_registry();
+  [[nodiscard]] prometheus::Registry& registry() { return *registry_; }
+  /// A counter whose value `read` gives at each scrape (e.g. a transport's byte count, kept by
+  /// the transport itself); sources added under one name are summed. `read` runs on the HTTP
+  /// server's thread.
+  void add_counter(const std::string& name, const std::string& help, std::function<double()> read);
+  /// Everything in Prometheus' text exposition format (version 0.0.4). Thread-safe.
+  [[nodiscard]] std::string scrape() const;
 
-/// The registry in Prometheus' text exposition format.
-[[nodiscard]] std::string serialize(const prometheus::Registry& registry);
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<prometheus::Collectable> process_;
+  struct Source {
+    std::string help;
+    std::vector<std::function<double()>> reads;
+  };
+  mutable std::mutex sources_mutex_;
+  std::map<std::string, Source> sources_;
+};
+
+using MetricsPtr = std::shared_ptr<Metrics>;
+
+/// Exponential histogram buckets: `start`, start·factor, ... (`count` of them).
+[[nodiscard]] std::vector<double> exponential_buckets(double start, double factor, int count);
 
 }  // namespace flotilla::monitoring

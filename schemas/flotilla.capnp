@@ -9,7 +9,7 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("flotilla::schema");
 
 const protocolMajor :UInt16 = 1;
-const protocolMinor :UInt16 = 2;
+const protocolMinor :UInt16 = 3;
 
 enum DType {
   f32 @0;
@@ -78,6 +78,20 @@ struct Task {
   sendDelta @4 :Bool;        # since 1.2: answer with trained - received (FedBuff), not weights
 }
 
+# What a client has done since it started, reported in its heartbeats and updates (since 1.3)
+# so that one scrape of the aggregator shows the whole fleet, by device class (never by client).
+# Every count is cumulative; a client that restarts starts again from zero.
+struct ClientStats {
+  deviceClass @0 :Text;          # e.g. the fleet profile's name, or client.device-class
+  tasksCompleted @1 :UInt64;
+  tasksFailed @2 :UInt64;
+  trainingSeconds @3 :Float64;   # local training, wall time
+  examples @4 :UInt64;           # examples trained on (steps x batch size)
+  bytesSent @5 :UInt64;          # transport bytes
+  bytesReceived @6 :UInt64;
+  optimizerStateBytes @7 :UInt64;  # the optimizer's state in the last task
+}
+
 struct Update {
   round @0 :UInt64;
   baseModelVersion @1 :UInt64;
@@ -85,6 +99,7 @@ struct Update {
   metrics @3 :List(Metric);  # train loss, accuracy, seconds, ...
   tensors @4 :List(Tensor);
   isDelta @5 :Bool;          # since 1.2: tensors are trained - received, not weights
+  stats @6 :ClientStats;     # since 1.3: the client's counters (unset: none reported)
 }
 
 struct EvaluationRequest {
@@ -105,6 +120,7 @@ struct EvaluationResult {
 struct Heartbeat {
   modelVersion @0 :UInt64;
   busy @1 :Bool;
+  stats @2 :ClientStats;     # since 1.3: the client's counters (unset: none reported)
 }
 
 struct Shutdown {

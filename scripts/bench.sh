@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Flotilla's benchmarks, each printing ratios measured in this one run (the machines are
 # shared and noisy: compare ratios, not absolute numbers across runs).
-#   scripts/bench.sh [fold|transport|e2e|blas|plugins|schedules|async|simulate|churn ...]   default: all
+#   scripts/bench.sh [fold|transport|e2e|blas|plugins|schedules|async|simulate|churn|metrics ...]   default: all
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async simulate churn)
+WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async simulate churn metrics)
 bash scripts/install-deps.sh
 bash scripts/build.sh flotilla fold_bench transport_bench baseline_bench blas_bench \
-  fold_plugin_bench galore_bench
+  fold_plugin_bench galore_bench metrics_bench
 B=${FLOTILLA_BUILD_DIR:-build}/bin
 OUT=$(mktemp -d /tmp/flotilla-bench.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 
 for w in "${WHICH[@]}"; do
 case "$w" in
+metrics)
+  echo "== metrics: updates/s on the aggregation hot path (FedAsync, one version per update) with metrics on vs off"
+  "$B/metrics_bench" --kib 204 --updates 4000 --repeats 5   # the quick start's CNN
+  "$B/metrics_bench" --kib 1 --updates 20000 --repeats 5    # a tiny model: bookkeeping only
+  ;;
 churn)
   echo "== churn: 100 client processes on loopback, SIGKILLed and restarted at random (async, 150 s)"
   bash bench/churn.sh "$B/flotilla" 100 150 async

@@ -21,6 +21,8 @@ PACKAGES=(
   libopenblas0-openmp
   # plots (scripts/compare-schedules.sh)
   gnuplot-nox
+  # the monitoring test scrapes a federation with a real Prometheus server (promtool checks the rules)
+  prometheus
   # the quick start's data
   dataset-fashion-mnist
 )

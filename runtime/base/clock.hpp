@@ -20,6 +20,11 @@ class SteadyClock final : public Clock {
   [[nodiscard]] time_point now() const override { return std::chrono::steady_clock::now(); }
 };
 
+/// Wall seconds since `start` (measuring compute, which a virtual clock does not see).
+[[nodiscard]] inline double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 /// A clock that moves only when told to.
 class ManualClock final : public Clock {
  public:

@@ -1,5 +1,7 @@
 #include "runtime/ml/trainer.hpp"
 
+#include "runtime/base/clock.hpp"
+
 #include <torch/torch.h>
 
 #include <chrono>
@@ -9,12 +11,6 @@
 
 namespace flotilla {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 torch::nn::Module& as_module(Model& model) {
   return *static_cast<torch::nn::Module*>(model.module());
@@ -99,7 +95,7 @@ TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& 
     throw Failure(Errc::invalid_config,
                   "learning-rate must be > 0, got " + std::to_string(config.learning_rate));
   }
-  const auto start = Clock::now();
+  const auto start = std::chrono::steady_clock::now();
   TrainStats stats;
   const std::int64_t n = data.size();
   stats.num_examples = static_cast<std::uint64_t>(n);
@@ -152,6 +148,8 @@ TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& 
     seen += len;
   }
   stats.steps = static_cast<std::uint64_t>(total_steps);
+  stats.examples_seen = static_cast<std::uint64_t>(seen);
+  if (auto bytes = optimizer.state_bytes()) stats.optimizer_state_bytes = *bytes;
   if (total_steps > 0) {
     stats.loss = loss_sum.item<double>() / static_cast<double>(total_steps);
     stats.accuracy = static_cast<double>(correct.item<std::int64_t>()) / static_cast<double>(seen);
@@ -165,7 +163,7 @@ EvalStats evaluate(Model& model, const Dataset& data, std::int64_t batch_size) {
     throw Failure(Errc::invalid_argument,
                   "evaluation batch size must be > 0, got " + std::to_string(batch_size));
   }
-  const auto start = Clock::now();
+  const auto start = std::chrono::steady_clock::now();
   EvalStats stats;
   const std::int64_t n = data.size();
   stats.num_examples = static_cast<std::uint64_t>(n);

@@ -13,6 +13,8 @@ namespace flotilla {
 struct TrainStats {
   std::uint64_t num_examples = 0;  ///< examples in the client's training set
   std::uint64_t steps = 0;
+  std::uint64_t examples_seen = 0;  ///< examples the steps trained on (steps x batch size)
+  std::uint64_t optimizer_state_bytes = 0;  ///< the optimizer's state after the last step
   double loss = 0;      ///< mean training loss over the steps
   double accuracy = 0;  ///< training accuracy over the steps
   double seconds = 0;

@@ -4,6 +4,7 @@
 #include "runtime/base/tensor.hpp"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -11,8 +12,9 @@
 namespace flotilla {
 
 inline constexpr std::uint16_t kProtocolMajor = 1;
-/// 1.1: admin commands. 1.2: delta updates (Task.sendDelta, Update.isDelta).
-inline constexpr std::uint16_t kProtocolMinor = 2;
+/// 1.1: admin commands. 1.2: delta updates (Task.sendDelta, Update.isDelta). 1.3: clients
+/// report their counters (Heartbeat.stats, Update.stats).
+inline constexpr std::uint16_t kProtocolMinor = 3;
 
 enum class Role : std::uint8_t { client, evaluator, aggregator, admin };
 
@@ -62,6 +64,19 @@ struct Task {
   bool send_delta = false;
 };
 
+/// What a client has done since it started (cumulative), reported in its heartbeats and
+/// updates so that the aggregator can show the fleet by device class.
+struct ClientStats {
+  std::string device_class;
+  std::uint64_t tasks_completed = 0;
+  std::uint64_t tasks_failed = 0;
+  double training_seconds = 0;
+  std::uint64_t examples = 0;  ///< examples trained on (steps x batch size)
+  std::uint64_t bytes_sent = 0;
+  std::uint64_t bytes_received = 0;
+  std::uint64_t optimizer_state_bytes = 0;  ///< in the last task
+};
+
 struct Update {
   std::uint64_t round = 0;
   std::uint64_t base_model_version = 0;
@@ -70,6 +85,7 @@ struct Update {
   TensorList tensors;
   /// `tensors` are trained − received (the task asked for a delta), not weights.
   bool is_delta = false;
+  std::optional<ClientStats> stats;  ///< since 1.3
 };
 
 struct EvaluationRequest {
@@ -90,6 +106,7 @@ struct EvaluationResult {
 struct Heartbeat {
   std::uint64_t model_version = 0;
   bool busy = false;
+  std::optional<ClientStats> stats;  ///< since 1.3
 };
 
 struct Shutdown {

@@ -225,6 +225,17 @@ unsigned list_size(std::size_t n, const char* what) {
   return static_cast<unsigned>(n);
 }
 
+void encode_stats(s::ClientStats::Builder out, const ClientStats& stats) {
+  out.setDeviceClass(text(stats.device_class));
+  out.setTasksCompleted(stats.tasks_completed);
+  out.setTasksFailed(stats.tasks_failed);
+  out.setTrainingSeconds(stats.training_seconds);
+  out.setExamples(stats.examples);
+  out.setBytesSent(stats.bytes_sent);
+  out.setBytesReceived(stats.bytes_received);
+  out.setOptimizerStateBytes(stats.optimizer_state_bytes);
+}
+
 void encode_payload(s::Envelope::Payload::Builder out, const Payload& payload, Encoder& enc) {
   std::visit(
       [&](const auto& p) {
@@ -262,6 +273,7 @@ void encode_payload(s::Envelope::Payload::Builder out, const Payload& payload, E
           u.setBaseModelVersion(p.base_model_version);
           u.setNumExamples(p.num_examples);
           u.setIsDelta(p.is_delta);
+          if (p.stats) encode_stats(u.initStats(), *p.stats);
           encode_metrics(u.initMetrics(list_size(p.metrics.size(), "metrics")), p.metrics);
           enc.encode_tensors(u.initTensors(list_size(p.tensors.size(), "tensors")), p.tensors);
         } else if constexpr (std::is_same_v<T, EvaluationRequest>) {
@@ -281,6 +293,7 @@ void encode_payload(s::Envelope::Payload::Builder out, const Payload& payload, E
           auto h = out.initHeartbeat();
           h.setModelVersion(p.model_version);
           h.setBusy(p.busy);
+          if (p.stats) encode_stats(h.initStats(), *p.stats);
         } else if constexpr (std::is_same_v<T, Shutdown>) {
           out.initShutdown().setReason(text(p.reason));
         } else if constexpr (std::is_same_v<T, ErrorReply>) {
@@ -357,6 +370,19 @@ WireErrc from_wire(s::ErrorCode c) {
 }
 
 std::string str(capnp::Text::Reader t) { return {t.cStr(), t.size()}; }
+
+ClientStats decode_stats(s::ClientStats::Reader in) {
+  ClientStats out;
+  out.device_class = str(in.getDeviceClass());
+  out.tasks_completed = in.getTasksCompleted();
+  out.tasks_failed = in.getTasksFailed();
+  out.training_seconds = in.getTrainingSeconds();
+  out.examples = in.getExamples();
+  out.bytes_sent = in.getBytesSent();
+  out.bytes_received = in.getBytesReceived();
+  out.optimizer_state_bytes = in.getOptimizerStateBytes();
+  return out;
+}
 
 Metrics decode_metrics(capnp::List<s::Metric>::Reader in) {
   Metrics out;
@@ -582,6 +608,7 @@ struct Decoder {
         p.base_model_version = u.getBaseModelVersion();
         p.num_examples = u.getNumExamples();
         p.is_delta = u.getIsDelta();
+        if (u.hasStats()) p.stats = decode_stats(u.getStats());
         p.metrics = decode_metrics(u.getMetrics());
         p.tensors = decode_tensors(u.getTensors());
         return p;
@@ -607,7 +634,9 @@ struct Decoder {
       }
       case s::Envelope::Payload::HEARTBEAT: {
         auto h = in.getHeartbeat();
-        return Heartbeat{h.getModelVersion(), h.getBusy()};
+        Heartbeat p{h.getModelVersion(), h.getBusy()};
+        if (h.hasStats()) p.stats = decode_stats(h.getStats());
+        return p;
       }
       case s::Envelope::Payload::SHUTDOWN:
         return Shutdown{str(in.getShutdown().getReason())};

@@ -206,7 +206,7 @@ void AsyncSchedule::step(double factor, std::vector<Send>& out) {
   apply_pending_reload();  // between updates: nothing is folded in now
 }
 
-std::vector<Send> AsyncSchedule::on_update(const std::string& peer, const Update& update) {
+std::vector<Send> AsyncSchedule::handle_update(const std::string& peer, const Update& update) {
   std::vector<Send> out;
   heard(peer, out);  // a client set aside (e.g. its task was lost) is back, and idle
   if (phase_ != Phase::running) {
@@ -275,13 +275,11 @@ std::vector<Send> AsyncSchedule::on_update(const std::string& peer, const Update
   emit(UpdateAccepted{peer, client_id, update.round, update.base_model_version, tau, weight,
                       total_bytes(update.tensors), metric(update.metrics, "loss"),
                       metric(update.metrics, "accuracy")});
-  if (auto ok = aggregation_->accept(wu); !ok) {
-    logger("aggregator")->error("task {}: the update could not be folded: {}", update.round,
-                                ok.error().message);
-    emit(FoldFailed{1, ok.error().message});
-  } else if (!buffered) {
+  // An update the method fails to fold is counted as rejected; the model stays as it was.
+  const bool folded = fold({wu}, "task " + std::to_string(update.round)) == 0;
+  if (folded && !buffered) {
     step(options_.alpha * options_.staleness(tau), out);
-  } else if (aggregation_->accepted() >= options_.buffer_size) {
+  } else if (folded && aggregation_->accepted() >= options_.buffer_size) {
     step(options_.server_learning_rate, out);
   }
   after_update(out);

@@ -28,11 +28,11 @@ class AsyncSchedule final : public Schedule {
   AsyncSchedule(ScheduleOptions options, TensorList initial_model,
                 std::unique_ptr<Aggregation> aggregation, const Clock& clock, std::string run_id);
 
-  [[nodiscard]] std::vector<Send> on_update(const std::string& peer, const Update& update) override;
   [[nodiscard]] std::uint64_t planned() const override { return options_.versions; }
   [[nodiscard]] std::string describe() const override;
 
  protected:
+  [[nodiscard]] std::vector<Send> handle_update(const std::string& peer, const Update& update) override;
   void start(std::vector<Send>& out) override;
   void on_client_ready(const std::string& peer, std::vector<Send>& out) override;
   void on_client_restarted(const std::string& peer, std::vector<Send>& out) override;

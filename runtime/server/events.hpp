@@ -103,6 +103,20 @@ struct Evaluated {
 struct EvaluationMissed {
   std::uint64_t version = 0;
 };
+/// One call into the aggregation method: folding accepted updates in, or producing a version
+/// from them. `seconds` is wall time (also under a simulator's virtual clock).
+enum class AggregationStep : std::uint8_t { fold, finalize };
+struct Aggregated {
+  AggregationStep step = AggregationStep::fold;
+  std::uint32_t updates = 0;  ///< fold: updates folded in; finalize: updates in the version
+  double seconds = 0;
+};
+/// A registered client's own counters (Heartbeat.stats, Update.stats), as it reported them.
+struct ClientReported {
+  std::string peer;
+  std::uint32_t client_id = 0;
+  ClientStats stats;
+};
 struct PluginReloaded {
   bool ok = false;
   std::string message;
@@ -115,7 +129,8 @@ struct RunFinished {
 using EventBody =
     std::variant<ClientJoined, ClientLeft, RoundStarted, TaskSent, TaskLost, UpdateAccepted,
                  UpdateRejected, FoldFailed, MessageRefused, VersionProduced, VersionFailed,
-                 EvaluationRequested, Evaluated, EvaluationMissed, PluginReloaded, RunFinished>;
+                 EvaluationRequested, Evaluated, EvaluationMissed, Aggregated, ClientReported,
+                 PluginReloaded, RunFinished>;
 
 struct Event {
   double at = 0;  ///< seconds since the schedule started

@@ -25,10 +25,16 @@ VersionRecorder::Pending* VersionRecorder::pending_for_version(std::uint64_t ver
   return nullptr;
 }
 
+ClientCounts VersionRecorder::client_counts() const {
+  return {online_.size(), busy_.size(), online_.size() - std::min(online_.size(), busy_.size()),
+          offline_.size()};
+}
+
 void VersionRecorder::record_clients(RoundRecord& r) const {
-  r.clients_busy = static_cast<std::uint32_t>(busy_.size());
-  r.clients_idle = static_cast<std::uint32_t>(online_.size() - std::min(online_.size(), busy_.size()));
-  r.clients_offline = static_cast<std::uint32_t>(offline_.size());
+  const auto c = client_counts();
+  r.clients_busy = static_cast<std::uint32_t>(c.busy);
+  r.clients_idle = static_cast<std::uint32_t>(c.idle);
+  r.clients_offline = static_cast<std::uint32_t>(c.offline);
 }
 
 void VersionRecorder::close_open(double at, bool failed, std::uint64_t version) {

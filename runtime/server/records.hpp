@@ -64,6 +64,16 @@ struct ScheduleCounters {
   }
 };
 
+/// Clients by state, as the events say: online ones are idle or busy (holding a task); offline
+/// ones were set aside after a silence; registered counts both.
+struct ClientCounts {
+  std::size_t online = 0;
+  std::size_t busy = 0;
+  std::size_t idle = 0;
+  std::size_t offline = 0;
+  [[nodiscard]] std::size_t registered() const { return online + offline; }
+};
+
 /// Folds events into RoundRecords (released in order, each once its evaluation is in or given
 /// up on) and ScheduleCounters.
 class VersionRecorder {
@@ -72,6 +82,7 @@ class VersionRecorder {
   /// Records completed since the last call, in order.
   [[nodiscard]] std::vector<RoundRecord> take_completed();
   [[nodiscard]] const ScheduleCounters& counters() const { return counters_; }
+  [[nodiscard]] ClientCounts client_counts() const;
 
  private:
   struct Pending {

@@ -99,10 +99,23 @@ std::vector<Send> Schedule::on_hello(const std::string& peer, const Hello& hello
   return out;
 }
 
-std::vector<Send> Schedule::on_heartbeat(const std::string& peer, const Heartbeat&) {
+std::vector<Send> Schedule::on_heartbeat(const std::string& peer, const Heartbeat& beat) {
   std::vector<Send> out;
   heard(peer, out);
+  note_stats(peer, beat.stats);
   return out;
+}
+
+std::vector<Send> Schedule::on_update(const std::string& peer, const Update& update) {
+  note_stats(peer, update.stats);
+  return handle_update(peer, update);
+}
+
+void Schedule::note_stats(const std::string& peer, const std::optional<ClientStats>& stats) {
+  if (!stats) return;
+  const auto* p = registry_.find_any(peer);
+  if (p == nullptr || p->role != Role::client) return;
+  emit(ClientReported{peer, p->client_id, *stats});
 }
 
 void Schedule::heard(const std::string& peer, std::vector<Send>& out) {
@@ -278,9 +291,30 @@ Send Schedule::task_for(const std::string& peer, std::uint64_t round, bool delta
   return Send{peer, std::move(task)};
 }
 
+std::uint32_t Schedule::fold(const std::vector<WeightedUpdate>& batch, const std::string& what) {
+  const auto before = aggregation_->accepted();
+  const auto started = std::chrono::steady_clock::now();
+  auto ok = batch.size() == 1 ? aggregation_->accept(batch.front()) : aggregation_->accept_batch(batch);
+  const double seconds = seconds_since(started);
+  const auto folded = static_cast<std::uint32_t>(aggregation_->accepted() - before);
+  emit(Aggregated{AggregationStep::fold, folded, seconds});
+  if (ok) return 0;
+  // Validated on arrival, so the method itself failed (e.g. a plugin's bug): the updates it did
+  // not take are counted as rejected and the run goes on with the others.
+  const auto lost = static_cast<std::uint32_t>(batch.size()) - std::min<std::uint32_t>(
+                                                                   folded, static_cast<std::uint32_t>(batch.size()));
+  logger("aggregator")->error("{}: {} update(s) could not be folded: {}", what, lost, ok.error().message);
+  emit(FoldFailed{lost, ok.error().message});
+  return lost;
+}
+
 std::optional<TensorList> Schedule::finalize_aggregation(const std::string& what) {
   try {
-    return aggregation_->finalize();
+    const auto updates = static_cast<std::uint32_t>(aggregation_->accepted());
+    const auto started = std::chrono::steady_clock::now();
+    auto next = aggregation_->finalize();
+    emit(Aggregated{AggregationStep::finalize, updates, seconds_since(started)});
+    return next;
   } catch (const Failure& f) {
     // A plugin that fails to produce a version fails it; the model stays as it was.
     logger("aggregator")->error("{}: {}", what, f.what());

@@ -95,7 +95,9 @@ class Schedule {
   /// `protocol_minor`: the minor protocol version the peer's envelope carried.
   [[nodiscard]] std::vector<Send> on_hello(const std::string& peer, const Hello& hello,
                                            std::uint16_t protocol_minor = kProtocolMinor);
-  [[nodiscard]] virtual std::vector<Send> on_update(const std::string& peer, const Update& update) = 0;
+  /// An update from `peer` (the counters it reports are recorded first, then the schedule
+  /// decides: accepted, folded, or rejected with a reason).
+  [[nodiscard]] std::vector<Send> on_update(const std::string& peer, const Update& update);
   [[nodiscard]] std::vector<Send> on_evaluation(const std::string& peer, const EvaluationResult& result);
   [[nodiscard]] std::vector<Send> on_heartbeat(const std::string& peer, const Heartbeat& beat);
   /// A message from `peer` that could not be decoded or is of a kind the aggregator does not
@@ -127,6 +129,8 @@ class Schedule {
   /// What the progress line counts to: rounds (sync) or versions.
   [[nodiscard]] virtual std::uint64_t planned() const = 0;
   [[nodiscard]] std::size_t live_clients() const { return registry_.live_clients(); }
+  /// Clients by state (online, holding a task, set aside), as the events say.
+  [[nodiscard]] ClientCounts client_counts() const { return recorder_.client_counts(); }
   [[nodiscard]] const std::string& run_id() const { return run_id_; }
   /// "sync", "async (alpha 0.6, polynomial(a=0.5))", "buffered (K 10, ...)".
   [[nodiscard]] virtual std::string describe() const = 0;
@@ -134,6 +138,8 @@ class Schedule {
  protected:
   enum class Phase { registering, running, draining, done };
 
+  /// What the schedule does with an update (on_update has recorded its sender's counters).
+  [[nodiscard]] virtual std::vector<Send> handle_update(const std::string& peer, const Update& update) = 0;
   /// Registration is complete: hand out the first work.
   virtual void start(std::vector<Send>& out) = 0;
   /// A client registered or came back while the run is going.
@@ -166,6 +172,9 @@ class Schedule {
   /// Finalizes the aggregation (a plugin that fails it is logged; the updates are discarded);
   /// nothing if it failed.
   [[nodiscard]] std::optional<TensorList> finalize_aggregation(const std::string& what);
+  /// Folds `batch` into the aggregation, timed (an Aggregated event); the updates the method
+  /// failed to fold are counted (FoldFailed, logged with `what`). Returns how many it lost.
+  std::uint32_t fold(const std::vector<WeightedUpdate>& batch, const std::string& what);
   /// After the last version: wait for its evaluation, then finish.
   void end_run(std::vector<Send>& out, const std::string& reason);
   void finish(std::vector<Send>& out, const std::string& reason);
@@ -205,6 +214,8 @@ class Schedule {
  private:
   void request_evaluation(std::vector<Send>& out, std::uint64_t version, std::uint64_t round);
   void expire_evaluations();
+  /// The counters a registered client reported (ignored from peers that are not).
+  void note_stats(const std::string& peer, const std::optional<ClientStats>& stats);
 
   VersionRecorder recorder_;
   std::vector<Event> events_;
@@ -216,8 +227,9 @@ class Schedule {
 struct ScheduleHooks {
   std::function<void(const RoundRecord&)> on_round;   ///< each completed round/version, in order
   std::function<void(const Schedule&)> on_done;       ///< once, when the run is over
-  /// The schedule's events, in order, as they happen (metrics and other observers).
-  std::function<void(const std::vector<Event>&)> on_events;
+  /// The schedule's events, in order, as they happen, with the schedule that emitted them
+  /// (metrics and other observers; called on the schedule's thread).
+  std::function<void(const Schedule&, const std::vector<Event>&)> on_events;
 };
 
 }  // namespace flotilla

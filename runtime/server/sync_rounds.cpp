@@ -26,7 +26,7 @@ std::size_t SyncRounds::needed() const {
   return sampled_.size();
 }
 
-std::vector<Send> SyncRounds::on_update(const std::string& peer, const Update& update) {
+std::vector<Send> SyncRounds::handle_update(const std::string& peer, const Update& update) {
   std::vector<Send> out;
   heard(peer, out);
   if (!collecting_ || update.round != round_) {
@@ -106,16 +106,9 @@ void SyncRounds::fold_queued() {
   if (fold_queue_.empty()) return;
   std::vector<WeightedUpdate> batch;
   for (const auto& q : fold_queue_) batch.push_back({&q.tensors, q.weight, 0, q.client_id});
-  const auto before = aggregation_->accepted();
-  if (auto ok = aggregation_->accept_batch(batch); !ok) {
-    // Validated on arrival, so the method itself failed (e.g. a plugin's bug): the updates it
-    // did not take are counted as rejected and the round goes on with the others.
-    const auto lost = static_cast<std::uint32_t>(batch.size() - (aggregation_->accepted() - before));
-    logger("aggregator")->error("round {}: {} update(s) could not be folded: {}", round_, lost,
-                                ok.error().message);
-    accepted_ -= std::min(accepted_, lost);
-    emit(FoldFailed{lost, ok.error().message});
-  }
+  // Counted first (accepted_): the updates a failing fold loses are taken back.
+  const auto lost = fold(batch, "round " + std::to_string(round_));
+  accepted_ -= std::min(accepted_, lost);
   fold_queue_.clear();
 }
 

@@ -13,12 +13,12 @@ class SyncRounds final : public Schedule {
   SyncRounds(ScheduleOptions options, TensorList initial_model,
              std::unique_ptr<Aggregation> aggregation, const Clock& clock, std::string run_id);
 
-  [[nodiscard]] std::vector<Send> on_update(const std::string& peer, const Update& update) override;
   [[nodiscard]] std::uint64_t round() const override { return round_; }
   [[nodiscard]] std::uint64_t planned() const override { return options_.rounds; }
   [[nodiscard]] std::string describe() const override;
 
  protected:
+  [[nodiscard]] std::vector<Send> handle_update(const std::string& peer, const Update& update) override;
   void start(std::vector<Send>& out) override { start_round(out); }
   [[nodiscard]] bool owes_update(const std::string& peer) const override {
     return collecting_ && sampled_.contains(peer) && !replied_.contains(peer);

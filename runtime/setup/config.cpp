@@ -341,6 +341,9 @@ Config read(const toml::table& root, const std::string& source) {
 
   r.duration("client", "connect-timeout", c.client.connect_timeout);
   r.duration("client", "heartbeat-interval", c.client.heartbeat_interval);
+  r.string("client", "device-class", c.client.device_class);
+  r.string("metrics", "listen", c.metrics.listen);
+  r.duration("metrics", "hold", c.metrics.hold);
 
   r.duration("simulation", "tick", c.simulation.tick);
   r.real("simulation", "example-seconds", c.simulation.example_seconds, 0.0, 1e6, "a number >= 0");

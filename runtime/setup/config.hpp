@@ -99,6 +99,18 @@ struct LoraSection {
 struct ClientSection {
   Duration connect_timeout{30'000};
   Duration heartbeat_interval{2'000};
+  /// The class this device reports its counters under (flotilla_fleet_*{device_class}); empty:
+  /// its fleet profile's name when it emulates one, else the model's device type ("cpu").
+  std::string device_class;
+};
+
+/// Prometheus metrics ([metrics], docs/monitoring.md).
+struct MetricsSection {
+  /// "HOST:PORT" to serve /metrics on (port 0: any free port); empty = off. A process's roles
+  /// share one endpoint.
+  std::string listen;
+  /// Keep serving this long after the run ends, so that the last values are scraped.
+  Duration hold{0};
 };
 
 struct EvaluatorSection {
@@ -130,6 +142,7 @@ struct Config {
   ClientSection client;
   EvaluatorSection evaluator;
   SimulationSection simulation;
+  MetricsSection metrics;
   /// Device profiles ([[fleet.profile]]): emulated task times, links, availability, dropouts.
   std::vector<DeviceProfileSpec> fleet;
 };

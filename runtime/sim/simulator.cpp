@@ -390,7 +390,7 @@ void Simulation::drain_schedule() {
       if (auto id = client_of(left->peer)) clients_[*id].last_beat = -beat_every_;
     }
   }
-  if (hooks_.schedule.on_events && !events.empty()) hooks_.schedule.on_events(events);
+  if (hooks_.schedule.on_events && !events.empty()) hooks_.schedule.on_events(*schedule_, events);
 }
 
 void Simulation::deliver_task(std::uint32_t id, Task task) {

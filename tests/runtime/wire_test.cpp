@@ -333,6 +333,7 @@ TEST(Wire, EveryPayloadKindSurvives) {
     check_envelope(*r);
     EXPECT_EQ(99U, std::get<Heartbeat>(r->payload).model_version);
     EXPECT_TRUE(std::get<Heartbeat>(r->payload).busy);
+    EXPECT_FALSE(std::get<Heartbeat>(r->payload).stats) << "no counters reported, none read";
   }
   {
     auto r = round_trip(envelope_of(Shutdown{"run finished"}));
@@ -347,6 +348,40 @@ TEST(Wire, EveryPayloadKindSurvives) {
     EXPECT_EQ(WireErrc::rejected, std::get<ErrorReply>(r->payload).code);
     EXPECT_EQ("shape mismatch", std::get<ErrorReply>(r->payload).message);
   }
+}
+
+TEST(Wire, ClientCountersTravelInHeartbeatsAndUpdates) {
+  ClientStats stats;
+  stats.device_class = "phone-slow";
+  stats.tasks_completed = 7;
+  stats.tasks_failed = 2;
+  stats.training_seconds = 12.5;
+  stats.examples = 11200;
+  stats.bytes_sent = 1ULL << 40;
+  stats.bytes_received = 12345;
+  stats.optimizer_state_bytes = 4096;
+  const auto same = [&](const std::optional<ClientStats>& got) {
+    ASSERT_TRUE(got.has_value());
+    EXPECT_EQ(stats.device_class, got->device_class);
+    EXPECT_EQ(stats.tasks_completed, got->tasks_completed);
+    EXPECT_EQ(stats.tasks_failed, got->tasks_failed);
+    EXPECT_EQ(stats.training_seconds, got->training_seconds);
+    EXPECT_EQ(stats.examples, got->examples);
+    EXPECT_EQ(stats.bytes_sent, got->bytes_sent);
+    EXPECT_EQ(stats.bytes_received, got->bytes_received);
+    EXPECT_EQ(stats.optimizer_state_bytes, got->optimizer_state_bytes);
+  };
+  Message hb;
+  hb.payload = Heartbeat{3, false, stats};
+  auto beat = round_trip(hb);
+  ASSERT_TRUE(beat.has_value()) << beat.error().message;
+  same(std::get<Heartbeat>(beat->payload).stats);
+  auto m = update_with({{"w", torch::ones({2})}});
+  std::get<Update>(m.payload).stats = stats;
+  auto update = round_trip(m);
+  ASSERT_TRUE(update.has_value()) << update.error().message;
+  same(std::get<Update>(update->payload).stats);
+  EXPECT_FALSE(std::get<Update>(round_trip(update_with({{"w", torch::ones({2})}}))->payload).stats);
 }
 
 TEST(Wire, RandomBytesAreMalformed) {
