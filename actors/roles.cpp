@@ -159,7 +159,7 @@ void with_actor_system(Spawn&& spawn) {
 std::shared_ptr<monitoring::AggregatorMetrics> watch_schedule(const Config& config,
                                                               monitoring::Metrics& metrics,
                                                               ScheduleHooks& hooks) {
-  auto watched = std::make_shared<monitoring::AggregatorMetrics>(metrics.registry());
+  auto watched = std::make_shared<monitoring::AggregatorMetrics>(metrics);
   watched->describe(run_id(config), to_string(config.aggregator.schedule),
                     config.aggregator.strategy, config.aggregator.strategy != "builtin");
   hooks.on_events = watched->hook(std::move(hooks.on_events));
@@ -186,7 +186,7 @@ RoleResult run_client(const Config& config, std::uint32_t id, const std::string&
   if (!shared) return failed(shared.error());
   auto setup = client_setup(config, id, connect, *train, role_threads(config), *optimizer, *shared);
   if (!setup) return failed(setup.error());
-  if (metrics != nullptr) (*setup)->client_metrics = std::make_shared<monitoring::ClientMetrics>(metrics->registry());
+  if (metrics != nullptr) (*setup)->client_metrics = std::make_shared<monitoring::ClientMetrics>(*metrics);
   // The client keeps its own slice: the whole training set (188 MB as floats) and everyone's
   // partition go before the run, not after it.
   *train = Dataset{};
@@ -201,7 +201,7 @@ RoleResult run_evaluator(const Config& config, const std::string& connect,
                          monitoring::Metrics* metrics) {
   auto setup = evaluator_setup(config, connect, role_threads(config));
   if (!setup) return failed(setup.error());
-  if (metrics != nullptr) (*setup)->metrics = std::make_shared<monitoring::EvaluatorMetrics>(metrics->registry());
+  if (metrics != nullptr) (*setup)->metrics = std::make_shared<monitoring::EvaluatorMetrics>(*metrics);
   with_actor_system([&](caf::actor_system& sys) { sys.spawn<caf::detached>(evaluator_actor, *setup); });
   return outcome_of({(*setup)->outcome});
 }
@@ -222,7 +222,7 @@ RoleResult run_all(const Config& config, AggregatorHooks hooks, monitoring::Metr
     auto e = evaluator_setup(config, address, 1);
     if (!e) return failed(e.error());
     evaluator = *e;
-    if (metrics != nullptr) evaluator->metrics = std::make_shared<monitoring::EvaluatorMetrics>(metrics->registry());
+    if (metrics != nullptr) evaluator->metrics = std::make_shared<monitoring::EvaluatorMetrics>(*metrics);
     outcomes.push_back(evaluator->outcome);
   }
   // Clients and the evaluator share the cores: at most one training or evaluation per core at
@@ -234,7 +234,7 @@ RoleResult run_all(const Config& config, AggregatorHooks hooks, monitoring::Metr
   if (!shared) return failed(shared.error());
   // The process's clients add up on one endpoint (its client families; never a client label).
   std::shared_ptr<monitoring::ClientMetrics> client_metrics;
-  if (metrics != nullptr) client_metrics = std::make_shared<monitoring::ClientMetrics>(metrics->registry());
+  if (metrics != nullptr) client_metrics = std::make_shared<monitoring::ClientMetrics>(*metrics);
   std::vector<std::shared_ptr<ClientSetup>> clients;
   for (int id = 0; id < config.data.clients; ++id) {
     auto c = client_setup(config, static_cast<std::uint32_t>(id), address, *train, 1, *optimizer,

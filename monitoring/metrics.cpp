@@ -25,17 +25,6 @@
 namespace flotilla::monitoring {
 namespace {
 
-prometheus::MetricFamily family(std::string name, std::string help, prometheus::MetricType type,
-                                double value) {
-  prometheus::ClientMetric m;
-  if (type == prometheus::MetricType::Counter) {
-    m.counter.value = value;
-  } else {
-    m.gauge.value = value;
-  }
-  return {std::move(name), std::move(help), type, {m}};
-}
-
 /// Seconds since the epoch at which the machine booted (/proc/stat's btime).
 double boot_time() {
   std::ifstream in("/proc/stat");
@@ -82,24 +71,24 @@ class ProcessCollector final : public prometheus::Collectable {
         const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
         const double page = static_cast<double>(::sysconf(_SC_PAGESIZE));
         const double cpu = (std::stod(f[14 - 3]) + std::stod(f[15 - 3])) / ticks;
-        out.push_back(family("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
+        out.push_back(single("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
                              MetricType::Counter, cpu));
-        out.push_back(family("process_start_time_seconds",
+        out.push_back(single("process_start_time_seconds",
                              "Start time of the process since unix epoch in seconds.", MetricType::Gauge,
                              boot_time_ + std::stod(f[22 - 3]) / ticks));
-        out.push_back(family("process_virtual_memory_bytes", "Virtual memory size in bytes.",
+        out.push_back(single("process_virtual_memory_bytes", "Virtual memory size in bytes.",
                              MetricType::Gauge, std::stod(f[23 - 3])));
-        out.push_back(family("process_resident_memory_bytes", "Resident memory size in bytes.",
+        out.push_back(single("process_resident_memory_bytes", "Resident memory size in bytes.",
                              MetricType::Gauge, std::stod(f[24 - 3]) * page));
-        out.push_back(family("flotilla_process_threads", "Threads of the process.", MetricType::Gauge,
+        out.push_back(single("flotilla_process_threads", "Threads of the process.", MetricType::Gauge,
                              std::stod(f[20 - 3])));
       }
     }
-    out.push_back(family("process_open_fds", "Number of open file descriptors.", MetricType::Gauge,
+    out.push_back(single("process_open_fds", "Number of open file descriptors.", MetricType::Gauge,
                          static_cast<double>(open_fds())));
     rlimit limit{};
     if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) {
-      out.push_back(family("process_max_fds", "Maximum number of open file descriptors.",
+      out.push_back(single("process_max_fds", "Maximum number of open file descriptors.",
                            MetricType::Gauge, static_cast<double>(limit.rlim_cur)));
     }
     return out;
@@ -110,6 +99,26 @@ class ProcessCollector final : public prometheus::Collectable {
 };
 
 }  // namespace
+
+prometheus::MetricFamily single(std::string name, std::string help, prometheus::MetricType type,
+                                double value) {
+  prometheus::ClientMetric m;
+  if (type == prometheus::MetricType::Counter) {
+    m.counter.value = value;
+  } else {
+    m.gauge.value = value;
+  }
+  return {std::move(name), std::move(help), type, {m}};
+}
+
+std::string serialize(const std::vector<prometheus::MetricFamily>& families) {
+  return prometheus::TextSerializer{}.Serialize(families);
+}
+
+void Metrics::add(std::shared_ptr<const prometheus::Collectable> collectable) {
+  std::lock_guard lock(sources_mutex_);
+  collectables_.push_back(std::move(collectable));
+}
 
 std::vector<double> exponential_buckets(double start, double factor, int count) {
   std::vector<double> out;
@@ -146,13 +155,18 @@ std::string Metrics::scrape() const {
     for (const auto& [name, source] : sources_) {
       double total = 0;
       for (const auto& read : source.reads) total += read();
-      families.push_back(family(name, source.help, prometheus::MetricType::Counter, total));
+      families.push_back(single(name, source.help, prometheus::MetricType::Counter, total));
+    }
+    for (const auto& c : collectables_) {
+      auto more = c->Collect();
+      families.insert(families.end(), std::make_move_iterator(more.begin()),
+                      std::make_move_iterator(more.end()));
     }
   }
   auto process = process_->Collect();
   families.insert(families.end(), std::make_move_iterator(process.begin()),
                   std::make_move_iterator(process.end()));
-  return prometheus::TextSerializer{}.Serialize(families);
+  return serialize(families);
 }
 
 }  // namespace flotilla::monitoring

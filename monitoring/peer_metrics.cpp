@@ -1,5 +1,7 @@
 #include "monitoring/peer_metrics.hpp"
 
+#include <prometheus/family.h>
+
 #include <algorithm>
 
 namespace flotilla::monitoring {
@@ -31,6 +33,136 @@ std::string device_class_label(const std::string& reported) {
   return out.empty() ? "unknown" : out;
 }
 
+void ClassTotals::add(const ClientStats& d) {
+  tasks_completed += static_cast<double>(d.tasks_completed);
+  tasks_failed += static_cast<double>(d.tasks_failed);
+  training_seconds += std::max(0.0, d.training_seconds);
+  examples += static_cast<double>(d.examples);
+  bytes_sent += static_cast<double>(d.bytes_sent);
+  bytes_received += static_cast<double>(d.bytes_received);
+}
+
+void append_class_families(std::vector<prometheus::MetricFamily>& out, const std::string& prefix,
+                           const std::string& scope, const std::map<std::string, ClassTotals>& classes) {
+  using prometheus::MetricType;
+  struct Column {
+    const char* name;
+    const char* help;
+    MetricType type;
+    double ClassTotals::*field;
+  };
+  static const Column columns[] = {
+      {"_tasks_completed_total", "Tasks trained and answered with an update", MetricType::Counter,
+       &ClassTotals::tasks_completed},
+      {"_tasks_failed_total", "Tasks not answered: training failed, or the device dropped out (emulated)",
+       MetricType::Counter, &ClassTotals::tasks_failed},
+      {"_training_seconds_total", "Wall seconds of local training", MetricType::Counter,
+       &ClassTotals::training_seconds},
+      {"_examples_total", "Examples trained on (steps x batch size)", MetricType::Counter,
+       &ClassTotals::examples},
+      {"_sent_bytes_total", "Bytes the clients sent to the aggregator", MetricType::Counter,
+       &ClassTotals::bytes_sent},
+      {"_received_bytes_total", "Bytes the clients received from the aggregator", MetricType::Counter,
+       &ClassTotals::bytes_received},
+      {"_samples_per_second", "Examples per second of local training", MetricType::Gauge,
+       &ClassTotals::samples_per_second},
+      {"_optimizer_state_bytes", "Bytes of optimizer state in a task", MetricType::Gauge,
+       &ClassTotals::optimizer_state_bytes},
+  };
+  for (const auto& c : columns) {
+    prometheus::MetricFamily f{prefix + c.name, std::string(c.help) + ", " + scope + ".", c.type, {}};
+    for (const auto& [label, totals] : classes) {
+      prometheus::ClientMetric m;
+      m.label = {{"device_class", label}};
+      (c.type == MetricType::Counter ? m.counter.value : m.gauge.value) = totals.*c.field;
+      f.metric.push_back(std::move(m));
+    }
+    out.push_back(std::move(f));
+  }
+}
+
+// ---- a client process's own endpoint ----
+
+struct ClientMetrics::State final : prometheus::Collectable {
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    std::vector<prometheus::MetricFamily> out;
+    std::lock_guard lock(mutex);
+    append_class_families(out, "flotilla_client", "by the clients of this process", classes);
+    return out;
+  }
+  mutable std::mutex mutex;
+  std::map<std::string, ClassTotals> classes;
+};
+
+ClientMetrics::ClientMetrics(Metrics& metrics) : state_(std::make_shared<State>()) {
+  metrics.add(state_);
+}
+
+void ClientMetrics::record(const ClientStats& now, const ClientStats& before) {
+  const auto d = increase(now, before);
+  const auto label = device_class_label(now.device_class);
+  std::lock_guard lock(state_->mutex);
+  auto& totals = state_->classes[label];
+  totals.add(d);
+  if (d.training_seconds > 0) {  // a task was trained: its throughput and optimizer state
+    totals.samples_per_second = static_cast<double>(d.examples) / d.training_seconds;
+    totals.optimizer_state_bytes = static_cast<double>(now.optimizer_state_bytes);
+  }
+}
+
+// ---- the fleet, at the aggregator ----
+
+FleetMetrics::Class& FleetMetrics::class_for(const std::string& reported_class) {
+  std::string label = device_class_label(reported_class);
+  if (!classes_.contains(label) && classes_.size() >= max_classes_) label = "other";
+  return classes_[label];
+}
+
+void FleetMetrics::report(const std::string& peer, const ClientStats& stats) {
+  auto [it, first] = peers_.try_emplace(peer);
+  Known& known = it->second;
+  // The hot path (a known client, the same class as before) looks up nothing but the peer.
+  Class* c = known.of;
+  if (first || stats.device_class != known.last.device_class) {
+    c = &class_for(stats.device_class);
+    if (c != known.of) {
+      if (known.of != nullptr) {  // a client that now says another class leaves its old one
+        known.of->optimizer_bytes_sum -= static_cast<double>(known.last.optimizer_state_bytes);
+        known.of->clients -= std::min<std::size_t>(known.of->clients, 1);
+      }
+      ++c->clients;
+      known.last.optimizer_state_bytes = 0;  // not counted in the new class yet
+    }
+  }
+  const auto d = increase(stats, known.last);
+  c->totals.add(d);
+  c->optimizer_bytes_sum += static_cast<double>(stats.optimizer_state_bytes) -
+                            static_cast<double>(known.last.optimizer_state_bytes);
+  known.of = c;
+  known.last = stats;
+}
+
+void FleetMetrics::collect(std::vector<prometheus::MetricFamily>& out) const {
+  std::map<std::string, ClassTotals> classes;
+  prometheus::MetricFamily clients{"flotilla_fleet_clients",
+                                   "Clients that reported their counters, by device class.",
+                                   prometheus::MetricType::Gauge, {}};
+  for (const auto& [label, c] : classes_) {
+    auto t = c.totals;
+    t.samples_per_second = t.training_seconds > 0 ? t.examples / t.training_seconds : 0.0;
+    t.optimizer_state_bytes = c.clients > 0 ? c.optimizer_bytes_sum / static_cast<double>(c.clients) : 0.0;
+    classes.emplace(label, t);
+    prometheus::ClientMetric m;
+    m.label = {{"device_class", label}};
+    m.gauge.value = static_cast<double>(c.clients);
+    clients.metric.push_back(std::move(m));
+  }
+  append_class_families(out, "flotilla_fleet", "as the clients report them, by device class", classes);
+  out.push_back(std::move(clients));
+}
+
+// ---- the evaluator ----
+
 namespace {
 
 template <class Builder>
@@ -41,123 +173,24 @@ auto& family(Builder builder, prometheus::Registry& registry, const std::string&
 
 }  // namespace
 
-ClientFamilies::ClientFamilies(prometheus::Registry& registry, const std::string& prefix,
-                               const std::string& scope)
-    : completed_(family(prometheus::BuildCounter(), registry, prefix + "_tasks_completed_total",
-                        "Tasks trained and answered with an update, " + scope + ".")),
-      failed_(family(prometheus::BuildCounter(), registry, prefix + "_tasks_failed_total",
-                     "Tasks not answered: training failed, or the device dropped out (emulated), " +
-                         scope + ".")),
-      seconds_(family(prometheus::BuildCounter(), registry, prefix + "_training_seconds_total",
-                      "Wall seconds of local training, " + scope + ".")),
-      examples_(family(prometheus::BuildCounter(), registry, prefix + "_examples_total",
-                       "Examples trained on (steps x batch size), " + scope + ".")),
-      sent_(family(prometheus::BuildCounter(), registry, prefix + "_sent_bytes_total",
-                   "Bytes the clients sent to the aggregator, " + scope + ".")),
-      received_(family(prometheus::BuildCounter(), registry, prefix + "_received_bytes_total",
-                       "Bytes the clients received from the aggregator, " + scope + ".")),
-      samples_per_second_(family(prometheus::BuildGauge(), registry, prefix + "_samples_per_second",
-                                 "Examples per second of local training, " + scope + ".")),
-      optimizer_state_(family(prometheus::BuildGauge(), registry, prefix + "_optimizer_state_bytes",
-                              "Bytes of optimizer state in a task, " + scope + ".")) {}
-
-ClientFamilies::Series& ClientFamilies::series(const std::string& device_class) {
-  auto it = series_.find(device_class);
-  if (it != series_.end()) return it->second;
-  const prometheus::Labels labels{{"device_class", device_class}};
-  Series s{&completed_.Add(labels),          &failed_.Add(labels),  &seconds_.Add(labels),
-           &examples_.Add(labels),           &sent_.Add(labels),    &received_.Add(labels),
-           &samples_per_second_.Add(labels), &optimizer_state_.Add(labels)};
-  return series_.emplace(device_class, s).first->second;
-}
-
-void ClientFamilies::add(const std::string& device_class, const ClientStats& d) {
-  auto& s = series(device_class);
-  s.completed->Increment(static_cast<double>(d.tasks_completed));
-  s.failed->Increment(static_cast<double>(d.tasks_failed));
-  s.seconds->Increment(std::max(0.0, d.training_seconds));
-  s.examples->Increment(static_cast<double>(d.examples));
-  s.sent->Increment(static_cast<double>(d.bytes_sent));
-  s.received->Increment(static_cast<double>(d.bytes_received));
-}
-
-void ClientFamilies::set_gauges(const std::string& device_class, double samples_per_second,
-                                double optimizer_bytes) {
-  auto& s = series(device_class);
-  s.samples_per_second->Set(samples_per_second);
-  s.optimizer_state->Set(optimizer_bytes);
-}
-
-ClientMetrics::ClientMetrics(prometheus::Registry& registry)
-    : families_(registry, "flotilla_client", "by the clients of this process") {}
-
-void ClientMetrics::record(const ClientStats& now, const ClientStats& before) {
-  const auto d = increase(now, before);
-  const auto label = device_class_label(now.device_class);
-  std::lock_guard lock(mutex_);
-  families_.add(label, d);
-  if (d.training_seconds > 0) {  // a task was trained: its throughput and optimizer state
-    families_.set_gauges(label, static_cast<double>(d.examples) / d.training_seconds,
-                         static_cast<double>(now.optimizer_state_bytes));
-  }
-}
-
-FleetMetrics::FleetMetrics(prometheus::Registry& registry, std::size_t max_classes)
-    : max_classes_(max_classes),
-      families_(registry, "flotilla_fleet", "as the clients report them, by device class"),
-      clients_(family(prometheus::BuildGauge(), registry, "flotilla_fleet_clients",
-                      "Clients that reported their counters, by device class.")) {}
-
-void FleetMetrics::report(const std::string& peer, const ClientStats& stats) {
-  std::string label = device_class_label(stats.device_class);
-  if (!totals_.contains(label) && totals_.size() >= max_classes_) label = "other";
-  auto [it, first] = peers_.try_emplace(peer);
-  Known& known = it->second;
-  ClientStats before = first ? ClientStats{} : known.last;
-  if (!first && known.device_class != label) {
-    // A client that now says another class (a restart with another profile) leaves its old one.
-    auto& old = totals_[known.device_class];
-    old.optimizer_bytes -= static_cast<double>(known.last.optimizer_state_bytes);
-    old.clients -= std::min<std::size_t>(old.clients, 1);
-    clients_.Add({{"device_class", known.device_class}}).Set(static_cast<double>(old.clients));
-    first = true;
-  }
-  const auto d = increase(stats, before);
-  auto& t = totals_[label];
-  if (first) {
-    ++t.clients;
-  } else {
-    t.optimizer_bytes -= static_cast<double>(known.last.optimizer_state_bytes);
-  }
-  t.optimizer_bytes += static_cast<double>(stats.optimizer_state_bytes);
-  t.examples += static_cast<double>(d.examples);
-  t.seconds += std::max(0.0, d.training_seconds);
-  families_.add(label, d);
-  families_.set_gauges(label, t.seconds > 0 ? t.examples / t.seconds : 0.0,
-                       t.clients > 0 ? t.optimizer_bytes / static_cast<double>(t.clients) : 0.0);
-  clients_.Add({{"device_class", label}}).Set(static_cast<double>(t.clients));
-  known.device_class = label;
-  known.last = stats;
-}
-
-EvaluatorMetrics::EvaluatorMetrics(prometheus::Registry& registry)
-    : loss_(family(prometheus::BuildGauge(), registry, "flotilla_evaluator_loss",
+EvaluatorMetrics::EvaluatorMetrics(Metrics& metrics)
+    : loss_(family(prometheus::BuildGauge(), metrics.registry(), "flotilla_evaluator_loss",
                    "Test loss of the latest evaluated model version.")
                 .Add({})),
-      accuracy_(family(prometheus::BuildGauge(), registry, "flotilla_evaluator_accuracy_ratio",
+      accuracy_(family(prometheus::BuildGauge(), metrics.registry(), "flotilla_evaluator_accuracy_ratio",
                        "Test accuracy (0 to 1) of the latest evaluated model version.")
                     .Add({})),
-      version_(family(prometheus::BuildGauge(), registry, "flotilla_evaluator_model_version",
+      version_(family(prometheus::BuildGauge(), metrics.registry(), "flotilla_evaluator_model_version",
                       "The latest model version evaluated.")
                    .Add({})),
-      last_(family(prometheus::BuildGauge(), registry,
+      last_(family(prometheus::BuildGauge(), metrics.registry(),
                    "flotilla_evaluator_last_evaluation_timestamp_seconds",
                    "Unix time of the latest evaluation.")
                 .Add({})),
-      evaluations_(family(prometheus::BuildCounter(), registry, "flotilla_evaluator_evaluations_total",
-                          "Model versions evaluated.")
+      evaluations_(family(prometheus::BuildCounter(), metrics.registry(),
+                          "flotilla_evaluator_evaluations_total", "Model versions evaluated.")
                        .Add({})),
-      duration_(family(prometheus::BuildHistogram(), registry,
+      duration_(family(prometheus::BuildHistogram(), metrics.registry(),
                        "flotilla_evaluator_evaluation_duration_seconds",
                        "Wall seconds one evaluation took.")
                     .Add({}, exponential_buckets(0.01, 2, 14))) {}

@@ -7,7 +7,6 @@
 #include "runtime/protocol/message.hpp"
 
 #include <prometheus/counter.h>
-#include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 
@@ -26,81 +25,62 @@ namespace flotilla::monitoring {
 /// '_'); "unknown" when empty.
 [[nodiscard]] std::string device_class_label(const std::string& reported);
 
-/// The client counter families under one prefix ("flotilla_client" or "flotilla_fleet"), one
-/// series per device class.
-class ClientFamilies {
- public:
-  ClientFamilies(prometheus::Registry& registry, const std::string& prefix, const std::string& scope);
-  /// Adds `delta` to `device_class`'s counters. Not thread-safe for a new class: callers
-  /// serialize (the aggregator's thread, or ClientMetrics' lock).
-  void add(const std::string& device_class, const ClientStats& delta);
-  /// The class's training throughput (examples per second of training) and optimizer state.
-  void set_gauges(const std::string& device_class, double samples_per_second, double optimizer_bytes);
-
- private:
-  struct Series {
-    prometheus::Counter* completed;
-    prometheus::Counter* failed;
-    prometheus::Counter* seconds;
-    prometheus::Counter* examples;
-    prometheus::Counter* sent;
-    prometheus::Counter* received;
-    prometheus::Gauge* samples_per_second;
-    prometheus::Gauge* optimizer_state;
-  };
-  Series& series(const std::string& device_class);
-
-  prometheus::Family<prometheus::Counter>& completed_;
-  prometheus::Family<prometheus::Counter>& failed_;
-  prometheus::Family<prometheus::Counter>& seconds_;
-  prometheus::Family<prometheus::Counter>& examples_;
-  prometheus::Family<prometheus::Counter>& sent_;
-  prometheus::Family<prometheus::Counter>& received_;
-  prometheus::Family<prometheus::Gauge>& samples_per_second_;
-  prometheus::Family<prometheus::Gauge>& optimizer_state_;
-  std::map<std::string, Series> series_;
+/// What the clients of one device class did, in plain memory (exported at scrape time).
+struct ClassTotals {
+  double tasks_completed = 0, tasks_failed = 0, training_seconds = 0, examples = 0;
+  double bytes_sent = 0, bytes_received = 0;
+  double samples_per_second = 0, optimizer_state_bytes = 0;
+  void add(const ClientStats& delta);
 };
+
+/// The client families under `prefix` ("flotilla_client", "flotilla_fleet"), one series per class.
+void append_class_families(std::vector<prometheus::MetricFamily>& out, const std::string& prefix,
+                           const std::string& scope, const std::map<std::string, ClassTotals>& classes);
 
 /// A client process's own endpoint: every client it runs adds what it did (thread-safe).
 class ClientMetrics {
  public:
-  explicit ClientMetrics(prometheus::Registry& registry);
+  explicit ClientMetrics(Metrics& metrics);
   /// A client's counters moved from `before` to `now` (both cumulative, as it reports them).
   void record(const ClientStats& now, const ClientStats& before);
 
  private:
-  std::mutex mutex_;
-  ClientFamilies families_;
+  struct State;
+  std::shared_ptr<State> state_;
 };
 
 /// The aggregator's view of the fleet, from the counters clients report (ClientReported
 /// events). At most `max_classes` device classes become labels; further ones count as "other",
-/// so a misbehaving client cannot grow the endpoint without bound.
+/// so a misbehaving client cannot grow the endpoint without bound. Not thread-safe: its owner
+/// serializes report() and collect().
 class FleetMetrics {
  public:
-  explicit FleetMetrics(prometheus::Registry& registry, std::size_t max_classes = 32);
+  explicit FleetMetrics(std::size_t max_classes = 32) : max_classes_(max_classes) {}
   void report(const std::string& peer, const ClientStats& stats);
+  void collect(std::vector<prometheus::MetricFamily>& out) const;
 
  private:
-  struct Known {
-    std::string device_class;
-    ClientStats last;
-  };
-  struct ClassTotals {
-    double examples = 0, seconds = 0, optimizer_bytes = 0;
+  struct Class {
+    ClassTotals totals;
+    double optimizer_bytes_sum = 0;  ///< over its clients' latest reports
     std::size_t clients = 0;
   };
+  /// A client as last heard: what it reported, and its class (resolved once per class it names).
+  struct Known {
+    ClientStats last;
+    Class* of = nullptr;
+  };
+  Class& class_for(const std::string& reported_class);
+
   std::size_t max_classes_;
-  ClientFamilies families_;
-  prometheus::Family<prometheus::Gauge>& clients_;
   std::unordered_map<std::string, Known> peers_;
-  std::map<std::string, ClassTotals> totals_;
+  std::map<std::string, Class> classes_;  // by label; node addresses are stable
 };
 
 /// The evaluator's latest scores and how long evaluating took.
 class EvaluatorMetrics {
  public:
-  explicit EvaluatorMetrics(prometheus::Registry& registry);
+  explicit EvaluatorMetrics(Metrics& metrics);
   void evaluated(std::uint64_t version, double loss, double accuracy, double seconds);
 
  private:

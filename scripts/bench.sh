@@ -16,8 +16,8 @@ for w in "${WHICH[@]}"; do
 case "$w" in
 metrics)
   echo "== metrics: updates/s on the aggregation hot path (FedAsync, one version per update) with metrics on vs off"
-  "$B/metrics_bench" --kib 204 --updates 4000 --repeats 5   # the quick start's CNN
-  "$B/metrics_bench" --kib 1 --updates 20000 --repeats 5    # a tiny model: bookkeeping only
+  "$B/metrics_bench" --kib 204 --updates 8000 --repeats 8   # the quick start's CNN
+  "$B/metrics_bench" --kib 1 --updates 50000 --repeats 8    # a tiny model: bookkeeping only
   ;;
 churn)
   echo "== churn: 100 client processes on loopback, SIGKILLed and restarted at random (async, 150 s)"

@@ -88,7 +88,7 @@ struct Watched {
 
   ManualClock clock;
   monitoring::Metrics registry;
-  monitoring::AggregatorMetrics metrics{registry.registry()};
+  monitoring::AggregatorMetrics metrics{registry};
   std::unique_ptr<Schedule> schedule;
   std::map<std::string, Task> tasks;
 };
@@ -160,7 +160,7 @@ TEST(AggregatorMetrics, CountersEqualTheAsyncRunsOwnCounts) { run_and_compare(Sc
 
 TEST(AggregatorMetrics, InfoAndEveryRejectionReasonExistBeforeAnyEvent) {
   monitoring::Metrics m;
-  monitoring::AggregatorMetrics a(m.registry());
+  monitoring::AggregatorMetrics a(m);
   a.describe("run-1", "async", "fedavgm", true);
   const auto text = m.scrape();
   EXPECT_EQ(1.0, value(text, "flotilla_aggregator_info{run_id=\"run-1\",schedule=\"async\",strategy=\"fedavgm\"}"));
@@ -200,8 +200,7 @@ TEST(AggregatorMetrics, ClientReportsAddUpByDeviceClassWithoutClientLabels) {
 }
 
 TEST(FleetMetrics, HostileDeviceClassesAreBoundedAndSanitized) {
-  monitoring::Metrics m;
-  monitoring::FleetMetrics fleet(m.registry(), 4);
+  monitoring::FleetMetrics fleet(4);
   for (int i = 0; i < 50; ++i) {
     ClientStats s;
     s.device_class = "class-" + std::to_string(i);
@@ -211,7 +210,9 @@ TEST(FleetMetrics, HostileDeviceClassesAreBoundedAndSanitized) {
   ClientStats evil;
   evil.device_class = std::string("a\"b\nc}") + std::string(500, 'x');
   fleet.report("peer-evil", evil);
-  const auto text = m.scrape();
+  std::vector<prometheus::MetricFamily> families;
+  fleet.collect(families);
+  const auto text = monitoring::serialize(families);
   EXPECT_EQ(46.0, value(text, "flotilla_fleet_tasks_completed_total{device_class=\"other\"}"));
   std::size_t classes = 0;
   for (std::size_t at = 0; (at = text.find("flotilla_fleet_clients{", at)) != std::string::npos; ++at) ++classes;
@@ -222,7 +223,7 @@ TEST(FleetMetrics, HostileDeviceClassesAreBoundedAndSanitized) {
 
 TEST(ClientMetrics, RecordsWhatEachReportAdds) {
   monitoring::Metrics m;
-  monitoring::ClientMetrics client(m.registry());
+  monitoring::ClientMetrics client(m);
   ClientStats before, now;
   now.device_class = before.device_class = "cpu";
   now.tasks_completed = 2;
