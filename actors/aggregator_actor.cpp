@@ -37,6 +37,7 @@ AdminReply reload_plugin(AggregatorSetup& s, const std::string& reason) {
   }
   auto library = s.plugins->reload(name);
   if (!library) {
+    s.rounds->reload_failed(library.error().message);
     logger("aggregator")->error("plugin reload ({}) failed; still running {}: {}", reason,
                                 s.rounds->aggregation().describe(), library.error().message);
     return {false, library.error().message + "; still running " + s.rounds->aggregation().describe()};

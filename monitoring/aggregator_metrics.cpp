@@ -5,6 +5,7 @@
 #include <chrono>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <type_traits>
 
 namespace flotilla::monitoring {
@@ -72,6 +73,7 @@ struct AggregatorMetrics::State final : prometheus::Collectable {
   std::uint64_t tasks_sent = 0, tasks_lost = 0, joined = 0, left = 0;
   std::uint64_t plugin_loads = 0, reloads_ok = 0, reloads_failed = 0, evaluations = 0, missed = 0;
   ClientCounts clients;
+  std::set<std::string> evaluators;  ///< online
   Histogram staleness{{0, 1, 2, 4, 8, 16, 32, 64}};
   Histogram round_duration{exponential_buckets(0.05, 2, 16)};
   Histogram fold_duration{exponential_buckets(0.0001, 2.5, 14)};
@@ -87,8 +89,13 @@ void AggregatorMetrics::State::on(const Event& event) {
         using T = std::decay_t<decltype(e)>;
         if constexpr (std::is_same_v<T, ClientJoined>) {
           if (e.role == Role::client) ++joined;
+          if (e.role == Role::evaluator) evaluators.insert(e.peer);
         } else if constexpr (std::is_same_v<T, ClientLeft>) {
-          ++left;
+          if (e.role == Role::client) {
+            ++left;
+            fleet.left(e.peer);
+          }
+          if (e.role == Role::evaluator) evaluators.erase(e.peer);
         } else if constexpr (std::is_same_v<T, RoundStarted>) {
           interval_started = event.at;
         } else if constexpr (std::is_same_v<T, TaskSent>) {
@@ -132,12 +139,7 @@ void AggregatorMetrics::State::on(const Event& event) {
         } else if constexpr (std::is_same_v<T, ClientReported>) {
           fleet.report(e.peer, e.stats);
         } else if constexpr (std::is_same_v<T, PluginReloaded>) {
-          if (e.ok) {
-            ++reloads_ok;
-            ++plugin_loads;
-          } else {
-            ++reloads_failed;
-          }
+          ++(e.ok ? reloads_ok : reloads_failed);
         }
       },
       event.body);
@@ -217,13 +219,19 @@ std::vector<MetricFamily> AggregatorMetrics::State::Collect() const {
                         "Clients that registered, or came back after a silence.", joined));
   out.push_back(counter("flotilla_aggregator_clients_left_total",
                         "Clients set aside after a silence past the peer timeout.", left));
-  out.push_back(counter("flotilla_aggregator_plugin_loads_total",
-                        "Builds of the aggregation plugin loaded (the first and each reload).",
-                        plugin_loads));
+  out.push_back(labelled("flotilla_aggregator_plugin_loads_total",
+                         "Builds of the aggregation plugin loaded (the first, and each reload "
+                         "attempted), by result.",
+                         MetricType::Counter, "result",
+                         {{"ok", static_cast<double>(plugin_loads + reloads_ok)},
+                          {"failed", static_cast<double>(reloads_failed)}}));
   out.push_back(labelled("flotilla_aggregator_plugin_reloads_total",
                          "Hot reloads of the aggregation plugin, by result.", MetricType::Counter,
                          "result", {{"ok", static_cast<double>(reloads_ok)},
                                     {"failed", static_cast<double>(reloads_failed)}}));
+  out.push_back(gauge("flotilla_aggregator_evaluators",
+                      "Evaluators registered and heard from within the peer timeout.",
+                      static_cast<double>(evaluators.size())));
   out.push_back(counter("flotilla_aggregator_evaluations_total",
                         "Evaluations of model versions received from the evaluator.", evaluations));
   out.push_back(counter("flotilla_aggregator_evaluations_missed_total",

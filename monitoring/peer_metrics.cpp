@@ -123,34 +123,40 @@ void FleetMetrics::report(const std::string& peer, const ClientStats& stats) {
   Known& known = it->second;
   // The hot path (a known client, the same class as before) looks up nothing but the peer.
   Class* c = known.of;
-  if (first || stats.device_class != known.last.device_class) {
+  if (c == nullptr || stats.device_class != known.last.device_class) {
     c = &class_for(stats.device_class);
     if (c != known.of) {
-      if (known.of != nullptr) {  // a client that now says another class leaves its old one
-        known.of->optimizer_bytes_sum -= static_cast<double>(known.last.optimizer_state_bytes);
-        known.of->clients -= std::min<std::size_t>(known.of->clients, 1);
-      }
+      left(peer);  // a client that now says another class leaves its old one
       ++c->clients;
-      known.last.optimizer_state_bytes = 0;  // not counted in the new class yet
     }
   }
   const auto d = increase(stats, known.last);
   c->totals.add(d);
-  c->optimizer_bytes_sum += static_cast<double>(stats.optimizer_state_bytes) -
-                            static_cast<double>(known.last.optimizer_state_bytes);
+  c->optimizer_bytes_sum += stats.optimizer_state_bytes;
+  c->optimizer_bytes_sum -= known.of == c ? known.last.optimizer_state_bytes : 0;
   known.of = c;
   known.last = stats;
+}
+
+void FleetMetrics::left(const std::string& peer) {
+  auto it = peers_.find(peer);
+  if (it == peers_.end() || it->second.of == nullptr) return;
+  auto& known = it->second;
+  known.of->optimizer_bytes_sum -= known.last.optimizer_state_bytes;
+  known.of->clients -= std::min<std::size_t>(known.of->clients, 1);
+  known.of = nullptr;
 }
 
 void FleetMetrics::collect(std::vector<prometheus::MetricFamily>& out) const {
   std::map<std::string, ClassTotals> classes;
   prometheus::MetricFamily clients{"flotilla_fleet_clients",
-                                   "Clients that reported their counters, by device class.",
+                                   "Clients online that report their counters, by device class.",
                                    prometheus::MetricType::Gauge, {}};
   for (const auto& [label, c] : classes_) {
     auto t = c.totals;
     t.samples_per_second = t.training_seconds > 0 ? t.examples / t.training_seconds : 0.0;
-    t.optimizer_state_bytes = c.clients > 0 ? c.optimizer_bytes_sum / static_cast<double>(c.clients) : 0.0;
+    t.optimizer_state_bytes =
+        c.clients > 0 ? static_cast<double>(c.optimizer_bytes_sum) / static_cast<double>(c.clients) : 0.0;
     classes.emplace(label, t);
     prometheus::ClientMetric m;
     m.label = {{"device_class", label}};

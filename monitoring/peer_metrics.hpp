@@ -57,15 +57,20 @@ class FleetMetrics {
  public:
   explicit FleetMetrics(std::size_t max_classes = 32) : max_classes_(max_classes) {}
   void report(const std::string& peer, const ClientStats& stats);
+  /// `peer` was set aside: it no longer counts among its class's clients (until it reports again).
+  void left(const std::string& peer);
   void collect(std::vector<prometheus::MetricFamily>& out) const;
 
  private:
   struct Class {
     ClassTotals totals;
-    double optimizer_bytes_sum = 0;  ///< over its clients' latest reports
+    /// Over its clients' latest reports; unsigned, so that adding and taking away the same
+    /// value always restores it exactly (doubles would drift after one huge claim).
+    std::uint64_t optimizer_bytes_sum = 0;
     std::size_t clients = 0;
   };
-  /// A client as last heard: what it reported, and its class (resolved once per class it names).
+  /// A client as last heard: what it reported, and the class it counts in (resolved once per
+  /// class it names; none while it is away).
   struct Known {
     ClientStats last;
     Class* of = nullptr;

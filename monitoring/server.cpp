@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <atomic>
 #include <charconv>
 #include <condition_variable>
 #include <deque>
@@ -91,6 +92,7 @@ Expected<HostPort> parse_listen(const std::string& listen) {
 struct MetricsServer::Impl {
   httplib::Server server;
   std::thread thread;
+  std::atomic<bool> exited{false};  ///< the listener returned (its workers joined)
 };
 
 Expected<std::unique_ptr<MetricsServer>> MetricsServer::start(const std::string& listen,
@@ -140,18 +142,29 @@ Expected<std::unique_ptr<MetricsServer>> MetricsServer::start(const std::string&
   self->port_ = port;
   const std::string host = where->host.find(':') != std::string::npos ? "[" + where->host + "]" : where->host;
   self->url_ = "http://" + host + ":" + std::to_string(port) + "/metrics";
-  self->impl_->thread = std::thread([impl = self->impl_.get()] { impl->server.listen_after_bind(); });
-  // stop() only stops a server that runs: wait until it does (a moment).
-  for (int i = 0; i < 2000 && !server.is_running(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  self->impl_->thread = std::thread([impl = self->impl_.get()] {
+    impl->server.listen_after_bind();
+    impl->exited = true;
+  });
   return self;
 }
 
 void MetricsServer::stop() {
   if (!impl_ || !impl_->thread.joinable()) return;
-  impl_->server.stop();
-  impl_->thread.join();
+  // httplib's stop() does nothing until the listener runs: ask until it has ended.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!impl_->exited && std::chrono::steady_clock::now() < deadline) {
+    impl_->server.stop();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (impl_->exited) {
+    impl_->thread.join();
+    return;
+  }
+  // A peer keeps a connection busy past every timeout (e.g. a byte a second): leave the server
+  // to it rather than hang whoever is stopping (the process is usually ending).
+  impl_->thread.detach();
+  (void)impl_.release();
 }
 
 MetricsServer::~MetricsServer() { stop(); }

@@ -64,6 +64,9 @@ struct Task {
   bool send_delta = false;
 };
 
+/// The longest device class the aggregator keeps (longer ones are cut).
+inline constexpr std::size_t kMaxDeviceClass = 64;
+
 /// What a client has done since it started (cumulative), reported in its heartbeats and
 /// updates so that the aggregator can show the fleet by device class.
 struct ClientStats {

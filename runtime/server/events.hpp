@@ -33,6 +33,7 @@ struct ClientLeft {
   std::string peer;
   std::uint32_t client_id = 0;
   std::string why;
+  Role role = Role::client;
 };
 /// A synchronous round began (async schedules have no rounds).
 struct RoundStarted {
@@ -111,7 +112,9 @@ struct Aggregated {
   std::uint32_t updates = 0;  ///< fold: updates folded in; finalize: updates in the version
   double seconds = 0;
 };
-/// A registered client's own counters (Heartbeat.stats, Update.stats), as it reported them.
+/// A registered client's own counters (Heartbeat.stats, Update.stats), as it reported them
+/// (the device class cut to kMaxDeviceClass bytes; a report with a negative or non-finite
+/// training time is dropped).
 struct ClientReported {
   std::string peer;
   std::uint32_t client_id = 0;

@@ -4,6 +4,7 @@
 #include "runtime/plugin_host/plugin_aggregation.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 namespace flotilla {
 
@@ -115,7 +116,12 @@ void Schedule::note_stats(const std::string& peer, const std::optional<ClientSta
   if (!stats) return;
   const auto* p = registry_.find_any(peer);
   if (p == nullptr || p->role != Role::client) return;
-  emit(ClientReported{peer, p->client_id, *stats});
+  // What a client says of itself is bounded before anyone keeps it: a time that is not a time
+  // is refused (it would poison the sums), a long device class is cut.
+  if (!std::isfinite(stats->training_seconds) || stats->training_seconds < 0) return;
+  ClientReported reported{peer, p->client_id, *stats};
+  if (reported.stats.device_class.size() > kMaxDeviceClass) reported.stats.device_class.resize(kMaxDeviceClass);
+  emit(std::move(reported));
 }
 
 void Schedule::heard(const std::string& peer, std::vector<Send>& out) {
@@ -167,9 +173,11 @@ std::vector<Send> Schedule::on_evaluation(const std::string& peer, const Evaluat
 
 void Schedule::set_aside(const std::string& peer, const char* why, std::vector<Send>& out) {
   const auto id = client_id_of(peer);
+  const auto* p = registry_.find(peer);
+  const Role role = p != nullptr ? p->role : Role::client;
   if (!registry_.set_aside(peer)) return;
   logger("aggregator")->warn("{} {}, considered gone until it is heard from again", peer, why);
-  emit(ClientLeft{peer, id, why});
+  emit(ClientLeft{peer, id, why, role});
   on_client_left(peer, out);
 }
 

@@ -111,6 +111,9 @@ class Schedule {
   /// accepted update (or buffered delta) is lost. A failing switch keeps the old build.
   void request_reload(std::shared_ptr<PluginLibrary> library, std::string reason);
   [[nodiscard]] bool reload_pending() const { return pending_reload_ != nullptr; }
+  /// A new build of the aggregation plugin could not even be loaded (counted as a failed
+  /// reload; the running build goes on).
+  void reload_failed(const std::string& why) { emit(PluginReloaded{false, why}); }
 
   [[nodiscard]] const Aggregation& aggregation() const { return *aggregation_; }
   /// Records completed since the last call, in order (built from the events).

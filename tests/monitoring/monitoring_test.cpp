@@ -15,7 +15,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <limits>
 #include <map>
 #include <optional>
 #include <random>
@@ -45,6 +48,29 @@ double value(const std::string& text, const std::string& series) {
 
 TensorList model_of(float value) { return {{"w", torch::full({3}, value)}}; }
 
+/// FedAvg whose every 7th fold fails (a plugin's bug): those updates are rejected as fold-failed.
+class Flaky final : public Aggregation {
+ public:
+  explicit Flaky(const TensorList& global) : inner_(global) {}
+  Expected<void> check(const WeightedUpdate& u) const override { return inner_.check(u); }
+  Expected<void> accept(const WeightedUpdate& u) override {
+    if (++calls_ % 7 == 0) return Error{Errc::internal, "flaky fold"};
+    return inner_.accept(u);
+  }
+  Expected<void> accept_batch(std::span<const WeightedUpdate> us) override {
+    if (++calls_ % 7 == 0) return Error{Errc::internal, "flaky fold"};
+    return inner_.accept_batch(us);
+  }
+  std::size_t accepted() const override { return inner_.accepted(); }
+  TensorList finalize() override { return inner_.finalize(); }
+  void discard() override { inner_.discard(); }
+  std::string describe() const override { return "flaky fedavg"; }
+
+ private:
+  FedAvg inner_;
+  int calls_ = 0;
+};
+
 /// A schedule whose events feed an AggregatorMetrics, driven by a fleet of fake clients.
 struct Watched {
   Watched(ScheduleKind kind, int clients) {
@@ -60,9 +86,9 @@ struct Watched {
     o.registration_timeout = 1h;
     o.seed = 11;
     if (kind == ScheduleKind::sync) {
-      schedule = std::make_unique<SyncRounds>(o, model_of(0), std::make_unique<FedAvg>(model_of(0)), clock, "run-7");
+      schedule = std::make_unique<SyncRounds>(o, model_of(0), std::make_unique<Flaky>(model_of(0)), clock, "run-7");
     } else {
-      schedule = std::make_unique<AsyncSchedule>(o, model_of(0), std::make_unique<FedAvg>(model_of(0)), clock, "run-7");
+      schedule = std::make_unique<AsyncSchedule>(o, model_of(0), std::make_unique<Flaky>(model_of(0)), clock, "run-7");
     }
     for (int i = 0; i < clients; ++i) {
       take(schedule->on_hello("client-" + std::to_string(i), Hello{Role::client, std::uint32_t(i), {}, 100}));
@@ -132,6 +158,7 @@ void run_and_compare(ScheduleKind kind) {
     rejected += got;
   }
   EXPECT_GT(rejected, 0);
+  EXPECT_GT(c.rejected(RejectReason::fold_failed), 0U) << "the flaky method's lost folds are counted";
   EXPECT_EQ(static_cast<double>(c.updates_accepted) + rejected,
             value(text, "flotilla_aggregator_updates_received_total"));
   EXPECT_EQ(static_cast<double>(c.updates_late), value(text, "flotilla_aggregator_updates_late_total"));
@@ -143,7 +170,9 @@ void run_and_compare(ScheduleKind kind) {
   EXPECT_EQ(static_cast<double>(c.tasks_sent), value(text, "flotilla_aggregator_tasks_sent_total"));
   EXPECT_EQ(static_cast<double>(c.tasks_lost), value(text, "flotilla_aggregator_tasks_lost_total"));
   EXPECT_EQ(static_cast<double>(c.messages_malformed), value(text, "flotilla_aggregator_messages_refused_total"));
-  EXPECT_EQ(static_cast<double>(c.updates_accepted), value(text, "flotilla_aggregator_update_staleness_versions_count"));
+  // Staleness is observed as an update passes the checks, before the method folds it (or fails to).
+  EXPECT_EQ(static_cast<double>(c.updates_accepted + c.rejected(RejectReason::fold_failed)),
+            value(text, "flotilla_aggregator_update_staleness_versions_count"));
   EXPECT_EQ(static_cast<double>(c.rounds_completed + c.rounds_failed),
             value(text, "flotilla_aggregator_round_duration_seconds_count"));
   EXPECT_EQ(static_cast<double>(c.rounds_completed),
@@ -164,7 +193,8 @@ TEST(AggregatorMetrics, InfoAndEveryRejectionReasonExistBeforeAnyEvent) {
   a.describe("run-1", "async", "fedavgm", true);
   const auto text = m.scrape();
   EXPECT_EQ(1.0, value(text, "flotilla_aggregator_info{run_id=\"run-1\",schedule=\"async\",strategy=\"fedavgm\"}"));
-  EXPECT_EQ(1.0, value(text, "flotilla_aggregator_plugin_loads_total"));
+  EXPECT_EQ(1.0, value(text, "flotilla_aggregator_plugin_loads_total{result=\"ok\"}"));
+  EXPECT_EQ(0.0, value(text, "flotilla_aggregator_evaluators"));
   EXPECT_EQ(0.0, value(text, "flotilla_aggregator_updates_rejected_total{reason=\"fold-failed\"}"));
   EXPECT_EQ(0.0, value(text, "flotilla_aggregator_plugin_reloads_total{result=\"failed\"}"));
   EXPECT_NE(std::string::npos, text.find("# HELP flotilla_aggregator_model_version "));
@@ -197,6 +227,59 @@ TEST(AggregatorMetrics, ClientReportsAddUpByDeviceClassWithoutClientLabels) {
   EXPECT_DOUBLE_EQ(800.0 / 4.5, value(text, "flotilla_fleet_samples_per_second{device_class=\"phone\"}"));
   EXPECT_EQ(64.0, value(text, "flotilla_fleet_optimizer_state_bytes{device_class=\"phone\"}"));
   EXPECT_EQ(std::string::npos, text.find("client-0")) << "a client id must never be a label";
+}
+
+TEST(AggregatorMetrics, ReportsThatAreNotTimesAreRefusedAndLongClassesCut) {
+  Watched w(ScheduleKind::async, 2);
+  ClientStats s;
+  s.device_class = std::string(10'000, 'p');
+  s.tasks_completed = 3;
+  for (double bad : {std::nan(""), -1.0, std::numeric_limits<double>::infinity()}) {
+    s.training_seconds = bad;
+    (void)w.schedule->on_heartbeat("client-0", Heartbeat{0, true, s});
+    for (const auto& e : w.schedule->take_events()) {
+      EXPECT_FALSE(std::holds_alternative<ClientReported>(e.body)) << "training seconds " << bad;
+    }
+  }
+  s.training_seconds = 2;
+  (void)w.schedule->on_heartbeat("client-0", Heartbeat{0, true, s});
+  auto events = w.schedule->take_events();
+  ASSERT_EQ(1U, events.size());
+  EXPECT_EQ(kMaxDeviceClass, std::get<ClientReported>(events[0].body).stats.device_class.size());
+  w.metrics.on_events(*w.schedule, events);
+  EXPECT_EQ(3.0, value(w.scrape(), "flotilla_fleet_tasks_completed_total{device_class=\"" +
+                                       std::string(48, 'p') + "\"}"));
+}
+
+TEST(FleetMetrics, ClientsThatLeaveOrChangeClassAreCountedOnce) {
+  monitoring::FleetMetrics fleet;
+  const auto scrape = [&] {
+    std::vector<prometheus::MetricFamily> families;
+    fleet.collect(families);
+    return monitoring::serialize(families);
+  };
+  ClientStats a;
+  a.device_class = "phone";
+  a.optimizer_state_bytes = std::numeric_limits<std::uint64_t>::max() / 2;  // a wild claim
+  fleet.report("p1", a);
+  a.optimizer_state_bytes = 100;
+  fleet.report("p1", a);
+  ClientStats b = a;
+  b.optimizer_state_bytes = 300;
+  fleet.report("p2", b);
+  EXPECT_EQ(2.0, value(scrape(), "flotilla_fleet_clients{device_class=\"phone\"}"));
+  EXPECT_EQ(200.0, value(scrape(), "flotilla_fleet_optimizer_state_bytes{device_class=\"phone\"}"))
+      << "the mean is exact after the wild claim is replaced";
+  fleet.left("p2");
+  EXPECT_EQ(1.0, value(scrape(), "flotilla_fleet_clients{device_class=\"phone\"}"));
+  EXPECT_EQ(100.0, value(scrape(), "flotilla_fleet_optimizer_state_bytes{device_class=\"phone\"}"));
+  fleet.report("p2", b);  // back
+  b.device_class = "laptop";
+  fleet.report("p2", b);  // restarted as another class
+  const auto text = scrape();
+  EXPECT_EQ(1.0, value(text, "flotilla_fleet_clients{device_class=\"phone\"}"));
+  EXPECT_EQ(1.0, value(text, "flotilla_fleet_clients{device_class=\"laptop\"}"));
+  EXPECT_EQ(300.0, value(text, "flotilla_fleet_optimizer_state_bytes{device_class=\"laptop\"}"));
 }
 
 TEST(FleetMetrics, HostileDeviceClassesAreBoundedAndSanitized) {
@@ -329,6 +412,17 @@ TEST(MetricsServer, BadAddressesAndTakenPortsAreClearErrors) {
   EXPECT_EQ(Errc::address_in_use, second.error().code);
 }
 
+TEST(MetricsServer, StopsAtOnceEvenRightAfterStarting) {
+  auto metrics = std::make_shared<monitoring::Metrics>();
+  for (int i = 0; i < 20; ++i) {
+    auto server = monitoring::MetricsServer::start("127.0.0.1:0", metrics);
+    ASSERT_TRUE(server);
+    const auto started = std::chrono::steady_clock::now();
+    (*server)->stop();
+    EXPECT_LT(std::chrono::steady_clock::now() - started, 4s) << "stop() must not wait for a peer";
+  }
+}
+
 TEST(MetricsServer, GarbageAndFloodsLeaveItServing) {
   auto metrics = std::make_shared<monitoring::Metrics>();
   auto server = monitoring::MetricsServer::start("127.0.0.1:0", metrics);
@@ -338,6 +432,7 @@ TEST(MetricsServer, GarbageAndFloodsLeaveItServing) {
   std::vector<std::thread> threads;
   std::vector<int> idle;  // connections that never say anything
   for (int i = 0; i < 16; ++i) idle.push_back(connect_to(port));
+  ASSERT_TRUE(std::all_of(idle.begin(), idle.end(), [](int fd) { return fd >= 0; }));
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&, t] {
       std::mt19937 rng(static_cast<unsigned>(t));
