@@ -121,15 +121,19 @@ caf::behavior aggregator_actor(Self* self, std::shared_ptr<AggregatorSetup> setu
       },
       [=](tick_atom) {
         auto& s = *self->state.setup;
-        // About once a second: has the plugin's file changed (a new build dropped in)?
-        if (s.watcher && ++self->state.ticks % 10 == 0 && s.watcher->poll()) {
-          logger("aggregator")->info("plugin file {} changed", s.watcher->file().string());
-          (void)reload_plugin(s, "file changed");
+        try {
+          // About once a second: has the plugin's file changed (a new build dropped in)?
+          if (s.watcher && ++self->state.ticks % 10 == 0 && s.watcher->poll()) {
+            logger("aggregator")->info("plugin file {} changed", s.watcher->file().string());
+            (void)reload_plugin(s, "file changed");
+          }
+          dispatch(self, s.rounds->on_tick());
+        } catch (const std::exception& e) {
+          // The schedule fails a version that cannot be made; anything else that escapes must
+          // not stop the clock (no more ticks: no deadlines, a run that never ends).
+          logger("aggregator")->error("while handling a tick: {}", e.what());
         }
-        dispatch(self, self->state.setup->rounds->on_tick());
-        if (!self->state.setup->rounds->done()) {
-          self->delayed_send(self, self->state.setup->tick, tick_atom::value);
-        }
+        if (!s.rounds->done()) self->delayed_send(self, s.tick, tick_atom::value);
       },
   };
 }

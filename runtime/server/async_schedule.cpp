@@ -185,7 +185,12 @@ Expected<TensorList> AsyncSchedule::rebase(const TensorList& delta) const {
 }
 
 void AsyncSchedule::step(double factor, std::vector<Send>& out) {
-  auto next = finalize_aggregation(fmt::format("model version {}", version_ + 1));
+  const std::string what = fmt::format("model version {}", version_ + 1);
+  (void)contain_version(version_ + 1, what, [&] { make_version(what, factor, out); });
+}
+
+void AsyncSchedule::make_version(const std::string& what, double factor, std::vector<Send>& out) {
+  auto next = finalize_aggregation(what);
   if (!next) {
     emit(VersionFailed{version_ + 1, "the aggregation method failed"});
     return;

@@ -316,6 +316,25 @@ std::uint32_t Schedule::fold(const std::vector<WeightedUpdate>& batch, const std
   return lost;
 }
 
+bool Schedule::contain_version(std::uint64_t round, const std::string& what,
+                               const std::function<void()>& make) {
+  const auto version = version_;
+  try {
+    make();
+    return true;
+  } catch (const std::exception& e) {
+    logger("aggregator")->error("{}: {}", what, e.what());
+    try {
+      if (aggregation_->accepted() > 0) aggregation_->discard();
+    } catch (const std::exception& d) {
+      logger("aggregator")->error("{}: discarding its updates failed too: {}", what, d.what());
+    }
+    // Once the version exists, only asking for its evaluation failed: it stays produced.
+    if (version_ == version) emit(VersionFailed{round, what + ": " + e.what()});
+    return false;
+  }
+}
+
 std::optional<TensorList> Schedule::finalize_aggregation(const std::string& what) {
   try {
     const auto updates = static_cast<std::uint32_t>(aggregation_->accepted());

@@ -175,6 +175,11 @@ class Schedule {
   /// Finalizes the aggregation (a plugin that fails it is logged; the updates are discarded);
   /// nothing if it failed.
   [[nodiscard]] std::optional<TensorList> finalize_aggregation(const std::string& what);
+  /// Runs `make` (producing a version: finalize, mix, replace the model, ask for its
+  /// evaluation). Whatever it throws (a plugin, a device copy) fails that version with its
+  /// message (VersionFailed for `round`), never the aggregator: the folded updates are
+  /// discarded and the model stays as it was. False if it threw.
+  bool contain_version(std::uint64_t round, const std::string& what, const std::function<void()>& make);
   /// Folds `batch` into the aggregation, timed (an Aggregated event); the updates the method
   /// failed to fold are counted (FoldFailed, logged with `what`). Returns how many it lost.
   std::uint32_t fold(const std::vector<WeightedUpdate>& batch, const std::string& what);

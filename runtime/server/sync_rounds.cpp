@@ -116,15 +116,21 @@ void SyncRounds::close_round(std::vector<Send>& out) {
   fold_queued();
   collecting_ = false;
   const bool last = round_ >= options_.rounds;
-  std::optional<TensorList> next;
-  if (accepted_ >= options_.min_updates && aggregation_->accepted() > 0) {
-    next = finalize_aggregation("round " + std::to_string(round_));
-  } else if (aggregation_->accepted() > 0) {
-    aggregation_->discard();
-  }
-  if (next) {
-    produce_version(std::move(*next), round_, last, out);
-  } else {
+  const std::string what = "round " + std::to_string(round_);
+  bool produced = false;
+  const bool contained = contain_version(round_, what, [&] {
+    std::optional<TensorList> next;
+    if (accepted_ >= options_.min_updates && aggregation_->accepted() > 0) {
+      next = finalize_aggregation(what);
+    } else if (aggregation_->accepted() > 0) {
+      aggregation_->discard();
+    }
+    if (next) {
+      produce_version(std::move(*next), round_, last, out);
+      produced = true;
+    }
+  });
+  if (contained && !produced) {
     logger("aggregator")->warn("round {} failed: {} of {} updates by the deadline (min-updates {})",
                                round_, accepted_, sampled_.size(), options_.min_updates);
     emit(VersionFailed{round_, "too few updates by the deadline"});

@@ -7,6 +7,8 @@
 #include "runtime/server/async_schedule.hpp"
 #include "runtime/server/sync_rounds.hpp"
 
+#include "../runtime/schedule_testing.hpp"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -48,28 +50,6 @@ double value(const std::string& text, const std::string& series) {
 
 TensorList model_of(float value) { return {{"w", torch::full({3}, value)}}; }
 
-/// FedAvg whose every 7th fold fails (a plugin's bug): those updates are rejected as fold-failed.
-class Flaky final : public Aggregation {
- public:
-  explicit Flaky(const TensorList& global) : inner_(global) {}
-  Expected<void> check(const WeightedUpdate& u) const override { return inner_.check(u); }
-  Expected<void> accept(const WeightedUpdate& u) override {
-    if (++calls_ % 7 == 0) return Error{Errc::internal, "flaky fold"};
-    return inner_.accept(u);
-  }
-  Expected<void> accept_batch(std::span<const WeightedUpdate> us) override {
-    if (++calls_ % 7 == 0) return Error{Errc::internal, "flaky fold"};
-    return inner_.accept_batch(us);
-  }
-  std::size_t accepted() const override { return inner_.accepted(); }
-  TensorList finalize() override { return inner_.finalize(); }
-  void discard() override { inner_.discard(); }
-  std::string describe() const override { return "flaky fedavg"; }
-
- private:
-  FedAvg inner_;
-  int calls_ = 0;
-};
 
 /// A schedule whose events feed an AggregatorMetrics, driven by a fleet of fake clients.
 struct Watched {
@@ -86,9 +66,9 @@ struct Watched {
     o.registration_timeout = 1h;
     o.seed = 11;
     if (kind == ScheduleKind::sync) {
-      schedule = std::make_unique<SyncRounds>(o, model_of(0), std::make_unique<Flaky>(model_of(0)), clock, "run-7");
+      schedule = std::make_unique<SyncRounds>(o, model_of(0), std::make_unique<flotilla::testing::BrokenAggregation>(model_of(0), 7), clock, "run-7");
     } else {
-      schedule = std::make_unique<AsyncSchedule>(o, model_of(0), std::make_unique<Flaky>(model_of(0)), clock, "run-7");
+      schedule = std::make_unique<AsyncSchedule>(o, model_of(0), std::make_unique<flotilla::testing::BrokenAggregation>(model_of(0), 7), clock, "run-7");
     }
     for (int i = 0; i < clients; ++i) {
       take(schedule->on_hello("client-" + std::to_string(i), Hello{Role::client, std::uint32_t(i), {}, 100}));
@@ -158,7 +138,7 @@ void run_and_compare(ScheduleKind kind) {
     rejected += got;
   }
   EXPECT_GT(rejected, 0);
-  EXPECT_GT(c.rejected(RejectReason::fold_failed), 0U) << "the flaky method's lost folds are counted";
+  EXPECT_GT(c.rejected(RejectReason::fold_failed), 0U) << "the broken method's lost folds are counted";
   EXPECT_EQ(static_cast<double>(c.updates_accepted) + rejected,
             value(text, "flotilla_aggregator_updates_received_total"));
   EXPECT_EQ(static_cast<double>(c.updates_late), value(text, "flotilla_aggregator_updates_late_total"));

@@ -75,6 +75,18 @@ struct Fleet {
 
 }  // namespace
 
+TEST(AsyncSchedule, AMethodThatThrowsWhileMakingAVersionFailsThatVersionNotTheRun) {
+  auto o = async_options(ScheduleKind::async, 2);
+  Fleet f(o, model_of(0), 2, std::make_unique<flotilla::testing::BrokenAggregation>(model_of(0), 0, 1));
+  ASSERT_EQ(f.tasks.size(), 2U);
+  ASSERT_NO_THROW(f.answer("client-0", model_of(1)));
+  EXPECT_EQ(f.schedule->model_version(), 0U) << "the model stays as it was";
+  EXPECT_EQ(f.schedule->counters().rounds_failed, 1U);
+  EXPECT_EQ(f.tasks.size(), 2U) << "client-0 gets new work";
+  f.answer("client-1", model_of(1));
+  EXPECT_EQ(f.schedule->model_version(), 1U) << "the next update makes a version";
+}
+
 TEST(Staleness, FunctionsMatchHandComputedValues) {
   Staleness constant{Staleness::Kind::constant};
   EXPECT_DOUBLE_EQ(constant(0), 1.0);

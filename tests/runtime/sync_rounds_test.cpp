@@ -19,9 +19,9 @@ TensorList model_of(float value) { return {{"w", torch::full({3}, value)}}; }
 using flotilla::testing::sent;
 
 struct Fixture {
-  explicit Fixture(SyncOptions o) : options(o) {
-    rounds = std::make_unique<SyncRounds>(o, model_of(0), std::make_unique<FedAvg>(model_of(0)),
-                                          clock, "run-1");
+  explicit Fixture(SyncOptions o, std::unique_ptr<Aggregation> method = nullptr) : options(o) {
+    if (!method) method = std::make_unique<FedAvg>(model_of(0));
+    rounds = std::make_unique<SyncRounds>(o, model_of(0), std::move(method), clock, "run-1");
   }
   std::vector<Send> register_clients(int n, int first = 0) {
     std::vector<Send> all;
@@ -183,6 +183,31 @@ TEST(SyncRounds, RoundWithTooFewUpdatesFailsAndKeepsTheModel) {
   auto records = f.rounds->take_completed();
   ASSERT_EQ(records.size(), 1U);
   EXPECT_TRUE(records[0].failed);
+}
+
+TEST(SyncRounds, AMethodThatThrowsWhileMakingAVersionFailsThatVersionNotTheRun) {
+  // finalize throws a plain std::exception (as a device copy's c10::Error does) in round 1.
+  Fixture f(options(3, 0, 1), std::make_unique<flotilla::testing::BrokenAggregation>(model_of(0), 0, 1));
+  f.register_clients(3);
+  (void)f.update("client-0", 5);
+  (void)f.update("client-1", 5);
+  std::vector<Send> out;
+  ASSERT_NO_THROW(out = f.update("client-2", 5)) << "the last update closes the round";
+  EXPECT_EQ(f.rounds->model_version(), 0U) << "the model stays as it was";
+  EXPECT_EQ(f.rounds->counters().rounds_failed, 1U);
+  EXPECT_EQ(sent<Task>(out).size(), 3U) << "the next round starts";
+  const auto records = f.rounds->take_completed();
+  ASSERT_EQ(records.size(), 1U);
+  EXPECT_TRUE(records[0].failed);
+  bool named = false;
+  for (const auto& e : f.rounds->take_events()) {
+    if (const auto* v = std::get_if<VersionFailed>(&e.body)) {
+      named = v->why.find("device copy failed") != std::string::npos;
+    }
+  }
+  EXPECT_TRUE(named) << "the version fails with the method's message";
+  for (int i = 0; i < 3; ++i) (void)f.update("client-" + std::to_string(i), 7);
+  EXPECT_EQ(f.rounds->model_version(), 1U) << "round 2 produces a version";
 }
 
 TEST(SyncRounds, BadUpdatesAreRejectedAndAcceptedOnesSurvive) {
