@@ -4,12 +4,16 @@
 
 #include <ATen/ATen.h>
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <utility>
 #include <fstream>
 #include <optional>
 #include <set>
@@ -141,19 +145,55 @@ const char* status_name(int status) {
   }
 }
 
-/// Copies `from` to a private file in the temp directory, so that dlopen maps a file nobody
-/// else writes to (and a second load of the same path is a second, independent library).
-Expected<fs::path> private_copy(const fs::path& from) {
-  static std::atomic<unsigned> counter{0};
-  std::error_code ec;
-  const fs::path dir = fs::temp_directory_path(ec);
-  if (ec) return Error{Errc::io, "no temp directory for plugin copies: " + ec.message()};
-  const fs::path to = dir / ("flotilla-plugin-" + std::to_string(::getpid()) + "-" +
-                             std::to_string(counter++) + "-" + from.filename().string());
-  fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
-  if (ec) return Error{Errc::io, "cannot copy plugin '" + from.string() + "': " + ec.message()};
-  return to;
-}
+/// A sealed in-memory copy of `from` (memfd_create), so that dlopen maps code nobody else can
+/// write to: no name in a shared directory another local user could plant or swap, and a
+/// second load of the same path is a second, independent library (another inode). The copy is
+/// sealed against writes and resizes before anything maps it.
+class PrivateCopy {
+ public:
+  static Expected<PrivateCopy> of(const fs::path& from) {
+    const auto io = [&](const std::string& what) {
+      return Error{Errc::io, "cannot copy plugin '" + from.string() + "' " + what + ": " +
+                                 std::strerror(errno)};
+    };
+    const int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+    if (in < 0) return io("(open)");
+    PrivateCopy copy(::memfd_create(("flotilla-plugin-" + from.filename().string()).c_str(),
+                                    MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (copy.fd_ < 0) {
+      ::close(in);
+      return io("(memfd_create)");
+    }
+    char buf[1 << 16];
+    for (;;) {
+      const ssize_t n = ::read(in, buf, sizeof buf);
+      if (n == 0) break;
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 || ::write(copy.fd_, buf, static_cast<std::size_t>(n)) != n) {
+        ::close(in);
+        return io("(copying)");
+      }
+    }
+    ::close(in);
+    if (::fcntl(copy.fd_, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
+      return io("(sealing)");
+    }
+    return copy;
+  }
+  PrivateCopy(PrivateCopy&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  PrivateCopy& operator=(PrivateCopy&&) = delete;
+  ~PrivateCopy() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  /// What dlopen opens.
+  [[nodiscard]] std::string path() const { return "/proc/self/fd/" + std::to_string(fd_); }
+  /// Hands the descriptor over (to the library that keeps it while loaded).
+  [[nodiscard]] int release() { return std::exchange(fd_, -1); }
+
+ private:
+  explicit PrivateCopy(int fd) : fd_(fd) {}
+  int fd_;
+};
 
 std::string self_dir() {
   std::error_code ec;
@@ -195,16 +235,16 @@ Expected<std::shared_ptr<PluginLibrary>> PluginLibrary::open(const fs::path& pat
   };
   std::error_code ec;
   if (!fs::is_regular_file(path, ec)) return refuse("no such file");
-  auto copy = private_copy(path);
+  auto copy = PrivateCopy::of(path);
   if (!copy) return copy.error();
 
   std::shared_ptr<PluginLibrary> lib(new PluginLibrary());
   lib->device_ = device;
   lib->info_.path = path;
   lib->mtime_ = fs::last_write_time(path, ec);
-  lib->handle_ = ::dlopen(copy->c_str(), RTLD_NOW | RTLD_LOCAL);
+  lib->handle_ = ::dlopen(copy->path().c_str(), RTLD_NOW | RTLD_LOCAL);
   const char* dl_error = lib->handle_ == nullptr ? ::dlerror() : nullptr;
-  fs::remove(*copy, ec);  // the mapping stays valid; nothing is left in /tmp
+  if (lib->handle_ != nullptr) lib->code_fd_ = copy->release();
   if (lib->handle_ == nullptr) {
     return refuse(std::string("not a loadable library: ") + (dl_error ? dl_error : "?"));
   }
@@ -312,6 +352,15 @@ Expected<std::shared_ptr<PluginLibrary>> PluginLibrary::open(const fs::path& pat
 
 PluginLibrary::~PluginLibrary() {
   if (handle_ != nullptr) ::dlclose(handle_);
+  if (code_fd_ < 0) return;
+  // A library that dlclose did not unload (a unique symbol can pin it) keeps its name, so the
+  // descriptor stays open and the number is never reused for another plugin's code.
+  const std::string name = "/proc/self/fd/" + std::to_string(code_fd_);
+  if (void* still = ::dlopen(name.c_str(), RTLD_NOW | RTLD_NOLOAD)) {
+    ::dlclose(still);
+    return;
+  }
+  ::close(code_fd_);
 }
 
 Expected<void> PluginLibrary::check_options(const PluginOptions& options,

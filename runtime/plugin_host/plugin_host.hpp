@@ -108,6 +108,10 @@ class PluginLibrary {
   [[nodiscard]] Error failed(const char* what, int status, const std::string& message) const;
 
   void* handle_ = nullptr;
+  /// The sealed in-memory copy dlopen mapped, open for as long as the library is loaded: its
+  /// path (/proc/self/fd/N) names it, and a number reused while it is loaded would make dlopen
+  /// hand out this library again for another file.
+  int code_fd_ = -1;
   const flotilla_plugin* plugin_ = nullptr;
   flotilla_host host_{};
   c10::Device device_{c10::kCPU};

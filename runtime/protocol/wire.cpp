@@ -384,9 +384,20 @@ ClientStats decode_stats(s::ClientStats::Reader in) {
   return out;
 }
 
-Metrics decode_metrics(capnp::List<s::Metric>::Reader in) {
+/// `n`, the length a list declares, if the message can hold it: every element a peer can
+/// legitimately send takes at least one word, so a longer list is forged (e.g. a list of
+/// zero-sized structs) and is refused before anything is allocated for it.
+std::size_t bounded(std::size_t n, std::size_t message_words, const char* what) {
+  if (n > message_words) {
+    fail(std::string(what) + ": a list of " + std::to_string(n) + " elements in a message of " +
+         std::to_string(message_words) + " words");
+  }
+  return n;
+}
+
+Metrics decode_metrics(capnp::List<s::Metric>::Reader in, std::size_t message_words) {
   Metrics out;
-  out.reserve(in.size());
+  out.reserve(bounded(in.size(), message_words, "metrics"));
   for (auto m : in) out.push_back(Metric{str(m.getName()), m.getValue()});
   return out;
 }
@@ -514,10 +525,11 @@ void assemble(capnp::List<capnp::Data>::Reader in, capnp::byte* dst, std::uint64
 
 struct Decoder {
   std::shared_ptr<DecodeOwner> owner;
+  std::size_t message_words = 0;  ///< what was received: no list may declare more elements
 
   TensorList decode_tensors(capnp::List<s::Tensor>::Reader in) {
     TensorList out;
-    out.reserve(in.size());
+    out.reserve(bounded(in.size(), message_words, "tensors"));
     for (auto t : in) out.push_back(decode_tensor(t));
     return out;
   }
@@ -531,7 +543,7 @@ struct Decoder {
            std::to_string(static_cast<unsigned>(in.getDtype())));
     }
     std::vector<std::int64_t> shape;
-    shape.reserve(in.getShape().size());
+    shape.reserve(bounded(in.getShape().size(), message_words, "tensor shape"));
     std::uint64_t numel = 1;
     for (std::int64_t d : in.getShape()) {
       if (d < 0) fail("tensor '" + out.name + "' has negative dimension " + std::to_string(d));
@@ -609,7 +621,7 @@ struct Decoder {
         p.num_examples = u.getNumExamples();
         p.is_delta = u.getIsDelta();
         if (u.hasStats()) p.stats = decode_stats(u.getStats());
-        p.metrics = decode_metrics(u.getMetrics());
+        p.metrics = decode_metrics(u.getMetrics(), message_words);
         p.tensors = decode_tensors(u.getTensors());
         return p;
       }
@@ -629,7 +641,7 @@ struct Decoder {
         p.num_examples = r.getNumExamples();
         p.loss = r.getLoss();
         p.accuracy = r.getAccuracy();
-        p.metrics = decode_metrics(r.getMetrics());
+        p.metrics = decode_metrics(r.getMetrics(), message_words);
         return p;
       }
       case s::Envelope::Payload::HEARTBEAT: {
@@ -647,7 +659,9 @@ struct Decoder {
       case s::Envelope::Payload::ADMIN_COMMAND: {
         auto c = in.getAdminCommand();
         AdminCommand p{str(c.getCommand()), {}};
-        for (auto a : c.getArgs()) p.args.push_back(str(a));
+        const auto args = c.getArgs();
+        (void)bounded(args.size(), message_words, "admin arguments");
+        for (auto a : args) p.args.push_back(str(a));
         return p;
       }
       case s::Envelope::Payload::ADMIN_REPLY: {
@@ -707,9 +721,12 @@ Expected<Message> decode_frames(std::vector<zmq::message_t> frames, const WireLi
   }
 
   capnp::ReaderOptions options;
-  // Every word is read about once; twice the size leaves room for headers without letting a
-  // crafted message amplify work unboundedly.
-  options.traversalLimitInWords = 2 * (limits.max_message_bytes / kWordBytes) + 1024;
+  // The work a message may cost follows the bytes it brought, not the configured maximum: a
+  // tensor's chunks are read a few times while it is assembled, so 8 x its words, and a small
+  // allowance for the envelope. (Lists of zero-sized structs are charged a word per element,
+  // so a short message cannot declare a long list: `bounded` says so first where it can.)
+  const std::size_t message_words = (total - kHeaderBytes) / kWordBytes;
+  options.traversalLimitInWords = 8 * message_words + 1024;
   capnp::SegmentArrayMessageReader reader(segments.asPtr(), options);
   auto env = reader.getRoot<s::Envelope>();
   Message m;
@@ -724,7 +741,7 @@ Expected<Message> decode_frames(std::vector<zmq::message_t> frames, const WireLi
   m.sender = str(env.getSender());
   m.message_id = env.getMessageId();
   m.reply_to = env.getReplyTo();
-  Decoder decoder{owner};
+  Decoder decoder{owner, message_words};
   m.payload = decoder.decode_payload(env.getPayload());
   return m;
 }

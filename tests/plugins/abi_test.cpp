@@ -27,6 +27,21 @@ void expect_good_plugin_still_loads() {
   EXPECT_TRUE(at::allclose(find(out, "w"), at::ones({2, 3})));
 }
 
+TEST(PluginAbi, LoadedCodeIsAPrivateSealedCopyNotAFileInTheTempDirectory) {
+  // Another local user must not be able to plant or swap the code the aggregator runs: no
+  // mapping of a plugin may come from a named file in the shared temp directory.
+  auto lib = PluginLibrary::open(fixture("scaled-mean-v1"), c10::Device(c10::kCPU));
+  ASSERT_TRUE(lib) << lib.error().message;
+  const std::string tmp = std::filesystem::temp_directory_path().string();
+  std::ifstream maps("/proc/self/maps");
+  bool private_copy = false;
+  for (std::string line; std::getline(maps, line);) {
+    EXPECT_EQ(std::string::npos, line.find(tmp + "/flotilla-plugin-")) << line;
+    if (line.find("/memfd:flotilla-plugin-") != std::string::npos) private_copy = true;
+  }
+  EXPECT_TRUE(private_copy) << "the plugin is mapped from a sealed in-memory copy";
+}
+
 TEST(PluginAbi, MissingFileIsRefused) {
   EXPECT_THAT(open_error("/nonexistent/flotilla-nothing.so"), HasSubstr("no such file"));
 }

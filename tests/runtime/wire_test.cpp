@@ -384,6 +384,27 @@ TEST(Wire, ClientCountersTravelInHeartbeatsAndUpdates) {
   EXPECT_FALSE(std::get<Update>(round_trip(update_with({{"w", torch::ones({2})}}))->payload).stats);
 }
 
+TEST(Wire, AShortMessageCannotDeclareAHugeList) {
+  // A message of a few hundred bytes whose metrics list is rewritten to declare 20 million
+  // zero-sized elements (a VOID list, which Cap'n Proto reads as structs of nothing): it must be
+  // refused before anything is allocated for it, not decoded into 800 MB of metrics.
+  auto encoded = encode(update_with({}));
+  auto frames = to_messages(encoded);
+  ASSERT_EQ(frames.size(), 2U) << "one segment";
+  auto* words = static_cast<std::uint64_t*>(frames[1].data());
+  bool patched = false;
+  for (std::size_t i = 0; i < frames[1].size() / 8 && !patched; ++i) {
+    const std::uint64_t w = words[i];
+    // The first empty inline-composite list pointer is the Update's metrics (pointer 0).
+    if ((w & 3) == 1 && ((w >> 32) & 7) == 7 && (w >> 35) == 0) {
+      words[i] = (w & 0xFFFFFFFFULL) | (std::uint64_t{20'000'000} << 35);  // VOID, 20M elements
+      patched = true;
+    }
+  }
+  ASSERT_TRUE(patched);
+  expect_error(decode(std::move(frames)), Errc::malformed);
+}
+
 TEST(Wire, RandomBytesAreMalformed) {
   std::mt19937 rng(7);
   for (int i = 0; i < 50; ++i) {
