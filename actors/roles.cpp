@@ -119,10 +119,10 @@ Expected<std::shared_ptr<ClientSetup>> client_setup(const Config& config, std::u
     setup->profile.compute_speed = static_cast<float>(setup->device->compute_speed());
     setup->profile.kind += " as '" + profile.name + "'";
   }
+  const std::string device = setup->model->device().str();  // "cpu", "cuda:0"
   setup->device_class = !config.client.device_class.empty() ? config.client.device_class
-                        : setup->device ? setup->device->profile().name
-                                        : setup->model->device().str().substr(
-                                              0, setup->model->device().str().find(':'));
+                        : setup->device                     ? setup->device->profile().name
+                                                            : device.substr(0, device.find(':'));
   return setup;
 }
 

@@ -185,11 +185,11 @@ Expected<TensorList> AsyncSchedule::rebase(const TensorList& delta) const {
 }
 
 void AsyncSchedule::step(double factor, std::vector<Send>& out) {
-  const std::string what = fmt::format("model version {}", version_ + 1);
+  const Label what{"model version", version_ + 1};
   (void)contain_version(version_ + 1, what, [&] { make_version(what, factor, out); });
 }
 
-void AsyncSchedule::make_version(const std::string& what, double factor, std::vector<Send>& out) {
+void AsyncSchedule::make_version(Label what, double factor, std::vector<Send>& out) {
   auto next = finalize_aggregation(what);
   if (!next) {
     emit(VersionFailed{version_ + 1, "the aggregation method failed"});
@@ -281,7 +281,7 @@ std::vector<Send> AsyncSchedule::handle_update(const std::string& peer, const Up
                       total_bytes(update.tensors), metric(update.metrics, "loss"),
                       metric(update.metrics, "accuracy")});
   // An update the method fails to fold is counted as rejected; the model stays as it was.
-  const bool folded = fold({wu}, "task " + std::to_string(update.round)) == 0;
+  const bool folded = fold({&wu, 1}, Label{"task", update.round}) == 0;
   if (folded && !buffered) {
     step(options_.alpha * options_.staleness(tau), out);
   } else if (folded && aggregation_->accepted() >= options_.buffer_size) {

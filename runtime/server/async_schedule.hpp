@@ -57,7 +57,7 @@ class AsyncSchedule final : public Schedule {
   /// Produces a version from what the method folded, moving the model by `factor` towards it.
   void step(double factor, std::vector<Send>& out);
   /// The version step() makes, without its containment.
-  void make_version(const std::string& what, double factor, std::vector<Send>& out);
+  void make_version(Label what, double factor, std::vector<Send>& out);
   /// `delta` added to the current model, tensor by tensor (a delta on its own is not a model).
   [[nodiscard]] Expected<TensorList> rebase(const TensorList& delta) const;
   void after_update(std::vector<Send>& out);

@@ -299,7 +299,7 @@ Send Schedule::task_for(const std::string& peer, std::uint64_t round, bool delta
   return Send{peer, std::move(task)};
 }
 
-std::uint32_t Schedule::fold(const std::vector<WeightedUpdate>& batch, const std::string& what) {
+std::uint32_t Schedule::fold(std::span<const WeightedUpdate> batch, Label what) {
   const auto before = aggregation_->accepted();
   const auto started = std::chrono::steady_clock::now();
   auto ok = batch.size() == 1 ? aggregation_->accept(batch.front()) : aggregation_->accept_batch(batch);
@@ -311,31 +311,31 @@ std::uint32_t Schedule::fold(const std::vector<WeightedUpdate>& batch, const std
   // not take are counted as rejected and the run goes on with the others.
   const auto lost = static_cast<std::uint32_t>(batch.size()) - std::min<std::uint32_t>(
                                                                    folded, static_cast<std::uint32_t>(batch.size()));
-  logger("aggregator")->error("{}: {} update(s) could not be folded: {}", what, lost, ok.error().message);
+  logger("aggregator")->error("{}: {} update(s) could not be folded: {}", what.str(), lost,
+                              ok.error().message);
   emit(FoldFailed{lost, ok.error().message});
   return lost;
 }
 
-bool Schedule::contain_version(std::uint64_t round, const std::string& what,
-                               const std::function<void()>& make) {
+bool Schedule::contain_version(std::uint64_t round, Label what, const std::function<void()>& make) {
   const auto version = version_;
   try {
     make();
     return true;
   } catch (const std::exception& e) {
-    logger("aggregator")->error("{}: {}", what, e.what());
+    logger("aggregator")->error("{}: {}", what.str(), e.what());
     try {
       if (aggregation_->accepted() > 0) aggregation_->discard();
     } catch (const std::exception& d) {
-      logger("aggregator")->error("{}: discarding its updates failed too: {}", what, d.what());
+      logger("aggregator")->error("{}: discarding its updates failed too: {}", what.str(), d.what());
     }
     // Once the version exists, only asking for its evaluation failed: it stays produced.
-    if (version_ == version) emit(VersionFailed{round, what + ": " + e.what()});
+    if (version_ == version) emit(VersionFailed{round, what.str() + ": " + e.what()});
     return false;
   }
 }
 
-std::optional<TensorList> Schedule::finalize_aggregation(const std::string& what) {
+std::optional<TensorList> Schedule::finalize_aggregation(Label what) {
   try {
     const auto updates = static_cast<std::uint32_t>(aggregation_->accepted());
     const auto started = std::chrono::steady_clock::now();
@@ -344,7 +344,7 @@ std::optional<TensorList> Schedule::finalize_aggregation(const std::string& what
     return next;
   } catch (const Failure& f) {
     // A plugin that fails to produce a version fails it; the model stays as it was.
-    logger("aggregator")->error("{}: {}", what, f.what());
+    logger("aggregator")->error("{}: {}", what.str(), f.what());
     aggregation_->discard();
     return std::nullopt;
   }

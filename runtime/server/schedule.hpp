@@ -77,6 +77,14 @@ struct ScheduleOptions {
 /// The options were first the synchronous rounds' only.
 using SyncOptions = ScheduleOptions;
 
+/// What a round, version or task is called in log lines and failure messages ("round 3",
+/// "model version 7"): built only when one is written, never on the path where all goes well.
+struct Label {
+  const char* kind;
+  std::uint64_t number;
+  [[nodiscard]] std::string str() const { return std::string(kind) + " " + std::to_string(number); }
+};
+
 /// One outgoing message: `peer` is the transport's routing id.
 struct Send {
   std::string peer;
@@ -174,15 +182,15 @@ class Schedule {
   void produce_version(TensorList next, std::uint64_t round, bool final, std::vector<Send>& out);
   /// Finalizes the aggregation (a plugin that fails it is logged; the updates are discarded);
   /// nothing if it failed.
-  [[nodiscard]] std::optional<TensorList> finalize_aggregation(const std::string& what);
+  [[nodiscard]] std::optional<TensorList> finalize_aggregation(Label what);
   /// Runs `make` (producing a version: finalize, mix, replace the model, ask for its
   /// evaluation). Whatever it throws (a plugin, a device copy) fails that version with its
   /// message (VersionFailed for `round`), never the aggregator: the folded updates are
   /// discarded and the model stays as it was. False if it threw.
-  bool contain_version(std::uint64_t round, const std::string& what, const std::function<void()>& make);
+  bool contain_version(std::uint64_t round, Label what, const std::function<void()>& make);
   /// Folds `batch` into the aggregation, timed (an Aggregated event); the updates the method
   /// failed to fold are counted (FoldFailed, logged with `what`). Returns how many it lost.
-  std::uint32_t fold(const std::vector<WeightedUpdate>& batch, const std::string& what);
+  std::uint32_t fold(std::span<const WeightedUpdate> batch, Label what);
   /// After the last version: wait for its evaluation, then finish.
   void end_run(std::vector<Send>& out, const std::string& reason);
   void finish(std::vector<Send>& out, const std::string& reason);

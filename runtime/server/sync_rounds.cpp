@@ -107,7 +107,7 @@ void SyncRounds::fold_queued() {
   std::vector<WeightedUpdate> batch;
   for (const auto& q : fold_queue_) batch.push_back({&q.tensors, q.weight, 0, q.client_id});
   // Counted first (accepted_): the updates a failing fold loses are taken back.
-  const auto lost = fold(batch, "round " + std::to_string(round_));
+  const auto lost = fold(batch, Label{"round", round_});
   accepted_ -= std::min(accepted_, lost);
   fold_queue_.clear();
 }
@@ -116,7 +116,7 @@ void SyncRounds::close_round(std::vector<Send>& out) {
   fold_queued();
   collecting_ = false;
   const bool last = round_ >= options_.rounds;
-  const std::string what = "round " + std::to_string(round_);
+  const Label what{"round", round_};
   bool produced = false;
   const bool contained = contain_version(round_, what, [&] {
     std::optional<TensorList> next;
