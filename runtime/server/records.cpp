@@ -39,6 +39,12 @@ void VersionRecorder::record_clients(RoundRecord& r) const {
 
 void VersionRecorder::close_open(double at, bool failed, std::uint64_t version) {
   open_.failed = failed;
+  if (rounds_) {
+    // The sampled clients whose update had not come when the round closed: known now, not
+    // only if their update ever arrives (the last round's never do; nor a crashed client's).
+    open_.late = static_cast<std::uint32_t>(awaiting_.size());
+    awaiting_.clear();
+  }
   open_.model_version = version;
   if (weight_sum_ > 0) {
     open_.train_loss = loss_sum_ / weight_sum_;
@@ -72,7 +78,9 @@ void VersionRecorder::on(const Event& event) {
           busy_.erase(e.peer);
         } else if constexpr (std::is_same_v<T, RoundStarted>) {
           if (!run_started_) run_started_ = event.at;
+          rounds_ = true;
           busy_.clear();  // a new round: only its sampled clients will hold tasks
+          awaiting_.clear();
           open_ = RoundRecord{};
           open_.round = e.round;
           open_.model_version = e.version;
@@ -85,12 +93,14 @@ void VersionRecorder::on(const Event& event) {
             open_since_ = event.at;
           }
           busy_.insert(e.peer);
+          if (rounds_) awaiting_.insert(e.peer);
           ++counters_.tasks_sent;
         } else if constexpr (std::is_same_v<T, TaskLost>) {
           busy_.erase(e.peer);
           ++counters_.tasks_lost;
         } else if constexpr (std::is_same_v<T, UpdateAccepted>) {
           busy_.erase(e.peer);
+          if (e.round == open_.round) awaiting_.erase(e.peer);
           ++counters_.updates_accepted;
           ++open_.updates;
           open_.bytes_received += e.bytes;
@@ -107,17 +117,15 @@ void VersionRecorder::on(const Event& event) {
           }
           if (e.reason == RejectReason::late) {
             ++counters_.updates_late;
-            auto late_for = std::find_if(pending_.begin(), pending_.end(),
-                                         [&](const Pending& p) { return p.record.round == e.round; });
-            // Its round's record if that is still here (sync); else the version being built.
-            if (e.round != open_.round && late_for != pending_.end()) {
-              ++late_for->record.late;
-            } else {
-              ++open_.late;
-            }
+            // Sync: counted in its round's record when the round closed without it.
+            if (!rounds_) ++open_.late;
           } else {
             ++counters_.updates_rejected;
             ++open_.rejected;
+            if (e.round == open_.round && e.reason != RejectReason::not_sampled &&
+                e.reason != RejectReason::duplicate) {
+              awaiting_.erase(e.peer);  // it answered its task, if not well
+            }
             if (e.reason == RejectReason::stale) ++open_.stale;
           }
         } else if constexpr (std::is_same_v<T, FoldFailed>) {

@@ -20,7 +20,10 @@ struct RoundRecord {
   std::uint64_t model_version = 0;  ///< the version it produced (unchanged if failed)
   std::uint32_t sampled = 0;        ///< sync: clients sampled for the round
   std::uint32_t updates = 0;        ///< accepted
-  std::uint32_t late = 0;           ///< arrived after their round closed (counted, dropped)
+  /// sync: sampled clients whose update had not come when the round closed (one that comes
+  /// later is dropped); async/buffered: updates that came after their task's deadline, while
+  /// this version was being built (dropped)
+  std::uint32_t late = 0;
   std::uint32_t rejected = 0;       ///< refused for any other reason (stale ones included)
   std::uint32_t stale = 0;          ///< of which: older than max-staleness
   bool failed = false;              ///< closed with too few updates
@@ -101,6 +104,8 @@ class VersionRecorder {
   std::deque<Pending> pending_;
   std::vector<RoundRecord> completed_;
   std::set<std::string> online_, busy_, offline_;
+  bool rounds_ = false;              ///< a sync schedule (it starts rounds)
+  std::set<std::string> awaiting_;   ///< sync: the open round's tasks not yet answered
   double now_ = 0;
 };
 

@@ -170,6 +170,37 @@ TEST(SyncRounds, DeadlineClosesWithEnoughUpdatesAndLateOnesAreCountedAndDropped)
   EXPECT_EQ(records[0].updates, 2U);
 }
 
+/// The aggregator takes the records as soon as they are complete (at once without an
+/// evaluator): a round's late count must be in its record by then, the last round's too.
+TEST(SyncRounds, LateCountsAreInTheRecordsAsTheActorTakesThemWithoutAnEvaluator) {
+  Fixture f(options(2, 0, 2));
+  f.register_clients(3);
+  std::vector<RoundRecord> records;
+  auto take = [&] {
+    auto more = f.rounds->take_completed();
+    records.insert(records.end(), more.begin(), more.end());
+  };
+  (void)f.update("client-0", 1);
+  (void)f.update("client-1", 3);
+  f.clock.advance(11s);
+  (void)f.rounds->on_tick();  // round 1 closes without client-2
+  take();
+  ASSERT_EQ(records.size(), 1U);
+  (void)f.update("client-2", 100, 100, 1);  // its round-1 update comes during round 2
+  (void)f.update("client-0", 1);
+  (void)f.update("client-2", 1);
+  f.clock.advance(11s);
+  (void)f.rounds->on_tick();  // the last round closes without client-1
+  take();
+  ASSERT_TRUE(f.rounds->done());
+  ASSERT_EQ(records.size(), 2U);
+  EXPECT_EQ(records[0].updates, 2U);
+  EXPECT_EQ(records[0].late, 1U) << "round 1 closed without client-2's update";
+  EXPECT_EQ(records[1].updates, 2U);
+  EXPECT_EQ(records[1].late, 1U) << "the last round closed without client-1's; none of round 1's";
+  EXPECT_EQ(f.rounds->counters().updates_late, 1U) << "the one late update that arrived";
+}
+
 TEST(SyncRounds, RoundWithTooFewUpdatesFailsAndKeepsTheModel) {
   Fixture f(options(3, 0, 2));
   f.register_clients(3);
