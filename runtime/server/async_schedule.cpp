@@ -256,7 +256,8 @@ std::vector<Send> AsyncSchedule::handle_update(const std::string& peer, const Up
     return out;
   }
   const auto client_id = client_id_of(peer);
-  double weight = static_cast<double>(std::max<std::uint64_t>(update.num_examples, 1));
+  const auto claimed = weight_of(peer, update);
+  double weight = claimed.value;
   if (buffered && options_.staleness_weighted) weight *= options_.staleness(tau);
   TensorList rebased;
   const TensorList* tensors = &update.tensors;
@@ -279,7 +280,7 @@ std::vector<Send> AsyncSchedule::handle_update(const std::string& peer, const Up
   lost_in_a_row_ = 0;
   emit(UpdateAccepted{peer, client_id, update.round, update.base_model_version, tau, weight,
                       total_bytes(update.tensors), metric(update.metrics, "loss"),
-                      metric(update.metrics, "accuracy")});
+                      metric(update.metrics, "accuracy"), claimed.capped});
   // An update the method fails to fold is counted as rejected; the model stays as it was.
   const bool folded = fold({&wu, 1}, Label{"task", update.round}) == 0;
   if (folded && !buffered) {

@@ -63,6 +63,8 @@ struct UpdateAccepted {
   std::uint64_t bytes = 0;      ///< tensor bytes
   double train_loss = 0;
   double train_accuracy = 0;
+  /// The client claimed more examples than aggregator.max-examples: `weight` is the cap.
+  bool weight_capped = false;
 };
 struct UpdateRejected {
   std::string peer;

@@ -102,6 +102,7 @@ void VersionRecorder::on(const Event& event) {
           busy_.erase(e.peer);
           if (e.round == open_.round) awaiting_.erase(e.peer);
           ++counters_.updates_accepted;
+          if (e.weight_capped) ++counters_.weights_capped;
           ++open_.updates;
           open_.bytes_received += e.bytes;
           staleness_sum_ += static_cast<double>(e.staleness);

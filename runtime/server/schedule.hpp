@@ -50,6 +50,9 @@ struct ScheduleOptions {
   double target_accuracy = 0;           ///< stop after a version reaching it; 0 = off
   /// Validated updates folded together in one pass over memory (1 = fold each on arrival).
   std::uint32_t fold_batch = 4;
+  /// The most an update may weigh: a client's claimed examples (its FedAvg weight) are capped
+  /// here (a claim above it is counted).
+  std::uint64_t max_examples = 1'000'000;
   std::uint64_t seed = 0;
   TrainingConfig training;
   /// Evaluate every N-th version (sync default 1) and/or every T; always the initial and last.
@@ -209,6 +212,13 @@ class Schedule {
   /// back while the run is going is ready for work.
   void heard(const std::string& peer, std::vector<Send>& out);
   [[nodiscard]] std::uint32_t client_id_of(const std::string& peer) const;
+  /// What `update` from `peer` weighs: its claimed examples, at least 1, capped at
+  /// options_.max_examples.
+  struct Weight {
+    double value = 1;
+    bool capped = false;  ///< the claim was more than that
+  };
+  [[nodiscard]] Weight weight_of(const std::string& peer, const Update& update) const;
   static Send error_to(const std::string& peer, WireErrc code, std::string message);
 
   ScheduleOptions options_;

@@ -58,7 +58,7 @@ std::vector<Send> SyncRounds::handle_update(const std::string& peer, const Updat
            "a delta update, but the sync schedule's tasks ask for weights");
     return out;
   }
-  const double weight = static_cast<double>(std::max<std::uint64_t>(update.num_examples, 1));
+  const auto [weight, capped] = weight_of(peer, update);
   const auto client_id = client_id_of(peer);
   if (auto ok = aggregation_->check(WeightedUpdate{&update.tensors, weight, 0, client_id}); !ok) {
     reject(out, peer, update, RejectReason::invalid, ok.error().message);
@@ -68,7 +68,7 @@ std::vector<Send> SyncRounds::handle_update(const std::string& peer, const Updat
   ++accepted_;
   emit(UpdateAccepted{peer, client_id, round_, update.base_model_version, 0, weight,
                       total_bytes(update.tensors), metric(update.metrics, "loss"),
-                      metric(update.metrics, "accuracy")});
+                      metric(update.metrics, "accuracy"), capped});
   // Counted first: a fold that then fails takes back exactly the updates it lost.
   fold_queue_.push_back(Queued{update.tensors, weight, client_id});
   if (fold_queue_.size() >= std::max<std::uint32_t>(options_.fold_batch, 1)) fold_queued();

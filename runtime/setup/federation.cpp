@@ -200,6 +200,7 @@ ScheduleOptions schedule_options(const Config& c) {
   o.seed = c.run.seed;
   o.training = c.training;
   o.fold_batch = a.fold_batch;
+  o.max_examples = a.max_examples;
   o.max_concurrency = a.max_concurrency;
   o.task_deadline = a.task_deadline;
   o.alpha = a.alpha;

@@ -115,7 +115,8 @@ void run_and_compare(ScheduleKind kind) {
     std::advance(it, static_cast<long>(rng() % w.tasks.size()));
     const std::string peer = it->first;
     const int roll = static_cast<int>(rng() % 20);
-    const Update u = w.answer_for(peer, roll == 0);
+    Update u = w.answer_for(peer, roll == 0);
+    if (roll == 5) u.num_examples = 1'000'000'000;  // more than it registered with: capped
     w.tasks.erase(peer);
     w.take(w.schedule->on_update(peer, u));
     if (roll == 1) w.take(w.schedule->on_update(peer, u));          // a duplicate
@@ -150,6 +151,9 @@ void run_and_compare(ScheduleKind kind) {
   EXPECT_EQ(static_cast<double>(c.tasks_sent), value(text, "flotilla_aggregator_tasks_sent_total"));
   EXPECT_EQ(static_cast<double>(c.tasks_lost), value(text, "flotilla_aggregator_tasks_lost_total"));
   EXPECT_EQ(static_cast<double>(c.messages_malformed), value(text, "flotilla_aggregator_messages_refused_total"));
+  EXPECT_GT(c.weights_capped, 0U);
+  EXPECT_EQ(static_cast<double>(c.weights_capped),
+            value(text, "flotilla_aggregator_updates_weight_capped_total"));
   // Staleness is observed as an update passes the checks, before the method folds it (or fails to).
   EXPECT_EQ(static_cast<double>(c.updates_accepted + c.rejected(RejectReason::fold_failed)),
             value(text, "flotilla_aggregator_update_staleness_versions_count"));

@@ -201,6 +201,23 @@ TEST(SyncRounds, LateCountsAreInTheRecordsAsTheActorTakesThemWithoutAnEvaluator)
   EXPECT_EQ(f.rounds->counters().updates_late, 1U) << "the one late update that arrived";
 }
 
+/// A client's FedAvg weight is what it claims: a claim above aggregator.max-examples must not
+/// let it outweigh the others.
+TEST(SyncRounds, ClaimedExamplesAreCappedAtMaxExamples) {
+  auto o = options(1, 0, 3);
+  o.max_examples = 50;
+  Fixture f(o);
+  f.register_clients(3);
+  (void)f.update("client-0", 0, 100);                    // capped: 50
+  (void)f.update("client-1", 30, 1'000'000'000'000ULL);  // capped: 50 (not a trillion)
+  (void)f.update("client-2", 60, 20);                    // as claimed: 20
+  ASSERT_EQ(f.rounds->model_version(), 1U);
+  const float expected = (0 * 50 + 30 * 50 + 60 * 20) / 120.0F;
+  EXPECT_TRUE(torch::allclose(f.rounds->model()[0].tensor, torch::full({3}, expected)))
+      << f.rounds->model()[0].tensor;
+  EXPECT_EQ(f.rounds->counters().weights_capped, 2U);
+}
+
 TEST(SyncRounds, RoundWithTooFewUpdatesFailsAndKeepsTheModel) {
   Fixture f(options(3, 0, 2));
   f.register_clients(3);
