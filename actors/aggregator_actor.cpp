@@ -23,6 +23,7 @@ void dispatch(Self* self, std::vector<Send> sends) {
     if (!s.rounds->failure().empty()) s.outcome->fail(1, s.rounds->failure());
     if (s.hooks.on_done) s.hooks.on_done(*s.rounds);
     s.mailbox->detach();
+    if (s.admin_endpoint) s.admin_endpoint->close();
     s.endpoint->close();  // flushes the shutdown messages (up to the linger time)
     self->quit();
   }
@@ -93,8 +94,14 @@ std::vector<Send> route(AggregatorSetup& s, const Inbound& in) {
           logger("aggregator")->warn("{} reports an error: {}", in.peer, p.message);
           return {};
         } else if constexpr (std::is_same_v<T, AdminCommand>) {
-          logger("aggregator")->info("admin command '{}' from {}", p.command, m.sender);
-          return {Send{in.peer, admin(s, p), m.message_id}};
+          // The clients' endpoint is open to every client (and whoever else reaches it).
+          return rounds.on_bad_message(
+              in.peer, Error{Errc::rejected,
+                             std::string("admin commands are not taken on the clients' endpoint") +
+                                 (s.admin_endpoint ? "; this aggregator takes them on " +
+                                                         s.admin_endpoint->address()
+                                                   : "; this aggregator takes none (set "
+                                                     "aggregator.admin-listen)")});
         } else {
           return rounds.on_bad_message(
               in.peer, Error{Errc::rejected, std::string("the aggregator does not take '") +
@@ -102,6 +109,26 @@ std::vector<Send> route(AggregatorSetup& s, const Inbound& in) {
         }
       },
       m.payload);
+}
+
+/// A message on the admin endpoint: only commands are taken there, answered on it.
+void route_admin(Self* self, const Inbound& in) {
+  auto& s = *self->state.setup;
+  AdminReply reply{false, ""};
+  std::uint64_t reply_to = 0;
+  if (!in.message) {
+    reply.message = "undecodable message: " + in.message.error().message;
+  } else if (const auto* c = std::get_if<AdminCommand>(&in.message->payload)) {
+    logger("aggregator")->info("admin command '{}' from {}", c->command, in.message->sender);
+    reply = admin(s, *c);
+    reply_to = in.message->message_id;
+  } else {
+    reply.message = std::string("the admin endpoint takes admin commands, not '") +
+                    payload_name(in.message->payload) + "'";
+  }
+  if (!reply.ok) logger("aggregator")->warn("admin endpoint: {}", reply.message);
+  s.admin_endpoint->send(in.peer, envelope(s.rounds->run_id(), "aggregator",
+                                           self->state.next_message_id++, std::move(reply), reply_to));
 }
 
 }  // namespace
@@ -113,7 +140,12 @@ caf::behavior aggregator_actor(Self* self, std::shared_ptr<AggregatorSetup> setu
   return {
       [=](const InboundPtr& in) {
         try {
-          dispatch(self, route(*self->state.setup, *in));
+          if (in->channel == kAdminChannel) {
+            route_admin(self, *in);
+            dispatch(self, {});  // a reload may have been applied at once
+          } else {
+            dispatch(self, route(*self->state.setup, *in));
+          }
         } catch (const std::exception& e) {
           // A message must never take the aggregator down with the accepted updates in it.
           logger("aggregator")->error("while handling a message from {}: {}", in->peer, e.what());

@@ -21,12 +21,18 @@ struct AggregatorSetup {
   std::optional<PluginWatcher> watcher;
   std::shared_ptr<Endpoint> endpoint;
   std::shared_ptr<Mailbox> mailbox;
+  /// Operators' commands (aggregator.admin-listen), delivered to the same mailbox on
+  /// kAdminChannel; none when admin commands are off.
+  std::shared_ptr<Endpoint> admin_endpoint;
   std::shared_ptr<Outcome> outcome;
   AggregatorHooks hooks;
   /// Reads the schedule's events through `hooks` (metrics.listen); null = metrics off.
   std::shared_ptr<monitoring::AggregatorMetrics> metrics;
   std::chrono::milliseconds tick{100};
 };
+
+/// Inbound::channel of messages from the admin endpoint.
+inline constexpr int kAdminChannel = 1;
 
 struct AggregatorState {
   std::shared_ptr<AggregatorSetup> setup;

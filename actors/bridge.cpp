@@ -27,8 +27,11 @@ void Mailbox::detach() {
   held_.clear();
 }
 
-Endpoint::Handler Mailbox::handler(const std::shared_ptr<Mailbox>& box) {
-  return [box](Inbound in) { box->deliver(std::move(in)); };
+Endpoint::Handler Mailbox::handler(const std::shared_ptr<Mailbox>& box, int channel) {
+  return [box, channel](Inbound in) {
+    in.channel = channel;
+    box->deliver(std::move(in));
+  };
 }
 
 Message envelope(const std::string& run_id, const std::string& sender, std::uint64_t message_id,

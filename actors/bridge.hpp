@@ -24,8 +24,8 @@ class Mailbox {
   void deliver(Inbound in);
   void attach(caf::actor target);
   void detach();
-  /// An Endpoint handler that delivers here.
-  [[nodiscard]] static Endpoint::Handler handler(const std::shared_ptr<Mailbox>& box);
+  /// An Endpoint handler that delivers here, tagging each message with `channel`.
+  [[nodiscard]] static Endpoint::Handler handler(const std::shared_ptr<Mailbox>& box, int channel = 0);
 
  private:
   std::mutex mutex_;

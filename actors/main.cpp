@@ -199,7 +199,7 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
 
-  std::string config_path, output, connect, listen, metrics_listen;
+  std::string config_path, output, connect, listen, metrics_listen, admin_listen;
   std::uint32_t id = 0;
 
   auto* run = app.add_subcommand("run", "Run the whole federation (aggregator, evaluator, every "
@@ -222,6 +222,11 @@ int main(int argc, char** argv) {
   auto* eval = app.add_subcommand("evaluator", "Run the evaluator");
   eval->add_option("CONFIG", config_path, "Run config (TOML)")->required()->check(CLI::ExistingFile);
   eval->add_option("--connect", connect, "Aggregator endpoint")->required();
+  for (auto* sub : {run, agg}) {
+    sub->add_option("--admin-listen", admin_listen,
+                    "Take `flotilla admin` commands here, e.g. ipc:///run/user/1000/flotilla-admin "
+                    "(default: aggregator.admin-listen; never the clients' endpoint)");
+  }
   for (auto* sub : {run, agg, client, eval}) {
     sub->add_option("--metrics-listen", metrics_listen,
                     "Serve Prometheus metrics on HOST:PORT (default: metrics.listen; port 0 = any)");
@@ -241,7 +246,10 @@ int main(int argc, char** argv) {
   auto* adm_status = adm->add_subcommand("status", "Show the run's round, model and plugin");
   double admin_timeout = 10;
   for (auto* sub : {adm_reload, adm_status}) {
-    sub->add_option("--connect", connect, "Aggregator endpoint, e.g. tcp://10.0.0.5:5555")->required();
+    sub->add_option("--connect", connect,
+                    "The aggregator's admin endpoint (aggregator.admin-listen), e.g. "
+                    "ipc:///run/user/1000/flotilla-admin")
+        ->required();
     sub->add_option("--timeout", admin_timeout, "Seconds to wait for the reply")->capture_default_str();
   }
 
@@ -267,6 +275,7 @@ int main(int argc, char** argv) {
   }
   auto config = load(config_path);
   if (!config) return 2;
+  if (!admin_listen.empty()) config->aggregator.admin_listen = admin_listen;
   if (config->run.mode == RunMode::simulate && !*run) {
     std::cerr << "flotilla: " << config_path
               << " has run.mode = \"simulate\": the whole fleet runs in one process; start it "

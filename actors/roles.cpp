@@ -40,6 +40,18 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
   auto endpoint = Endpoint::bind(listen, Mailbox::handler(setup->mailbox), endpoint_options(config));
   if (!endpoint) return endpoint.error();
   setup->endpoint = std::shared_ptr<Endpoint>(std::move(endpoint).value());
+  if (!config.aggregator.admin_listen.empty()) {
+    auto options = endpoint_options(config);
+    options.owner_only = true;
+    options.limits.max_message_bytes = 1 << 20;  // commands are small
+    auto admin = Endpoint::bind(config.aggregator.admin_listen,
+                                Mailbox::handler(setup->mailbox, kAdminChannel), options);
+    if (!admin) {
+      return Error{admin.error().code, "aggregator.admin-listen: " + admin.error().message};
+    }
+    setup->admin_endpoint = std::shared_ptr<Endpoint>(std::move(admin).value());
+    logger("aggregator")->info("admin commands on {}", setup->admin_endpoint->address());
+  }
   auto initial = (*model)->state();
   auto plugins = plugin_registry(config);
   if (!plugins) return plugins.error();

@@ -2,6 +2,7 @@
 
 #include <malloc.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -341,7 +342,20 @@ Expected<std::unique_ptr<Endpoint>> Endpoint::bind(const std::string& address, H
     // A client that reconnects under the same identity replaces its stale connection instead
     // of being ignored until the old one times out.
     socket->set(zmq::sockopt::router_handover, 1);
-    socket->bind(address);
+    if (options.owner_only && address.starts_with("ipc://")) {
+      // Created owner-only rather than chmod'ed after: no moment when another user may connect.
+      // umask is process-wide; binding is done once, at startup, before other files are made.
+      const ::mode_t before = ::umask(0077);
+      try {
+        socket->bind(address);
+      } catch (...) {
+        ::umask(before);
+        throw;
+      }
+      ::umask(before);
+    } else {
+      socket->bind(address);
+    }
   } catch (const zmq::error_t& e) {
     if (e.num() == EADDRINUSE) {
       return Error{Errc::address_in_use,

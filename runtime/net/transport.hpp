@@ -17,6 +17,9 @@ struct Inbound {
   std::string peer;             ///< ROUTER: the sender's routing id; DEALER: empty
   Expected<Message> message;    ///< the decoded message, or why it could not be decoded
   std::size_t bytes = 0;        ///< bytes received (all frames)
+  /// Which of a process's endpoints received it, as its receiver tags it (e.g. the
+  /// aggregator's clients' endpoint 0, its admin endpoint 1); the transport leaves it 0.
+  int channel = 0;
 };
 
 struct EndpointOptions {
@@ -25,6 +28,9 @@ struct EndpointOptions {
   int send_high_water_mark = 0;
   /// How long close() waits for queued messages to leave (ZMQ_LINGER).
   int linger_ms = 2000;
+  /// bind(): an ipc:// socket file is created readable and writable by this user only (so
+  /// only this user's processes can connect; other users get EACCES).
+  bool owner_only = false;
 };
 
 class Endpoint {

@@ -303,6 +303,7 @@ Config read(const toml::table& root, const std::string& source) {
   r.boolean("lora", "freeze-a", c.lora.freeze_a);
 
   r.string("aggregator", "listen", c.aggregator.listen);
+  r.string("aggregator", "admin-listen", c.aggregator.admin_listen);
   r.integer("aggregator", "clients-per-round", c.aggregator.clients_per_round, 0, 1'000'000);
   r.integer("aggregator", "min-updates", c.aggregator.min_updates, 1, 1'000'000);
   r.duration("aggregator", "round-deadline", c.aggregator.round_deadline);
@@ -389,6 +390,10 @@ Config read(const toml::table& root, const std::string& source) {
          ") is larger than data.clients (" + std::to_string(c.data.clients) + ")");
   }
   if (c.aggregator.listen.empty()) fail(source + ": aggregator.listen is empty");
+  if (!c.aggregator.admin_listen.empty() && c.aggregator.admin_listen == c.aggregator.listen) {
+    fail(source + ": aggregator.admin-listen is aggregator.listen, the clients' endpoint: give "
+                  "admin commands their own (an ipc:// path, or a loopback address)");
+  }
   if (c.run.mode == RunMode::simulate && c.lora.dropout > 0 && c.run.threads > 1) {
     // LibTorch's dropout draws from one process-wide generator: with several workers training
     // at once, who draws first would change the results.

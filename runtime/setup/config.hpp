@@ -51,6 +51,9 @@ struct DataSection {
 
 struct AggregatorSection {
   std::string listen = "tcp://127.0.0.1:5555";
+  /// Where operators' commands (`flotilla admin`) are taken: never on `listen`, which any
+  /// client can reach. Empty: no admin commands. An ipc:// socket is made owner-only.
+  std::string admin_listen;
   std::uint32_t clients_per_round = 0;  ///< K; 0 = every registered client
   std::uint32_t min_updates = 1;        ///< a round closing with fewer fails and is retried
   Duration round_deadline{60'000};

@@ -5,7 +5,8 @@
 # from v1 to v2 (restoring v2's file after the broken build below is itself a change the watcher
 # may act on: a reload of v2 by v2, never a failure); the plugin's state (its count of versions)
 # carries over. Then
-# `flotilla admin status` and `flotilla admin reload` talk to the running aggregator.
+# `flotilla admin status` and `flotilla admin reload` talk to the running aggregator on its admin
+# endpoint (an owner-only ipc socket), and are refused on the clients' endpoint.
 source "$(dirname "$0")/lib.bash"
 BUILD=$(cd "$(dirname "$FLOTILLA")/.." && pwd)
 PLUGINS="$WORK/plugins"
@@ -14,7 +15,8 @@ cp "$BUILD/test-plugins/scaled-mean-v1.so" "$PLUGINS/flotilla-scaled-mean.so"
 PORT=$(free_port)
 sed "s/PORT/$PORT/; s/rounds = 4/rounds = 80/; s/local-steps = 30/local-steps = 100/" \
   "$(dirname "$0")/lib_config.toml" > "$WORK/run.toml"
-sed -i "s|^\[aggregator\]|[aggregator]\nstrategy = \"scaled-mean\"|" "$WORK/run.toml"
+ADMIN="ipc://$WORK/admin.sock"
+sed -i "s|^\[aggregator\]|[aggregator]\nstrategy = \"scaled-mean\"\nadmin-listen = \"$ADMIN\"|" "$WORK/run.toml"
 sed -i "s|^\[run\]|[run]\nplugin-path = [\"$PLUGINS\"]|" "$WORK/run.toml"
 sed -i "s|^min-updates = 2|min-updates = 3|" "$WORK/run.toml"
 
@@ -25,7 +27,16 @@ rows() { [ -f "$WORK/out/rounds.csv" ] && tail -n +2 "$WORK/out/rounds.csv" | wc
 for _ in $(seq 600); do [ "$(rows)" -ge 2 ] && break; sleep 0.1; done
 [ "$(rows)" -ge 2 ] || { cat "$WORK/run.err"; fail "the run did not get going"; }
 
-STATUS=$("$FLOTILLA" admin status --connect "tcp://127.0.0.1:$PORT") || fail "admin status failed"
+# Any client can reach the clients' endpoint: commands sent there are refused, and say where to go.
+if OUT=$("$FLOTILLA" admin reload --connect "tcp://127.0.0.1:$PORT" 2>&1); then
+  fail "an admin command on the clients' endpoint was taken: $OUT"
+fi
+grep -q "not taken on the clients' endpoint; this aggregator takes them on $ADMIN" <<< "$OUT" ||
+  fail "the refusal does not say why: $OUT"
+[[ "$(stat -c %a "$WORK/admin.sock")" =~ ^[67]00$ ]] ||
+  fail "the admin socket is not owner-only: $(stat -c %a "$WORK/admin.sock")"
+
+STATUS=$("$FLOTILLA" admin status --connect "$ADMIN") || fail "admin status failed"
 echo "$STATUS"
 grep -q "aggregation scaled-mean 1.0.0" <<< "$STATUS" || fail "status does not name the plugin: $STATUS"
 
@@ -38,7 +49,7 @@ grep -q "plugin reloaded (file changed)" "$WORK/run.err" || { cat "$WORK/run.err
 cp "$BUILD/test-plugins/wrong-abi.so" "$PLUGINS/flotilla-scaled-mean.so.new"
 mv "$PLUGINS/flotilla-scaled-mean.so" "$PLUGINS/good.so.keep"
 mv "$PLUGINS/flotilla-scaled-mean.so.new" "$PLUGINS/flotilla-scaled-mean.so"
-if OUT=$("$FLOTILLA" admin reload --connect "tcp://127.0.0.1:$PORT" 2>&1); then
+if OUT=$("$FLOTILLA" admin reload --connect "$ADMIN" 2>&1); then
   fail "admin reload of a wrong-ABI build succeeded: $OUT"
 fi
 echo "$OUT"

@@ -75,6 +75,11 @@ TEST(Config, UnknownKeyIsNamed) {
   EXPECT_NE(e.message.find("unknown key 'aggregator.clients-per-rnd'"), std::string::npos) << e.message;
 }
 
+TEST(Config, AdminCommandsNeverShareTheClientsEndpoint) {
+  auto e = config_error("[aggregator]\nlisten = \"tcp://0.0.0.0:5555\"\nadmin-listen = \"tcp://0.0.0.0:5555\"\n");
+  EXPECT_NE(e.message.find("aggregator.admin-listen is aggregator.listen"), std::string::npos) << e.message;
+}
+
 TEST(Config, UnknownSectionIsNamed) {
   auto e = config_error("[trainig]\nlocal-steps = 4\n");
   EXPECT_NE(e.message.find("unknown section [trainig]"), std::string::npos) << e.message;
