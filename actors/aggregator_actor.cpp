@@ -7,6 +7,16 @@ namespace {
 
 using Self = caf::stateful_actor<AggregatorState>;
 
+/// The run is over (done, or it cannot go on): reports, closes the endpoints, quits.
+void stop(Self* self) {
+  auto& s = *self->state.setup;
+  if (s.hooks.on_done) s.hooks.on_done(*s.rounds);
+  s.mailbox->detach();
+  if (s.admin_endpoint) s.admin_endpoint->close();
+  s.endpoint->close();  // flushes the shutdown messages (up to the linger time)
+  self->quit();
+}
+
 void dispatch(Self* self, std::vector<Send> sends) {
   auto& s = *self->state.setup;
   for (auto& send : sends) {
@@ -21,11 +31,7 @@ void dispatch(Self* self, std::vector<Send> sends) {
   }
   if (s.rounds->done()) {
     if (!s.rounds->failure().empty()) s.outcome->fail(1, s.rounds->failure());
-    if (s.hooks.on_done) s.hooks.on_done(*s.rounds);
-    s.mailbox->detach();
-    if (s.admin_endpoint) s.admin_endpoint->close();
-    s.endpoint->close();  // flushes the shutdown messages (up to the linger time)
-    self->quit();
+    stop(self);
   }
 }
 
@@ -140,6 +146,14 @@ caf::behavior aggregator_actor(Self* self, std::shared_ptr<AggregatorSetup> setu
   return {
       [=](const InboundPtr& in) {
         try {
+          if (in->channel == kTransportFailedChannel) {
+            // Nothing can be received or sent any more: end with the reason, never hang.
+            const auto& why = in->message.error().message;
+            logger("aggregator")->error("{}; the run cannot go on", why);
+            self->state.setup->outcome->fail(1, why);
+            stop(self);
+            return;
+          }
           if (in->channel == kAdminChannel) {
             route_admin(self, *in);
             dispatch(self, {});  // a reload may have been applied at once

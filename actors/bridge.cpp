@@ -34,6 +34,13 @@ Endpoint::Handler Mailbox::handler(const std::shared_ptr<Mailbox>& box, int chan
   };
 }
 
+std::function<void(const std::string&)> Mailbox::failure_handler(const std::shared_ptr<Mailbox>& box,
+                                                               std::string what) {
+  return [box, what = std::move(what)](const std::string& why) {
+    box->deliver(Inbound{{}, Error{Errc::io, what + " stopped: " + why}, 0, kTransportFailedChannel});
+  };
+}
+
 Message envelope(const std::string& run_id, const std::string& sender, std::uint64_t message_id,
                  Payload payload, std::uint64_t reply_to) {
   Message m;

@@ -13,6 +13,10 @@ namespace flotilla::actors {
 
 using InboundPtr = std::shared_ptr<Inbound>;
 
+/// Inbound::channel of the message that says an endpoint's I/O thread stopped on an error:
+/// the role cannot talk any more and ends with that reason.
+inline constexpr int kTransportFailedChannel = -1;
+
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
 using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
 
@@ -26,6 +30,10 @@ class Mailbox {
   void detach();
   /// An Endpoint handler that delivers here, tagging each message with `channel`.
   [[nodiscard]] static Endpoint::Handler handler(const std::shared_ptr<Mailbox>& box, int channel = 0);
+  /// An EndpointOptions::on_failure that delivers the failure here, on
+  /// kTransportFailedChannel, as an Errc::io error naming the endpoint.
+  [[nodiscard]] static std::function<void(const std::string&)> failure_handler(
+      const std::shared_ptr<Mailbox>& box, std::string what);
 
  private:
   std::mutex mutex_;

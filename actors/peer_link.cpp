@@ -13,7 +13,9 @@ Expected<void> PeerSetup::connect(const Config& run_config, const std::string& a
   auto built = client_id ? build_client_model(config, *client_id) : build_model(config);
   if (!built) return built.error();
   model = std::move(built).value();
-  auto connected = Endpoint::connect(address, name, Mailbox::handler(mailbox), endpoint_options(config));
+  auto options = endpoint_options(config);
+  options.on_failure = Mailbox::failure_handler(mailbox, "the link to the aggregator at " + address);
+  auto connected = Endpoint::connect(address, name, Mailbox::handler(mailbox), options);
   if (!connected) return connected.error();
   endpoint = std::shared_ptr<Endpoint>(std::move(connected).value());
   return {};
@@ -81,6 +83,12 @@ std::optional<ClientStats> PeerLink::report() {
   if (metrics_ != nullptr) metrics_->record(now, recorded_);
   recorded_ = now;
   return now;
+}
+
+void PeerLink::fail(const std::string& why) {
+  log_->error("{}", why);
+  outcome_->fail(1, why);
+  close();
 }
 
 bool PeerLink::give_up_if_unanswered() {

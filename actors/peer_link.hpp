@@ -71,6 +71,8 @@ class PeerLink {
   [[nodiscard]] Next handle_common(const Message& message);
   /// The connect timeout fired: fails the role unless the aggregator has answered.
   [[nodiscard]] bool give_up_if_unanswered();
+  /// The link cannot work any more (its transport stopped): the role ends with `why`.
+  void fail(const std::string& why);
   /// A heartbeat, with this client's counters when it counts them (count_as_client).
   void heartbeat() { send(Heartbeat{0, false, report()}); }
 
@@ -105,6 +107,11 @@ class PeerLink {
 /// EvaluationRequest for the evaluator) to `work`, anything else is logged and ignored.
 template <class Work, class Self, class Fn>
 void route_peer_message(Self* self, PeerLink& link, const Inbound& in, Fn&& work) {
+  if (in.channel == kTransportFailedChannel) {
+    link.fail(in.message.error().message);
+    self->quit();
+    return;
+  }
   if (!in.message) {
     link.log()->warn("dropped a message from the aggregator: {}", in.message.error().message);
     return;

@@ -27,6 +27,10 @@ int cores(const Config& config) {
 
 RoleResult failed(const Error& e) { return RoleResult{1, e.message}; }
 
+/// Messages ZeroMQ holds for each client before the aggregator reads them: a client has one
+/// update and a heartbeat or two in flight at most.
+constexpr int kAggregatorQueuePerClient = 4;
+
 Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config,
                                                             AggregatorHooks hooks,
                                                             const std::string& listen,
@@ -37,11 +41,18 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
   setup->mailbox = std::make_shared<Mailbox>();
   setup->outcome = std::make_shared<Outcome>();
   setup->hooks = std::move(hooks);
-  auto endpoint = Endpoint::bind(listen, Mailbox::handler(setup->mailbox), endpoint_options(config));
+  auto options = endpoint_options(config);
+  options.on_failure = Mailbox::failure_handler(setup->mailbox, "the clients' endpoint " + listen);
+  // Back-pressure: at most max-in-flight messages decoded and waiting for the actor, and a few
+  // per client in ZeroMQ's queues; beyond that the clients' sends wait.
+  options.max_in_flight = config.aggregator.max_in_flight;
+  options.receive_high_water_mark = kAggregatorQueuePerClient;
+  auto endpoint = Endpoint::bind(listen, Mailbox::handler(setup->mailbox), options);
   if (!endpoint) return endpoint.error();
   setup->endpoint = std::shared_ptr<Endpoint>(std::move(endpoint).value());
   if (!config.aggregator.admin_listen.empty()) {
     auto options = endpoint_options(config);
+    options.on_failure = Mailbox::failure_handler(setup->mailbox, "the admin endpoint");
     options.owner_only = true;
     options.limits.max_message_bytes = 1 << 20;  // commands are small
     auto admin = Endpoint::bind(config.aggregator.admin_listen,
@@ -75,6 +86,10 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
     metrics->add_counter("flotilla_aggregator_sent_bytes_total",
                          "Bytes the aggregator's transport sent (all frames).",
                          [e = setup->endpoint] { return static_cast<double>(e->bytes_sent()); });
+    metrics->add_counter("flotilla_aggregator_messages_dropped_total",
+                         "Messages the aggregator's transport dropped: for a client not connected "
+                         "or not reading (its queue full), unencodable, or after a failure.",
+                         [e = setup->endpoint] { return static_cast<double>(e->messages_dropped()); });
   }
   logger("aggregator")->info("listening on {} (run {}, schedule {}, {} {}, waiting for {} clients)",
                              setup->endpoint->address(), run_id(config), setup->rounds->describe(),

@@ -1,11 +1,14 @@
 #include "runtime/net/transport.hpp"
 
+#include "runtime/base/log.hpp"
+
 #include <malloc.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <bit>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -134,12 +137,16 @@ class ZmqEndpoint final : public Endpoint {
   [[nodiscard]] std::string address() const override { return address_; }
 
   void send(const std::string& peer, Message message) override {
+    if (failed_.load(std::memory_order_acquire)) {
+      dropped_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
     {
       std::lock_guard lock(mutex_);
       if (stopping_) return;
       queue_.push_back(Outgoing{peer, std::move(message)});
     }
-    wake_.notify();
+    shared_->wake.notify();
   }
 
   void close() override {
@@ -148,7 +155,7 @@ class ZmqEndpoint final : public Endpoint {
       std::lock_guard lock(mutex_);
       stopping_ = true;
     }
-    wake_.notify();
+    shared_->wake.notify();
     // From the handler (the I/O thread itself) close() can only ask: joining would deadlock.
     if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
   }
@@ -159,27 +166,61 @@ class ZmqEndpoint final : public Endpoint {
   [[nodiscard]] std::uint64_t bytes_received() const override {
     return bytes_received_.load(std::memory_order_relaxed);
   }
+  [[nodiscard]] std::uint64_t messages_dropped() const override {
+    return dropped_.load(std::memory_order_relaxed);
+  }
+  [[nodiscard]] std::optional<std::string> failure() const override {
+    std::lock_guard lock(mutex_);
+    return failure_;
+  }
 
  private:
   using Clock = std::chrono::steady_clock;
 
   /// The I/O thread: the only code that touches socket_ after construction.
   void run() noexcept {
+    std::optional<std::string> why;
     while (true) {
       try {
         loop();
         break;
       } catch (const zmq::error_t& e) {
         if (e.num() == EINTR) continue;  // a signal interrupted zmq_poll: nothing is lost
+        why = std::string("ZeroMQ: ") + e.what();
+        break;
+      } catch (const std::exception& e) {
+        why = e.what();
         break;
       } catch (...) {
-        // Any other failure ends the endpoint; nothing may escape a thread, and there is no
-        // caller here to tell.
+        why = "an unknown exception";
         break;
       }
     }
+    if (why) fail(*why);
     try {
       socket_.close();
+    } catch (...) {
+    }
+  }
+
+  /// The I/O thread stopped on an error: said (logged, on_failure), and from now on send()
+  /// drops and counts instead of queueing for a thread that will never send.
+  void fail(const std::string& why) noexcept {
+    try {
+      std::size_t abandoned = 0;
+      {
+        std::lock_guard lock(mutex_);
+        failure_ = why;
+        failed_.store(true, std::memory_order_release);
+        abandoned = queue_.size() + outgoing_.size() + (in_flight_ ? 1 : 0);
+        queue_.clear();
+      }
+      outgoing_.clear();
+      in_flight_.reset();
+      dropped_.fetch_add(abandoned, std::memory_order_relaxed);
+      logger("transport")->error("the endpoint {} stopped: {} ({} queued messages dropped)",
+                                 address_, why, abandoned);
+      if (options_.on_failure) options_.on_failure(why);
     } catch (...) {
     }
   }
@@ -202,9 +243,11 @@ class ZmqEndpoint final : public Endpoint {
         if (!blocked || Clock::now() >= *deadline) return;
       }
 
+      // At the in-flight limit, nothing is read until a handled message's token wakes us.
+      const short in = may_receive() ? ZMQ_POLLIN : 0;
       zmq::pollitem_t items[] = {
-          {socket_.handle(), 0, static_cast<short>(ZMQ_POLLIN | (blocked ? ZMQ_POLLOUT : 0)), 0},
-          {nullptr, wake_.fd(), ZMQ_POLLIN, 0},
+          {socket_.handle(), 0, static_cast<short>(in | (blocked ? ZMQ_POLLOUT : 0)), 0},
+          {nullptr, shared_->wake.fd(), ZMQ_POLLIN, 0},
       };
       long timeout_ms = -1;
       if (deadline) {
@@ -213,7 +256,7 @@ class ZmqEndpoint final : public Endpoint {
                                            .count());
       }
       zmq::poll(items, 2, std::chrono::milliseconds(timeout_ms));
-      if ((items[1].revents & ZMQ_POLLIN) != 0) wake_.clear();
+      if ((items[1].revents & ZMQ_POLLIN) != 0) shared_->wake.clear();
       if ((items[0].revents & ZMQ_POLLIN) != 0) receive_some();
     }
   }
@@ -228,8 +271,14 @@ class ZmqEndpoint final : public Endpoint {
         outgoing_.pop_front();
         try {
           in_flight_ = InFlight{std::move(next.peer), encode(next.message, options_.limits)};
-        } catch (...) {
-          continue;  // an unencodable message (undefined or complex tensor) is dropped
+        } catch (const std::exception& e) {
+          // An unencodable message (an undefined or complex tensor, over the size limit) is
+          // dropped: said, and counted, never silently.
+          dropped_.fetch_add(1, std::memory_order_relaxed);
+          logger("transport")->error("cannot send a '{}' message{}: {}",
+                                     payload_name(next.message.payload),
+                                     next.peer.empty() ? "" : " to " + next.peer, e.what());
+          continue;
         }
       }
       if (!send_frames(*in_flight_)) return false;
@@ -237,11 +286,38 @@ class ZmqEndpoint final : public Endpoint {
     }
   }
 
+  /// A ROUTER message its peer cannot take (gone, or its queue full): counted and dropped, so
+  /// one slow peer never holds up the others.
+  void drop_unroutable(const InFlight& m, bool queue_full) {
+    const auto n = dropped_.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (queue_full) {
+      // Rate-limited: a peer that stopped reading would otherwise log every message.
+      if (std::has_single_bit(n)) {
+        logger("transport")->warn("{} is not reading ({} messages queued for it): dropped one "
+                                  "({} dropped on this endpoint so far)",
+                                  m.peer, options_.send_high_water_mark, n);
+      }
+    } else {
+      logger("transport")->debug("dropped a message for {}: not connected", m.peer);
+    }
+  }
+
   bool send_frames(InFlight& m) {
     const auto& frames = m.encoded.frames;
     if (router_ && !m.peer_sent) {
       zmq::message_t id(m.peer.data(), m.peer.size());
-      if (!socket_.send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return false;
+      // ZMQ_ROUTER_MANDATORY: the first frame says whether the peer can take the message
+      // (EAGAIN: its queue is full; EHOSTUNREACH: not connected); later frames always go.
+      try {
+        if (!socket_.send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+          drop_unroutable(m, true);
+          return true;
+        }
+      } catch (const zmq::error_t& e) {
+        if (e.num() != EHOSTUNREACH) throw;
+        drop_unroutable(m, false);
+        return true;
+      }
       m.peer_sent = true;
     }
     while (m.next < frames.size()) {
@@ -261,8 +337,22 @@ class ZmqEndpoint final : public Endpoint {
     return true;
   }
 
+  [[nodiscard]] bool may_receive() const {
+    return options_.max_in_flight == 0 ||
+           shared_->in_flight.load(std::memory_order_acquire) < options_.max_in_flight;
+  }
+
+  /// A token that counts its message as in flight until its last copy is gone.
+  [[nodiscard]] std::shared_ptr<void> hold() {
+    if (options_.max_in_flight == 0) return nullptr;
+    shared_->in_flight.fetch_add(1, std::memory_order_acq_rel);
+    return std::shared_ptr<void>(nullptr, [shared = shared_, limit = options_.max_in_flight](void*) {
+      if (shared->in_flight.fetch_sub(1, std::memory_order_acq_rel) == limit) shared->wake.notify();
+    });
+  }
+
   void receive_some() {
-    for (int n = 0; n < kReceiveBatch; ++n) {
+    for (int n = 0; n < kReceiveBatch && may_receive(); ++n) {
       zmq::message_t first;
       if (!socket_.recv(first, zmq::recv_flags::dontwait)) return;
       std::vector<zmq::message_t> parts;
@@ -283,6 +373,7 @@ class ZmqEndpoint final : public Endpoint {
       for (const auto& p : parts) in.bytes += p.size();
       bytes_received_.fetch_add(in.bytes, std::memory_order_relaxed);
       in.message = decode(std::move(parts), options_.limits);
+      in.hold = hold();
       try {
         handler_(std::move(in));
       } catch (...) {
@@ -296,11 +387,19 @@ class ZmqEndpoint final : public Endpoint {
   const std::string address_;
   const Handler handler_;
   const EndpointOptions options_;
-  WakeFd wake_;
+  /// What outlives the endpoint in the Inbound::hold tokens it hands out.
+  struct Shared {
+    WakeFd wake;
+    std::atomic<std::size_t> in_flight{0};
+  };
+  const std::shared_ptr<Shared> shared_ = std::make_shared<Shared>();
 
-  std::mutex mutex_;  ///< guards queue_ and stopping_
+  mutable std::mutex mutex_;  ///< guards queue_, stopping_ and failure_
   std::deque<Outgoing> queue_;
   bool stopping_ = false;
+  std::optional<std::string> failure_;
+  std::atomic<bool> failed_{false};
+  std::atomic<std::uint64_t> dropped_{0};
 
   std::deque<Outgoing> outgoing_;    ///< I/O thread only
   std::optional<InFlight> in_flight_;  ///< I/O thread only
@@ -319,6 +418,7 @@ Expected<zmq::socket_t> make_socket(zmq::socket_type type, const EndpointOptions
     zmq::socket_t socket(context(), type);
     socket.set(zmq::sockopt::linger, options.linger_ms);
     socket.set(zmq::sockopt::sndhwm, options.send_high_water_mark);
+    socket.set(zmq::sockopt::rcvhwm, options.receive_high_water_mark);
     // ZeroMQ checks this per frame, from the frame's length prefix, before allocating it.
     const std::uint64_t max = options.limits.max_message_bytes;
     socket.set(zmq::sockopt::maxmsgsize,
@@ -342,6 +442,7 @@ Expected<std::unique_ptr<Endpoint>> Endpoint::bind(const std::string& address, H
     // A client that reconnects under the same identity replaces its stale connection instead
     // of being ignored until the old one times out.
     socket->set(zmq::sockopt::router_handover, 1);
+    socket->set(zmq::sockopt::router_mandatory, 1);  // see ZmqEndpoint::send_frames
     if (options.owner_only && address.starts_with("ipc://")) {
       // Created owner-only rather than chmod'ed after: no moment when another user may connect.
       // umask is process-wide; binding is done once, at startup, before other files are made.

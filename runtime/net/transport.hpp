@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace flotilla {
@@ -20,17 +21,33 @@ struct Inbound {
   /// Which of a process's endpoints received it, as its receiver tags it (e.g. the
   /// aggregator's clients' endpoint 0, its admin endpoint 1); the transport leaves it 0.
   int channel = 0;
+  /// While any copy of this is alive, the message counts against EndpointOptions::max_in_flight
+  /// (drop it, or the Inbound, once the message is handled); empty when there is no limit.
+  std::shared_ptr<void> hold;
 };
 
 struct EndpointOptions {
   WireLimits limits;
-  /// Messages queued for a peer that is slow or gone before sends block; 0 = unlimited.
-  int send_high_water_mark = 0;
+  /// Messages queued for one peer that is slow or gone (ZMQ_SNDHWM). A ROUTER (the
+  /// aggregator) drops and counts what comes beyond it for that peer, so a peer that stops
+  /// reading cannot pin old model versions in memory; a DEALER waits (back-pressure). 0 would
+  /// be unlimited.
+  int send_high_water_mark = 16;
   /// How long close() waits for queued messages to leave (ZMQ_LINGER).
   int linger_ms = 2000;
   /// bind(): an ipc:// socket file is created readable and writable by this user only (so
   /// only this user's processes can connect; other users get EACCES).
   bool owner_only = false;
+  /// Back-pressure: messages received and not yet handled (their Inbound::hold alive) at most;
+  /// at the limit the endpoint stops reading, so peers' sends wait in their queues and the
+  /// kernel's buffers instead of in this process's memory. 0 = no limit.
+  std::size_t max_in_flight = 0;
+  /// Messages ZeroMQ takes off the network per peer before this endpoint reads them
+  /// (ZMQ_RCVHWM); beyond it that peer's connection waits (TCP back-pressure).
+  int receive_high_water_mark = 1000;
+  /// Called once, on the I/O thread, if it stops on an error (the endpoint then sends and
+  /// receives nothing more; send() drops and counts). Keep it short: hand it to the owner.
+  std::function<void(const std::string& why)> on_failure;
 };
 
 class Endpoint {
@@ -66,6 +83,11 @@ class Endpoint {
 
   [[nodiscard]] virtual std::uint64_t bytes_sent() const = 0;
   [[nodiscard]] virtual std::uint64_t bytes_received() const = 0;
+  /// Messages given to send() that never left: unencodable (logged), for a peer that is not
+  /// connected, for a peer whose queue is full (send_high_water_mark), or after a failure.
+  [[nodiscard]] virtual std::uint64_t messages_dropped() const = 0;
+  /// Why the I/O thread stopped, if it stopped on an error.
+  [[nodiscard]] virtual std::optional<std::string> failure() const = 0;
 };
 
 }  // namespace flotilla

@@ -314,6 +314,7 @@ Config read(const toml::table& root, const std::string& source) {
   r.bytes("aggregator", "max-message-size", c.aggregator.max_message_bytes);
   r.integer("aggregator", "fold-batch", c.aggregator.fold_batch, 1, 64);
   r.integer("aggregator", "max-examples", c.aggregator.max_examples, 1, 1'000'000'000'000);
+  r.integer("aggregator", "max-in-flight", c.aggregator.max_in_flight, 1, 1'000'000);
   r.string("aggregator", "strategy", c.aggregator.strategy);
   r.options("aggregator", "options", c.aggregator.options);
   r.boolean("aggregator", "watch-plugins", c.aggregator.watch_plugins);

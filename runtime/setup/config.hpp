@@ -64,6 +64,8 @@ struct AggregatorSection {
   std::uint64_t max_message_bytes = 8ULL << 30;
   std::uint32_t fold_batch = 4;         ///< waiting updates folded in one pass
   std::uint64_t max_examples = 1'000'000;  ///< the most one update may weigh (claimed examples)
+  /// Messages received and not yet handled at most (back-pressure: reading stops at it).
+  std::uint32_t max_in_flight = 32;
   /// Aggregation plugin: a name on the plugin path or a path to a .so; "builtin" = the core's
   /// FedAvg fold without a plugin.
   std::string strategy = "fedavg";

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <mutex>
+#include <thread>
 
 namespace flotilla {
 namespace {
@@ -283,6 +284,7 @@ TEST(Transport, AnUnencodableMessageIsDroppedAndLaterOnesArrive) {
   ASSERT_TRUE(inbox.wait_for(1));
   ASSERT_TRUE(inbox.at(0).message.has_value());
   EXPECT_EQ(2U, std::get<Hello>(inbox.at(0).message->payload).client_id);
+  EXPECT_EQ(1U, client->messages_dropped()) << "the dropped message is counted, not silently lost";
 }
 
 TEST(Transport, SendToAnUnknownPeerIsDropped) {
@@ -298,6 +300,85 @@ TEST(Transport, SendToAnUnknownPeerIsDropped) {
   server->send("client-1", welcome("found"));
   ASSERT_TRUE(client_inbox.wait_for(1));
   EXPECT_EQ("found", std::get<Welcome>(client_inbox.at(0).message->payload).run_id);
+  EXPECT_EQ(1U, server->messages_dropped());
+}
+
+/// Back-pressure: with max_in_flight = 4 the endpoint stops reading while 4 received messages
+/// are unhandled, and reads on as each is let go; none is lost.
+TEST(Transport, ReadingStopsAtTheInFlightLimitAndResumesAsMessagesAreHandled) {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<Inbound> held;
+  std::size_t total = 0;
+  EndpointOptions options;
+  options.max_in_flight = 4;
+  auto server = must(Endpoint::bind("tcp://127.0.0.1:*", [&](Inbound in) {
+    std::lock_guard lock(mutex);
+    held.push_back(std::move(in));
+    ++total;
+    cv.notify_all();
+  }, options));
+  ASSERT_TRUE(server);
+  Inbox unused;
+  auto client = must(Endpoint::connect(server->address(), "client-1", unused.handler()));
+  ASSERT_TRUE(client);
+  constexpr std::uint32_t kMessages = 20;
+  for (std::uint32_t i = 0; i < kMessages; ++i) client->send("", hello(i));
+  std::vector<std::uint32_t> order;
+  for (int batch = 0; batch < 5; ++batch) {
+    std::unique_lock lock(mutex);
+    ASSERT_TRUE(cv.wait_for(lock, kTimeout, [&] { return held.size() >= 4; })) << held.size();
+    lock.unlock();
+    std::this_thread::sleep_for(100ms);  // time to read more, were it not held back
+    lock.lock();
+    EXPECT_EQ(held.size(), 4U) << "read past the in-flight limit";
+    for (const auto& in : held) order.push_back(std::get<Hello>(in.message->payload).client_id);
+    held.clear();  // handled: the tokens go, reading resumes
+  }
+  ASSERT_EQ(order.size(), kMessages);
+  for (std::uint32_t i = 0; i < kMessages; ++i) EXPECT_EQ(order[i], i);
+  EXPECT_EQ(total, kMessages);
+}
+
+/// A peer that stops reading must not make the aggregator hold every message (each a model
+/// version) it is sent: beyond its queue's bound they are dropped and counted, and other peers
+/// are still served.
+TEST(Transport, APeerThatStopsReadingDoesNotPinWhatItIsSent) {
+  Inbox inbox;
+  auto server = must(Endpoint::bind("tcp://127.0.0.1:*", inbox.handler()));
+  ASSERT_TRUE(server);
+  zmq::context_t ctx;
+  zmq::socket_t slow(ctx, zmq::socket_type::dealer);
+  slow.set(zmq::sockopt::routing_id, "slow");
+  slow.set(zmq::sockopt::rcvhwm, 1);  // what it has not read stays queued at the sender
+  slow.set(zmq::sockopt::linger, 0);
+  slow.connect(server->address());
+  auto encoded = encode(hello(7));
+  for (std::size_t i = 0; i < encoded.frames.size(); ++i) {
+    const auto& f = encoded.frames[i];
+    slow.send(zmq::const_buffer(f.data(), f.size()),
+              i + 1 < encoded.frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+  }
+  ASSERT_TRUE(inbox.wait_for(1));  // the server knows the peer
+
+  const auto model = torch::ones({256 * 1024});  // 1 MiB
+  constexpr int kSent = 400;
+  for (int i = 0; i < kSent; ++i) {
+    Message m = welcome("w");
+    m.payload = Update{1, 0, 0, {}, {{"w", model}}};
+    server->send("slow", std::move(m));
+  }
+  // Another peer is served meanwhile, after all of those.
+  Inbox other_inbox;
+  auto other = must(Endpoint::connect(server->address(), "other", other_inbox.handler()));
+  ASSERT_TRUE(other);
+  other->send("", hello(8));
+  ASSERT_TRUE(inbox.wait_for(2));
+  server->send("other", welcome("served"));
+  ASSERT_TRUE(other_inbox.wait_for(1));
+  // Every message for the slow peer has been handled: queued (a bounded few) or dropped.
+  EXPECT_GT(server->messages_dropped(), static_cast<std::uint64_t>(kSent / 2));
+  EXPECT_LT(model.use_count(), 64) << "messages held for a peer that does not read";
 }
 
 }  // namespace
