@@ -70,7 +70,8 @@ struct AggregatorMetrics::State final : prometheus::Collectable {
   double version = 0, last_version_at = 0, last_evaluation_at = 0;
   std::uint64_t produced = 0, failed = 0, received = 0, accepted = 0, refused = 0;
   std::array<std::uint64_t, kRejectReasons> rejected{};
-  std::uint64_t tasks_sent = 0, tasks_lost = 0, joined = 0, left = 0, weights_capped = 0;
+  std::uint64_t tasks_sent = 0, tasks_lost = 0, joined = 0, left = 0, weights_capped = 0,
+                clipped = 0;
   std::uint64_t plugin_loads = 0, reloads_ok = 0, reloads_failed = 0, evaluations = 0, missed = 0;
   ClientCounts clients;
   std::set<std::string> evaluators;  ///< online
@@ -106,6 +107,7 @@ void AggregatorMetrics::State::on(const Event& event) {
         } else if constexpr (std::is_same_v<T, UpdateAccepted>) {
           ++received;
           if (e.weight_capped) ++weights_capped;
+          if (e.clipped) ++clipped;
           staleness.observe(static_cast<double>(e.staleness));
         } else if constexpr (std::is_same_v<T, UpdateRejected>) {
           ++received;
@@ -195,6 +197,9 @@ std::vector<MetricFamily> AggregatorMetrics::State::Collect() const {
   out.push_back(counter("flotilla_aggregator_updates_weight_capped_total",
                         "Updates that claimed more examples than aggregator.max-examples allows "
                         "(weighed at the cap).", weights_capped));
+  out.push_back(counter("flotilla_aggregator_updates_clipped_total",
+                        "Accepted updates whose change to the model was clipped to the outlier "
+                        "bound (aggregator.update-validation = \"clip\").", clipped));
   out.push_back(counter("flotilla_aggregator_messages_refused_total",
                         "Messages refused before any schedule logic: undecodable, another protocol "
                         "version, another run, or a kind the aggregator does not take.", refused));

@@ -271,16 +271,22 @@ std::vector<Send> AsyncSchedule::handle_update(const std::string& peer, const Up
     rebased = std::move(r).value();
     tensors = &rebased;
   }
-  const WeightedUpdate wu{tensors, weight, tau, client_id};
-  if (auto ok = aggregation_->check(wu); !ok) {
+  if (auto ok = aggregation_->check(WeightedUpdate{tensors, weight, tau, client_id}); !ok) {
     reject(out, peer, update, RejectReason::invalid, ok.error().message);
     after_update(out);
     return out;
   }
+  TensorList clipped;
+  const auto valid = validate(out, peer, update, *tensors, clipped);
+  if (!valid) {
+    after_update(out);
+    return out;
+  }
+  const WeightedUpdate wu{valid->tensors, weight, tau, client_id};
   lost_in_a_row_ = 0;
   emit(UpdateAccepted{peer, client_id, update.round, update.base_model_version, tau, weight,
                       total_bytes(update.tensors), metric(update.metrics, "loss"),
-                      metric(update.metrics, "accuracy"), claimed.capped});
+                      metric(update.metrics, "accuracy"), claimed.capped, valid->clipped});
   // An update the method fails to fold is counted as rejected; the model stays as it was.
   const bool folded = fold({&wu, 1}, Label{"task", update.round}) == 0;
   if (folded && !buffered) {

@@ -19,8 +19,10 @@ enum class RejectReason : std::uint8_t {
   wrong_version,  ///< based on another version than its task carried
   invalid,        ///< the method refuses it (names, shapes, weight)
   fold_failed,    ///< checked, but the method failed to fold it
+  not_finite,     ///< a NaN or an infinity in its tensors (aggregator.update-validation)
+  outlier,        ///< its change's norm far above the running median (norm = "reject")
 };
-inline constexpr std::size_t kRejectReasons = 7;
+inline constexpr std::size_t kRejectReasons = 9;
 [[nodiscard]] const char* to_string(RejectReason reason) noexcept;
 
 struct ClientJoined {
@@ -65,6 +67,8 @@ struct UpdateAccepted {
   double train_accuracy = 0;
   /// The client claimed more examples than aggregator.max-examples: `weight` is the cap.
   bool weight_capped = false;
+  /// Its change to the model was scaled down to the norm bound (update-validation norm = "clip").
+  bool clipped = false;
 };
 struct UpdateRejected {
   std::string peer;

@@ -14,6 +14,8 @@ const char* to_string(RejectReason reason) noexcept {
     case RejectReason::wrong_version: return "wrong-version";
     case RejectReason::invalid: return "invalid";
     case RejectReason::fold_failed: return "fold-failed";
+    case RejectReason::not_finite: return "not-finite";
+    case RejectReason::outlier: return "outlier";
   }
   return "?";
 }
@@ -103,6 +105,7 @@ void VersionRecorder::on(const Event& event) {
           if (e.round == open_.round) awaiting_.erase(e.peer);
           ++counters_.updates_accepted;
           if (e.weight_capped) ++counters_.weights_capped;
+          if (e.clipped) ++counters_.updates_clipped;
           ++open_.updates;
           open_.bytes_received += e.bytes;
           staleness_sum_ += static_cast<double>(e.staleness);

@@ -60,6 +60,7 @@ struct ScheduleCounters {
   std::uint64_t tasks_sent = 0;
   std::uint64_t tasks_lost = 0;
   std::uint64_t weights_capped = 0;  ///< accepted updates that claimed more than max-examples
+  std::uint64_t updates_clipped = 0; ///< accepted updates whose change was clipped (outliers)
   std::uint64_t plugin_reloads = 0;          ///< aggregation plugin switched to a new build
   std::uint64_t plugin_reload_failures = 0;  ///< a new build refused; the old one kept running
 

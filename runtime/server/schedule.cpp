@@ -29,7 +29,8 @@ Schedule::Schedule(ScheduleOptions options, TensorList initial_model,
       registry_(clock),
       ledger_(clock, EvaluationLedger::Options{options_.evaluation_timeout, options_.evaluate_every,
                                                options_.evaluate_every_time}),
-      started_(clock.now()) {}
+      started_(clock.now()),
+      validator_(options_.validation) {}
 
 Send Schedule::error_to(const std::string& peer, WireErrc code, std::string message) {
   return Send{peer, ErrorReply{code, std::move(message)}};
@@ -61,6 +62,25 @@ Schedule::Weight Schedule::weight_of(const std::string& peer, const Update& upda
   const std::uint64_t cap = std::max<std::uint64_t>(options_.max_examples, 1);
   const std::uint64_t claim = std::max<std::uint64_t>(update.num_examples, 1);
   return {static_cast<double>(std::min(claim, cap)), claim > cap};
+}
+
+std::optional<Schedule::Validated> Schedule::validate(std::vector<Send>& out, const std::string& peer,
+                                                      const Update& update, const TensorList& tensors,
+                                                      TensorList& storage) {
+  const auto verdict = validator_.inspect(tensors, model_);
+  if (!verdict.ok) {
+    reject(out, peer, update, verdict.outlier ? RejectReason::outlier : RejectReason::not_finite,
+           verdict.why);
+    return std::nullopt;
+  }
+  if (verdict.scale < 1) {
+    logger("aggregator")->warn("update from {} clipped: {}", peer, verdict.why);
+    storage = UpdateValidator::clip(tensors, model_, verdict.scale);
+    validator_.accepted(verdict.norm * verdict.scale);
+    return Validated{&storage, true};
+  }
+  validator_.accepted(verdict.norm);
+  return Validated{&tensors, false};
 }
 
 std::vector<Send> Schedule::on_hello(const std::string& peer, const Hello& hello,

@@ -16,6 +16,7 @@
 #include "runtime/server/records.hpp"
 #include "runtime/server/selection.hpp"
 #include "runtime/server/staleness.hpp"
+#include "runtime/server/validation.hpp"
 
 #include <cstdint>
 #include <functional>
@@ -53,6 +54,8 @@ struct ScheduleOptions {
   /// The most an update may weigh: a client's claimed examples (its FedAvg weight) are capped
   /// here (a claim above it is counted).
   std::uint64_t max_examples = 1'000'000;
+  /// What is checked in an update before the method sees it (NaN/Inf, norm outliers).
+  ValidationOptions validation;
   std::uint64_t seed = 0;
   TrainingConfig training;
   /// Evaluate every N-th version (sync default 1) and/or every T; always the initial and last.
@@ -219,6 +222,19 @@ class Schedule {
     bool capped = false;  ///< the claim was more than that
   };
   [[nodiscard]] Weight weight_of(const std::string& peer, const Update& update) const;
+  /// The tensors of an update that passed validation: `tensors` itself, or a clipped copy
+  /// kept in the `storage` given to validate().
+  struct Validated {
+    const TensorList* tensors = nullptr;
+    bool clipped = false;
+  };
+  /// Validates `tensors` (an update's weights) against the model (options_.validation): a
+  /// refused update is rejected (counted, answered) and nothing is returned; an outlier under
+  /// norm = "clip" is clipped into `storage`. Call once the method's own check has passed: a
+  /// returned update is accepted (its norm joins the running median).
+  [[nodiscard]] std::optional<Validated> validate(std::vector<Send>& out, const std::string& peer,
+                                                  const Update& update, const TensorList& tensors,
+                                                  TensorList& storage);
   static Send error_to(const std::string& peer, WireErrc code, std::string message);
 
   ScheduleOptions options_;
@@ -244,6 +260,7 @@ class Schedule {
   void note_stats(const std::string& peer, const std::optional<ClientStats>& stats);
 
   VersionRecorder recorder_;
+  UpdateValidator validator_;
   std::vector<Event> events_;
   std::shared_ptr<PluginLibrary> pending_reload_;
   std::string pending_reason_;

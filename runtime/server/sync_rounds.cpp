@@ -64,13 +64,16 @@ std::vector<Send> SyncRounds::handle_update(const std::string& peer, const Updat
     reject(out, peer, update, RejectReason::invalid, ok.error().message);
     return out;
   }
+  TensorList clipped;
+  const auto valid = validate(out, peer, update, update.tensors, clipped);
+  if (!valid) return out;
   replied_.insert(peer);
   ++accepted_;
   emit(UpdateAccepted{peer, client_id, round_, update.base_model_version, 0, weight,
                       total_bytes(update.tensors), metric(update.metrics, "loss"),
-                      metric(update.metrics, "accuracy"), capped});
+                      metric(update.metrics, "accuracy"), capped, valid->clipped});
   // Counted first: a fold that then fails takes back exactly the updates it lost.
-  fold_queue_.push_back(Queued{update.tensors, weight, client_id});
+  fold_queue_.push_back(Queued{*valid->tensors, weight, client_id});
   if (fold_queue_.size() >= std::max<std::uint32_t>(options_.fold_batch, 1)) fold_queued();
   if (replied_.size() >= needed()) close_round(out);
   return out;

@@ -315,6 +315,11 @@ Config read(const toml::table& root, const std::string& source) {
   r.integer("aggregator", "fold-batch", c.aggregator.fold_batch, 1, 64);
   r.integer("aggregator", "max-examples", c.aggregator.max_examples, 1, 1'000'000'000'000);
   r.integer("aggregator", "max-in-flight", c.aggregator.max_in_flight, 1, 1'000'000);
+  r.choice("aggregator", "update-validation", c.aggregator.update_validation,
+           std::map<std::string, std::string>{{"finite", "finite"}, {"reject", "reject"},
+                                              {"clip", "clip"}, {"off", "off"}});
+  r.real("aggregator", "outlier-factor", c.aggregator.outlier_factor, 1.0, 1e6, "a number in [1, 1e6]");
+  r.integer("aggregator", "outlier-window", c.aggregator.outlier_window, 5, 100'000);
   r.string("aggregator", "strategy", c.aggregator.strategy);
   r.options("aggregator", "options", c.aggregator.options);
   r.boolean("aggregator", "watch-plugins", c.aggregator.watch_plugins);

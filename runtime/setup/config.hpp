@@ -64,6 +64,11 @@ struct AggregatorSection {
   std::uint64_t max_message_bytes = 8ULL << 30;
   std::uint32_t fold_batch = 4;         ///< waiting updates folded in one pass
   std::uint64_t max_examples = 1'000'000;  ///< the most one update may weigh (claimed examples)
+  /// What is checked in every update before the method sees it: "finite" (NaN/Inf refused),
+  /// "reject" / "clip" (also norm outliers refused / clipped), "off".
+  std::string update_validation = "finite";
+  double outlier_factor = 5.0;          ///< an outlier's norm: more than this × the median
+  std::uint32_t outlier_window = 50;    ///< accepted updates the running median covers
   /// Messages received and not yet handled at most (back-pressure: reading stops at it).
   std::uint32_t max_in_flight = 32;
   /// Aggregation plugin: a name on the plugin path or a path to a .so; "builtin" = the core's

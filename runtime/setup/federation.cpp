@@ -201,6 +201,12 @@ ScheduleOptions schedule_options(const Config& c) {
   o.training = c.training;
   o.fold_batch = a.fold_batch;
   o.max_examples = a.max_examples;
+  o.validation.finite = a.update_validation != "off";
+  o.validation.norm = a.update_validation == "reject" ? ValidationOptions::Norm::reject
+                      : a.update_validation == "clip" ? ValidationOptions::Norm::clip
+                                                      : ValidationOptions::Norm::off;
+  o.validation.norm_factor = a.outlier_factor;
+  o.validation.norm_window = a.outlier_window;
   o.max_concurrency = a.max_concurrency;
   o.task_deadline = a.task_deadline;
   o.alpha = a.alpha;

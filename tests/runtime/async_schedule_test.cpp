@@ -87,6 +87,38 @@ TEST(AsyncSchedule, AMethodThatThrowsWhileMakingAVersionFailsThatVersionNotTheRu
   EXPECT_EQ(f.schedule->model_version(), 1U) << "the next update makes a version";
 }
 
+/// Buffered (deltas): an outlier delta is clipped to the bound, accepted and counted; under
+/// "reject" it would be refused. The model moves by the clipped delta only.
+TEST(AsyncSchedule, BufferedClipsAnOutlierDeltaToTheBound) {
+  auto o = async_options(ScheduleKind::buffered, 1);
+  o.buffer_size = 1;
+  o.validation.norm = ValidationOptions::Norm::clip;
+  o.validation.norm_factor = 5;
+  o.validation.norm_min_samples = 5;
+  Fleet f(o, model_of(0, 4), 1);
+  // Five deltas of norm 2 (each element 1): the median is 2, the bound 10.
+  for (int i = 0; i < 5; ++i) f.answer("client-0", model_of(1, 4));
+  EXPECT_TRUE(torch::allclose(f.schedule->model()[0].tensor, torch::full({4}, 5.0F)));
+  f.answer("client-0", model_of(50, 4));  // norm 100: clipped to 10, each element 5
+  EXPECT_EQ(f.schedule->counters().updates_clipped, 1U);
+  EXPECT_EQ(f.schedule->counters().updates_accepted, 6U);
+  EXPECT_TRUE(torch::allclose(f.schedule->model()[0].tensor, torch::full({4}, 10.0F)))
+      << f.schedule->model()[0].tensor;
+}
+
+TEST(AsyncSchedule, AsyncRefusesAnOutlierUnderReject) {
+  auto o = async_options(ScheduleKind::async, 1);
+  o.validation.norm = ValidationOptions::Norm::reject;
+  o.validation.norm_min_samples = 5;
+  Fleet f(o, model_of(0, 4), 1);
+  for (int i = 1; i <= 5; ++i) f.answer("client-0", model_of(static_cast<float>(i), 4));
+  const auto before = f.schedule->model()[0].tensor.clone();
+  f.answer("client-0", model_of(1000, 4));
+  EXPECT_EQ(f.schedule->counters().rejected(RejectReason::outlier), 1U);
+  EXPECT_TRUE(torch::equal(f.schedule->model()[0].tensor, before)) << "refused, not mixed in";
+  EXPECT_EQ(f.tasks.size(), 1U) << "the client gets new work";
+}
+
 TEST(Staleness, FunctionsMatchHandComputedValues) {
   Staleness constant{Staleness::Kind::constant};
   EXPECT_DOUBLE_EQ(constant(0), 1.0);

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <limits>
 
 using namespace flotilla;
 using namespace std::chrono_literals;
@@ -216,6 +217,23 @@ TEST(SyncRounds, ClaimedExamplesAreCappedAtMaxExamples) {
   EXPECT_TRUE(torch::allclose(f.rounds->model()[0].tensor, torch::full({3}, expected)))
       << f.rounds->model()[0].tensor;
   EXPECT_EQ(f.rounds->counters().weights_capped, 2U);
+}
+
+/// A NaN in one client's update must never be averaged into the model.
+TEST(SyncRounds, AnUpdateWithANaNIsRefusedNotAveragedIn) {
+  Fixture f(options(2, 0, 2));
+  f.register_clients(3);
+  (void)f.update("client-0", 1);
+  (void)f.update("client-1", 3);
+  auto out = f.update("client-2", std::numeric_limits<float>::quiet_NaN());
+  ASSERT_EQ(sent<ErrorReply>(out).size(), 1U);
+  EXPECT_NE(sent<ErrorReply>(out)[0].second.message.find("NaN"), std::string::npos);
+  EXPECT_EQ(f.rounds->counters().rejected(RejectReason::not_finite), 1U);
+  f.clock.advance(11s);
+  (void)f.rounds->on_tick();
+  ASSERT_EQ(f.rounds->model_version(), 1U);
+  EXPECT_TRUE(torch::allclose(f.rounds->model()[0].tensor, torch::full({3}, 2.0F)))
+      << f.rounds->model()[0].tensor;
 }
 
 TEST(SyncRounds, RoundWithTooFewUpdatesFailsAndKeepsTheModel) {
