@@ -2,7 +2,8 @@
 // folded, finalized and mixed into a new version) fed updates as fast as it takes them, with
 // the aggregator's metrics reading its events (and the counters each update carries) vs the
 // same with metrics off, alternating in one process. Prints updates/s for both and the overhead.
-//   metrics_bench [--kib 204] [--updates 4000] [--clients 32] [--repeats 5]
+// With --compare validation: update validation off vs "finite" (the default) vs "clip" (norms).
+//   metrics_bench [--kib 204] [--updates 4000] [--clients 32] [--repeats 5] [--compare metrics|validation]
 #include "monitoring/aggregator_metrics.hpp"
 #include "runtime/base/log.hpp"
 #include "runtime/plugin_host/fedavg.hpp"
@@ -21,9 +22,12 @@ using namespace flotilla;
 
 namespace {
 
-/// Updates per second over `updates` updates from `clients` clients, with metrics or without.
-double run(std::int64_t floats, int updates, int clients, bool with_metrics) {
+/// Updates per second over `updates` updates from `clients` clients, with metrics or without,
+/// validating updates as `validation` says.
+double run(std::int64_t floats, int updates, int clients, bool with_metrics,
+           ValidationOptions validation = {}) {
   ScheduleOptions o;
+  o.validation = validation;
   o.kind = ScheduleKind::async;
   o.min_clients = static_cast<std::uint32_t>(clients);
   o.versions = static_cast<std::uint64_t>(updates) * 2;
@@ -80,12 +84,14 @@ double run(std::int64_t floats, int updates, int clients, bool with_metrics) {
 int main(int argc, char** argv) {
   std::int64_t kib = 204;
   int updates = 4000, clients = 32, repeats = 5;
+  std::string compare = "metrics";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--kib") kib = std::stoll(argv[i + 1]);
     else if (a == "--updates") updates = std::stoi(argv[i + 1]);
     else if (a == "--clients") clients = std::stoi(argv[i + 1]);
     else if (a == "--repeats") repeats = std::stoi(argv[i + 1]);
+    else if (a == "--compare") compare = argv[i + 1];
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
@@ -95,6 +101,23 @@ int main(int argc, char** argv) {
   (void)set_log_level("warn");
   const std::int64_t floats = std::max<std::int64_t>(1, kib * 1024 / 4);
   (void)run(floats, updates / 4, clients, true);  // warm up
+  if (compare == "validation") {
+    ValidationOptions none;
+    none.finite = false;
+    ValidationOptions finite;
+    ValidationOptions clip;
+    clip.norm = ValidationOptions::Norm::clip;
+    double off = 0, fin = 0, nrm = 0;
+    for (int r = 0; r < repeats; ++r) {  // interleaved, best of each
+      off = std::max(off, run(floats, updates, clients, false, none));
+      fin = std::max(fin, run(floats, updates, clients, false, finite));
+      nrm = std::max(nrm, run(floats, updates, clients, false, clip));
+    }
+    std::printf("validation model_kib=%lld updates=%d off_updates_per_s=%.0f finite_updates_per_s=%.0f "
+                "clip_updates_per_s=%.0f finite_vs_off=%.4f clip_vs_off=%.4f\n",
+                static_cast<long long>(kib), updates, off, fin, nrm, fin / off, nrm / off);
+    return 0;
+  }
   double off = 0, on = 0;
   for (int r = 0; r < repeats; ++r) {  // alternating (and which goes first), best of each
     const bool on_first = r % 2 == 1;

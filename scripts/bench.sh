@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Flotilla's benchmarks, each printing ratios measured in this one run (the machines are
 # shared and noisy: compare ratios, not absolute numbers across runs).
-#   scripts/bench.sh [fold|transport|e2e|blas|plugins|schedules|async|simulate|churn|metrics ...]   default: all
+#   scripts/bench.sh [fold|transport|e2e|blas|plugins|schedules|async|simulate|churn|metrics|validation ...]   default: all
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async simulate churn metrics)
+WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async simulate churn metrics validation)
 bash scripts/install-deps.sh
 bash scripts/build.sh flotilla fold_bench transport_bench baseline_bench blas_bench \
   fold_plugin_bench galore_bench metrics_bench
@@ -18,6 +18,10 @@ metrics)
   echo "== metrics: updates/s on the aggregation hot path (FedAsync, one version per update) with metrics on vs off"
   "$B/metrics_bench" --kib 204 --updates 8000 --repeats 8   # the quick start's CNN
   "$B/metrics_bench" --kib 1 --updates 50000 --repeats 8    # a tiny model: bookkeeping only
+  ;;
+validation)
+  echo "== validation: updates/s on the aggregation hot path with update validation off, \"finite\" (default), \"clip\" (norms)"
+  "$B/metrics_bench" --compare validation --kib 204 --updates 4000 --repeats 5
   ;;
 churn)
   echo "== churn: 100 client processes on loopback, SIGKILLed and restarted at random (async, 150 s)"
