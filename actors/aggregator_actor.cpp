@@ -80,11 +80,7 @@ std::vector<Send> route(AggregatorSetup& s, const Inbound& in) {
   const Message& m = in.message.value();
   // A peer left over from another run (same address, new run) must not mix into this one. A
   // peer that has not been welcomed yet does not know the run id and sends none.
-  if (!m.run_id.empty() && m.run_id != rounds.run_id()) {
-    return rounds.on_bad_message(in.peer, Error{Errc::rejected, "message for run '" + m.run_id +
-                                                                    "', this aggregator runs '" +
-                                                                    rounds.run_id() + "'"});
-  }
+  if (!m.run_id.empty() && m.run_id != rounds.run_id()) return rounds.on_other_run(in.peer, m.run_id);
   return std::visit(
       [&](const auto& p) -> std::vector<Send> {
         using T = std::decay_t<decltype(p)>;
@@ -95,7 +91,7 @@ std::vector<Send> route(AggregatorSetup& s, const Inbound& in) {
         } else if constexpr (std::is_same_v<T, EvaluationResult>) {
           return rounds.on_evaluation(in.peer, p);
         } else if constexpr (std::is_same_v<T, Heartbeat>) {
-          return rounds.on_heartbeat(in.peer, p);
+          return rounds.on_heartbeat(in.peer, p, m.protocol_minor >= 4);
         } else if constexpr (std::is_same_v<T, ErrorReply>) {
           logger("aggregator")->warn("{} reports an error: {}", in.peer, p.message);
           return {};

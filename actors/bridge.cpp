@@ -37,7 +37,7 @@ Endpoint::Handler Mailbox::handler(const std::shared_ptr<Mailbox>& box, int chan
 std::function<void(const std::string&)> Mailbox::failure_handler(const std::shared_ptr<Mailbox>& box,
                                                                std::string what) {
   return [box, what = std::move(what)](const std::string& why) {
-    box->deliver(Inbound{{}, Error{Errc::io, what + " stopped: " + why}, 0, kTransportFailedChannel});
+    box->deliver(Inbound{{}, Error{Errc::io, what + " stopped: " + why}, 0, kTransportFailedChannel, nullptr});
   };
 }
 

@@ -19,6 +19,7 @@ inline constexpr int kTransportFailedChannel = -1;
 
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
 using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
+using hello_atom = caf::atom_constant<caf::atom("hello")>;
 
 /// Forwards inbound messages to an actor. Created before the actor (the endpoint must exist,
 /// and its bind errors be reported, before anything is spawned); holds messages until the

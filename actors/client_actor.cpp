@@ -110,7 +110,7 @@ caf::behavior client_actor(Self* self, std::shared_ptr<ClientSetup> setup) {
   hello.client_id = s.id;
   hello.profile = s.profile;
   hello.num_examples = static_cast<std::uint64_t>(s.train.size());
-  self->state.link->send(std::move(hello));
+  self->state.link->hello(std::move(hello));
   // An emulated device that is offline sends no heartbeats, so the aggregator sets it aside;
   // its first heartbeat once back online brings it back.
   return peer_behavior(self, handle, [self] { return online(self); });

@@ -41,7 +41,7 @@ caf::behavior evaluator_actor(Self* self, std::shared_ptr<EvaluatorSetup> setup)
   Hello hello;
   hello.role = Role::evaluator;
   hello.num_examples = static_cast<std::uint64_t>(s.test.size());
-  self->state.link->send(std::move(hello));
+  self->state.link->hello(std::move(hello));
   return peer_behavior(self, handle);
 }
 

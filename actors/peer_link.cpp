@@ -32,7 +32,11 @@ PeerLink::PeerLink(std::string name, const PeerSetup& setup)
       mailbox_(setup.mailbox),
       outcome_(setup.outcome),
       timing_(setup.config.client),
-      log_(logger(name_)) {}
+      silence_limit_(setup.config.aggregator.peer_timeout),
+      log_(logger(name_)),
+      rng_(static_cast<std::minstd_rand::result_type>(
+          std::hash<std::string>{}(name_) ^
+          static_cast<std::size_t>(std::chrono::steady_clock::now().time_since_epoch().count()))) {}
 
 void PeerLink::send(Payload payload, std::uint64_t reply_to) {
   endpoint_->send("", envelope(run_id_, name_, next_message_id_++, std::move(payload), reply_to));
@@ -43,14 +47,57 @@ void PeerLink::close() {
   endpoint_->close();
 }
 
+void PeerLink::hello(Hello hello) {
+  hello_ = hello;
+  send(std::move(hello));
+}
+
+void PeerLink::register_again() {
+  if (!hello_) return;
+  ++unanswered_hellos_;
+  log_->info("registering again with the aggregator at {}", endpoint_->address());
+  run_id_.clear();
+  send(*hello_);
+}
+
+std::chrono::milliseconds PeerLink::register_delay() {
+  using std::chrono::milliseconds;
+  const auto base = std::chrono::duration_cast<milliseconds>(timing_.heartbeat_interval);
+  const auto cap = milliseconds(30'000);
+  auto backoff = std::max(base, milliseconds(100));
+  for (int i = 0; i < unanswered_hellos_ && backoff < cap; ++i) backoff *= 2;
+  backoff = std::min(backoff, cap);
+  std::uniform_int_distribution<long> jitter(0, backoff.count());
+  return milliseconds(jitter(rng_));
+}
+
+void PeerLink::check_aggregator() {
+  if (!welcomed_ || !aggregator_answers_ || said_silent_) return;
+  const auto silent = std::chrono::steady_clock::now() - last_heard_;
+  if (silent <= silence_limit_) return;
+  said_silent_ = true;
+  log_->warn("no word from the aggregator at {} for {:.0f} s (aggregator.peer-timeout): it may "
+             "be down; still trying, and registering again when one answers",
+             endpoint_->address(), std::chrono::duration<double>(silent).count());
+}
+
 PeerLink::Next PeerLink::handle_common(const Message& m) {
+  last_heard_ = std::chrono::steady_clock::now();
+  if (said_silent_) {
+    said_silent_ = false;
+    log_->info("the aggregator at {} answers again", endpoint_->address());
+  }
   if (const auto* w = std::get_if<Welcome>(&m.payload)) {
+    const bool again = welcomed_ || unanswered_hellos_ > 0;
     welcomed_ = true;
+    unanswered_hellos_ = 0;
     run_id_ = w->run_id;
-    log_->info("registered with the aggregator (run {}, model version {})", w->run_id,
-               w->model_version);
+    aggregator_answers_ = m.protocol_minor >= 4;
+    log_->info("{} with the aggregator (run {}, model version {})",
+               again ? "registered again" : "registered", w->run_id, w->model_version);
     return Next::handled;
   }
+  if (std::holds_alternative<Heartbeat>(m.payload)) return Next::handled;
   if (const auto* bye = std::get_if<Shutdown>(&m.payload)) {
     log_->info("shutting down: {}", bye->reason);
     close();
@@ -61,6 +108,11 @@ PeerLink::Next PeerLink::handle_common(const Message& m) {
       outcome_->fail(1, "the aggregator refused " + name_ + ": " + err->message);
       close();
       return Next::stop;
+    }
+    if (err->code == WireErrc::not_registered) {
+      // Said once per registration: what was queued while it was down all gets this answer.
+      if (!registering) log_->info("the aggregator says: {}", err->message);
+      return Next::register_again;
     }
     log_->warn("the aggregator says: {}", err->message);
     return Next::handled;

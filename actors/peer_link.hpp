@@ -8,7 +8,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <optional>
+#include <random>
 #include <semaphore>
 
 namespace flotilla::actors {
@@ -66,9 +68,23 @@ class PeerLink {
   /// Stops receiving and closes the socket (flushing what is queued).
   void close();
 
-  enum class Next { handled, not_mine, stop };
-  /// Handles what every peer handles alike: Welcome, Shutdown, ErrorReply.
+  /// Registers: sends `hello` (kept, to register again if the aggregator restarts).
+  void hello(Hello hello);
+  /// Registers again (the aggregator said it does not know this peer): the kept Hello, with no
+  /// run id (a restarted aggregator may run another run).
+  void register_again();
+  /// How long to wait before registering again: random in [0, the backoff), the backoff
+  /// doubling with each Hello that goes unanswered (from the heartbeat interval up to 30 s),
+  /// so a restarted aggregator is not hit by its whole fleet at once.
+  [[nodiscard]] std::chrono::milliseconds register_delay();
+
+  enum class Next { handled, not_mine, stop, register_again };
+  /// Handles what every peer handles alike: Welcome, Shutdown, ErrorReply, the aggregator's
+  /// heartbeats; notes that the aggregator was heard from.
   [[nodiscard]] Next handle_common(const Message& message);
+  /// On each heartbeat tick while idle: says so (once) when the aggregator, which answers
+  /// heartbeats, has been silent for longer than aggregator.peer-timeout.
+  void check_aggregator();
   /// The connect timeout fired: fails the role unless the aggregator has answered.
   [[nodiscard]] bool give_up_if_unanswered();
   /// The link cannot work any more (its transport stopped): the role ends with `why`.
@@ -86,6 +102,8 @@ class PeerLink {
   [[nodiscard]] const ClientSection& timing() const { return timing_; }
   [[nodiscard]] const std::shared_ptr<spdlog::logger>& log() const { return log_; }
   void mark_welcomed() { welcomed_ = true; }
+  /// Whether a registration is scheduled (register_delay() was asked for and not yet sent).
+  bool registering = false;
 
  private:
   std::string name_;
@@ -93,10 +111,17 @@ class PeerLink {
   std::shared_ptr<Mailbox> mailbox_;
   std::shared_ptr<Outcome> outcome_;
   ClientSection timing_;
+  Duration silence_limit_;  ///< aggregator.peer-timeout
   std::shared_ptr<spdlog::logger> log_;
   std::string run_id_;
   std::uint64_t next_message_id_ = 1;
   bool welcomed_ = false;
+  std::optional<Hello> hello_;
+  std::chrono::steady_clock::time_point last_heard_ = std::chrono::steady_clock::now();
+  bool aggregator_answers_ = false;  ///< it speaks 1.4+: it answers heartbeats
+  bool said_silent_ = false;
+  int unanswered_hellos_ = 0;
+  std::minstd_rand rng_;
   const ClientStats* counters_ = nullptr;
   monitoring::ClientMetrics* metrics_ = nullptr;
   ClientStats recorded_;  ///< what metrics_ has been told so far
@@ -120,6 +145,12 @@ void route_peer_message(Self* self, PeerLink& link, const Inbound& in, Fn&& work
   switch (link.handle_common(m)) {
     case PeerLink::Next::handled: return;
     case PeerLink::Next::stop: self->quit(); return;
+    case PeerLink::Next::register_again:
+      if (!link.registering) {
+        link.registering = true;
+        self->delayed_send(self, link.register_delay(), hello_atom::value);
+      }
+      return;
     case PeerLink::Next::not_mine: break;
   }
   if (const auto* w = std::get_if<Work>(&m.payload)) {
@@ -151,11 +182,18 @@ caf::behavior peer_behavior(Self* self, Handle handle, Beats beats = &always) {
       },
       [self, beats](tick_atom) {
         auto& l = *self->state.link;
-        if (beats()) l.heartbeat();
+        if (beats()) {
+          l.check_aggregator();
+          l.heartbeat();
+        }
         self->delayed_send(self, l.timing().heartbeat_interval, tick_atom::value);
       },
       [self](timeout_atom) {
         if (self->state.link->give_up_if_unanswered()) self->quit();
+      },
+      [self](hello_atom) {
+        self->state.link->registering = false;
+        self->state.link->register_again();
       },
   };
 }

@@ -1,6 +1,7 @@
 @0xb8f3c2a1d4e5f607;
-# Flotilla's wire protocol. Every ZeroMQ message is one Envelope, serialized as Cap'n Proto
-# segments, one segment per ZeroMQ frame (see runtime/wire.hpp for the framing).
+# Flotilla's wire protocol. Every ZeroMQ message is one Envelope: an 8-byte header frame
+# ("FLTL", framing version, segment count), then one Cap'n Proto segment per frame. The rules
+# the schema cannot say (sockets, framing, the conversation, heartbeats): docs/protocol.md.
 #
 # Evolution rules: fields and union members are only ever appended, never renumbered or
 # removed. A peer whose protocolMajor differs is refused with an Error, not parsed further.
@@ -9,7 +10,7 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("flotilla::schema");
 
 const protocolMajor :UInt16 = 1;
-const protocolMinor :UInt16 = 3;
+const protocolMinor :UInt16 = 4;
 
 enum DType {
   f32 @0;
@@ -117,6 +118,9 @@ struct EvaluationResult {
   metrics @5 :List(Metric);
 }
 
+# A peer's sign of life. Since 1.4 the aggregator answers each heartbeat of a peer that speaks
+# 1.4 or later with one of its own (modelVersion: its current version), so an idle peer notices
+# a dead aggregator.
 struct Heartbeat {
   modelVersion @0 :UInt64;
   busy @1 :Bool;
@@ -133,6 +137,7 @@ enum ErrorCode {
   malformed @2;        # could not be decoded
   rejected @3;         # decoded, but refused (wrong shapes, late, unknown sender...)
   internal @4;
+  notRegistered @5;    # since 1.4: the aggregator does not know this peer (it restarted): send a Hello
 }
 
 struct Error {

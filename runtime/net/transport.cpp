@@ -365,7 +365,7 @@ class ZmqEndpoint final : public Endpoint {
         more = part.more();
         parts.push_back(std::move(part));
       }
-      Inbound in{{}, Error{Errc::malformed, "empty message"}, 0};
+      Inbound in{{}, Error{Errc::malformed, "empty message"}, 0, 0, nullptr};
       if (router_) {
         in.peer = parts.front().to_string();
         parts.erase(parts.begin());

@@ -13,8 +13,9 @@ namespace flotilla {
 
 inline constexpr std::uint16_t kProtocolMajor = 1;
 /// 1.1: admin commands. 1.2: delta updates (Task.sendDelta, Update.isDelta). 1.3: clients
-/// report their counters (Heartbeat.stats, Update.stats).
-inline constexpr std::uint16_t kProtocolMinor = 3;
+/// report their counters (Heartbeat.stats, Update.stats). 1.4: the aggregator answers
+/// heartbeats; ErrorCode notRegistered tells a peer to register again (the aggregator restarted).
+inline constexpr std::uint16_t kProtocolMinor = 4;
 
 enum class Role : std::uint8_t { client, evaluator, aggregator, admin };
 
@@ -116,7 +117,14 @@ struct Shutdown {
   std::string reason;
 };
 
-enum class WireErrc : std::uint8_t { unknown, protocol_version, malformed, rejected, internal };
+enum class WireErrc : std::uint8_t {
+  unknown,
+  protocol_version,
+  malformed,
+  rejected,
+  internal,
+  not_registered,  ///< since 1.4: the aggregator does not know the peer; it should send a Hello
+};
 
 struct ErrorReply {
   WireErrc code = WireErrc::unknown;

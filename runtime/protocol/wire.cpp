@@ -214,6 +214,7 @@ s::ErrorCode to_wire(WireErrc c) {
     case WireErrc::malformed: return s::ErrorCode::MALFORMED;
     case WireErrc::rejected: return s::ErrorCode::REJECTED;
     case WireErrc::internal: return s::ErrorCode::INTERNAL;
+    case WireErrc::not_registered: return s::ErrorCode::NOT_REGISTERED;
   }
   return s::ErrorCode::UNKNOWN;
 }
@@ -365,6 +366,7 @@ WireErrc from_wire(s::ErrorCode c) {
     case s::ErrorCode::MALFORMED: return WireErrc::malformed;
     case s::ErrorCode::REJECTED: return WireErrc::rejected;
     case s::ErrorCode::INTERNAL: return WireErrc::internal;
+    case s::ErrorCode::NOT_REGISTERED: return WireErrc::not_registered;
   }
   return WireErrc::unknown;  // a code added by a newer minor version
 }
@@ -646,7 +648,7 @@ struct Decoder {
       }
       case s::Envelope::Payload::HEARTBEAT: {
         auto h = in.getHeartbeat();
-        Heartbeat p{h.getModelVersion(), h.getBusy()};
+        Heartbeat p{h.getModelVersion(), h.getBusy(), std::nullopt};
         if (h.hasStats()) p.stats = decode_stats(h.getStats());
         return p;
       }

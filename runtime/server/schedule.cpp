@@ -127,14 +127,34 @@ std::vector<Send> Schedule::on_hello(const std::string& peer, const Hello& hello
   return out;
 }
 
-std::vector<Send> Schedule::on_heartbeat(const std::string& peer, const Heartbeat& beat) {
+std::vector<Send> Schedule::on_heartbeat(const std::string& peer, const Heartbeat& beat,
+                                         bool acknowledge) {
   std::vector<Send> out;
+  if (registry_.find_any(peer) == nullptr) {
+    out.push_back(not_registered(peer));
+    return out;
+  }
   heard(peer, out);
   note_stats(peer, beat.stats);
+  if (acknowledge && phase_ != Phase::done) out.push_back(Send{peer, Heartbeat{version_, false, {}}});
   return out;
 }
 
+Send Schedule::not_registered(const std::string& peer) {
+  return error_to(peer, WireErrc::not_registered,
+                  "not registered with this aggregator (run " + run_id_ +
+                      "; it may have restarted): send a Hello");
+}
+
 std::vector<Send> Schedule::on_update(const std::string& peer, const Update& update) {
+  if (registry_.find_any(peer) == nullptr) {
+    // A stranger, or a client of the aggregator this one replaced: it must register first.
+    std::vector<Send> out;
+    emit(UpdateRejected{peer, 0, update.round, RejectReason::not_sampled, "not registered"});
+    logger("aggregator")->warn("rejected update from {}: not registered", peer);
+    out.push_back(not_registered(peer));
+    return out;
+  }
   note_stats(peer, update.stats);
   return handle_update(peer, update);
 }
@@ -170,6 +190,16 @@ std::vector<Send> Schedule::on_bad_message(const std::string& peer, const Error&
                            error.message));
   }
   return out;
+}
+
+std::vector<Send> Schedule::on_other_run(const std::string& peer, const std::string& their_run) {
+  const std::string why = "message for run '" + their_run + "', this aggregator runs '" + run_id_ + "'";
+  if (peer.empty() || registry_.find_any(peer) != nullptr) {
+    return on_bad_message(peer, Error{Errc::rejected, why});
+  }
+  emit(MessageRefused{peer, why});
+  logger("aggregator")->debug("{} is not registered: {}", peer, why);
+  return {not_registered(peer)};
 }
 
 void Schedule::reject(std::vector<Send>& out, const std::string& peer, const Update& update,

@@ -113,10 +113,17 @@ class Schedule {
   /// decides: accepted, folded, or rejected with a reason).
   [[nodiscard]] std::vector<Send> on_update(const std::string& peer, const Update& update);
   [[nodiscard]] std::vector<Send> on_evaluation(const std::string& peer, const EvaluationResult& result);
-  [[nodiscard]] std::vector<Send> on_heartbeat(const std::string& peer, const Heartbeat& beat);
+  /// `acknowledge`: answer with the aggregator's own heartbeat (peers of protocol 1.4 or later,
+  /// so that an idle peer notices a dead aggregator). A peer the aggregator does not know is
+  /// told it is not registered (it sends a Hello again: the aggregator restarted).
+  [[nodiscard]] std::vector<Send> on_heartbeat(const std::string& peer, const Heartbeat& beat,
+                                               bool acknowledge = false);
   /// A message from `peer` that could not be decoded or is of a kind the aggregator does not
   /// take: counted, answered with an error, nothing else changes.
   [[nodiscard]] std::vector<Send> on_bad_message(const std::string& peer, const Error& error);
+  /// A message for another run (`their_run`): refused and counted. A peer this run does not
+  /// know is also told to register (it was in the run of an aggregator this one replaced).
+  [[nodiscard]] std::vector<Send> on_other_run(const std::string& peer, const std::string& their_run);
   /// Deadlines and timeouts; call often (e.g. every 100 ms).
   [[nodiscard]] std::vector<Send> on_tick();
 
@@ -236,6 +243,8 @@ class Schedule {
                                                   const Update& update, const TensorList& tensors,
                                                   TensorList& storage);
   static Send error_to(const std::string& peer, WireErrc code, std::string message);
+  /// Tells `peer`, which the registry does not know, to register (WireErrc::not_registered).
+  [[nodiscard]] Send not_registered(const std::string& peer);
 
   ScheduleOptions options_;
   TensorList model_;

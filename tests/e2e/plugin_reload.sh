@@ -16,7 +16,9 @@ PORT=$(free_port)
 sed "s/PORT/$PORT/; s/rounds = 4/rounds = 80/; s/local-steps = 30/local-steps = 100/" \
   "$(dirname "$0")/lib_config.toml" > "$WORK/run.toml"
 ADMIN="ipc://$WORK/admin.sock"
-sed -i "s|^\[aggregator\]|[aggregator]\nstrategy = \"scaled-mean\"\nadmin-listen = \"$ADMIN\"|" "$WORK/run.toml"
+# v2 doubles the model every round: after a few dozen rounds the clients' training overflows to
+# NaN, which update validation would (rightly) refuse; this test is about reloads, so it is off.
+sed -i "s|^\[aggregator\]|[aggregator]\nstrategy = \"scaled-mean\"\nadmin-listen = \"$ADMIN\"\nupdate-validation = \"off\"|" "$WORK/run.toml"
 sed -i "s|^\[run\]|[run]\nplugin-path = [\"$PLUGINS\"]|" "$WORK/run.toml"
 sed -i "s|^min-updates = 2|min-updates = 3|" "$WORK/run.toml"
 

@@ -236,6 +236,29 @@ TEST(SyncRounds, AnUpdateWithANaNIsRefusedNotAveragedIn) {
       << f.rounds->model()[0].tensor;
 }
 
+/// After an aggregator restart its peers are strangers to it: whatever they send (heartbeats
+/// queued while it was down, an update, messages of the old run) tells them to register again.
+TEST(SyncRounds, PeersOfAnAggregatorThisOneReplacedAreToldToRegister) {
+  Fixture f(options(2, 0, 1, 1));
+  auto told = [](const std::vector<Send>& out) {
+    const auto errors = sent<ErrorReply>(out);
+    return errors.size() == 1 && errors[0].second.code == WireErrc::not_registered;
+  };
+  EXPECT_TRUE(told(f.rounds->on_heartbeat("client-9", Heartbeat{}, true)));
+  EXPECT_TRUE(told(f.update("client-9", 1, 100, 7)));
+  EXPECT_TRUE(told(f.rounds->on_other_run("client-9", "old-run")));
+  EXPECT_EQ(f.rounds->counters().messages_malformed, 1U) << "the other run's message is counted";
+  f.register_clients(1);
+  // A registered peer sending another run's messages is refused, not re-registered.
+  EXPECT_EQ(sent<ErrorReply>(f.rounds->on_other_run("client-0", "old-run"))[0].second.code,
+            WireErrc::malformed);
+  // Heartbeats of 1.4 peers are answered with the aggregator's version; older ones are not.
+  const auto acked = sent<Heartbeat>(f.rounds->on_heartbeat("client-0", Heartbeat{}, true));
+  ASSERT_EQ(acked.size(), 1U);
+  EXPECT_EQ(acked[0].first, "client-0");
+  EXPECT_TRUE(sent<Heartbeat>(f.rounds->on_heartbeat("client-0", Heartbeat{}, false)).empty());
+}
+
 TEST(SyncRounds, RoundWithTooFewUpdatesFailsAndKeepsTheModel) {
   Fixture f(options(3, 0, 2));
   f.register_clients(3);

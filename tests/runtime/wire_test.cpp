@@ -348,6 +348,11 @@ TEST(Wire, EveryPayloadKindSurvives) {
     EXPECT_EQ(WireErrc::rejected, std::get<ErrorReply>(r->payload).code);
     EXPECT_EQ("shape mismatch", std::get<ErrorReply>(r->payload).message);
   }
+  {
+    auto r = round_trip(envelope_of(ErrorReply{WireErrc::not_registered, "send a Hello"}));
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+    EXPECT_EQ(WireErrc::not_registered, std::get<ErrorReply>(r->payload).code) << "since 1.4";
+  }
 }
 
 TEST(Wire, ClientCountersTravelInHeartbeatsAndUpdates) {
