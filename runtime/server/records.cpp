@@ -83,6 +83,7 @@ void VersionRecorder::on(const Event& event) {
           rounds_ = true;
           busy_.clear();  // a new round: only its sampled clients will hold tasks
           awaiting_.clear();
+          round_tasks_.clear();
           open_ = RoundRecord{};
           open_.round = e.round;
           open_.model_version = e.version;
@@ -95,7 +96,11 @@ void VersionRecorder::on(const Event& event) {
             open_since_ = event.at;
           }
           busy_.insert(e.peer);
-          if (rounds_) awaiting_.insert(e.peer);
+          if (rounds_) {
+            awaiting_.insert(e.peer);
+            round_tasks_.insert(e.peer);  // a client joining the open round counts as sampled
+            open_.sampled = std::max<std::uint32_t>(open_.sampled, static_cast<std::uint32_t>(round_tasks_.size()));
+          }
           ++counters_.tasks_sent;
         } else if constexpr (std::is_same_v<T, TaskLost>) {
           busy_.erase(e.peer);

@@ -108,6 +108,7 @@ class VersionRecorder {
   std::set<std::string> online_, busy_, offline_;
   bool rounds_ = false;              ///< a sync schedule (it starts rounds)
   std::set<std::string> awaiting_;   ///< sync: the open round's tasks not yet answered
+  std::set<std::string> round_tasks_;  ///< sync: who was sent the open round's task
   double now_ = 0;
 };
 

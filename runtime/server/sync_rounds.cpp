@@ -75,13 +75,30 @@ std::vector<Send> SyncRounds::handle_update(const std::string& peer, const Updat
   // Counted first: a fold that then fails takes back exactly the updates it lost.
   fold_queue_.push_back(Queued{*valid->tensors, weight, client_id});
   if (fold_queue_.size() >= std::max<std::uint32_t>(options_.fold_batch, 1)) fold_queued();
-  if (replied_.size() >= needed()) close_round(out);
+  if (replied_.size() >= needed()) close_round(out, false);
   return out;
 }
 
 void SyncRounds::tick_running(std::vector<Send>& out) {
   fold_queued();
-  if (collecting_ && clock_.now() - round_started_ >= options_.round_deadline) close_round(out);
+  if (collecting_ && clock_.now() - round_started_ >= options_.round_deadline) close_round(out, true);
+}
+
+void SyncRounds::on_client_ready(const std::string& peer, std::vector<Send>& out) {
+  if (!collecting_ || sampled_.contains(peer) || replied_.contains(peer)) return;
+  if (options_.clients_per_round != 0 && sampled_.size() >= wanted_) return;
+  sampled_.insert(peer);
+  logger("aggregator")->info("{} joins round {} (the round can still use it)", peer, round_);
+  out.push_back(task_for(peer, round_, false));
+}
+
+void SyncRounds::on_client_restarted(const std::string& peer, std::vector<Send>& out) {
+  if (collecting_ && sampled_.contains(peer) && !replied_.contains(peer)) {
+    logger("aggregator")->info("{} restarted while holding round {}'s task: sent again", peer, round_);
+    out.push_back(task_for(peer, round_, false));
+    return;
+  }
+  on_client_ready(peer, out);
 }
 
 void SyncRounds::start_round(std::vector<Send>& out) {
@@ -95,6 +112,7 @@ void SyncRounds::start_round(std::vector<Send>& out) {
     const double want = std::ceil(options_.clients_per_round * (1.0 + options_.over_selection));
     k = std::min<std::size_t>(static_cast<std::size_t>(want), live.size());
   }
+  wanted_ = k;
   const auto clients = selection_->pick(live, k, rng_);
   sampled_ = std::set<std::string>(clients.begin(), clients.end());
   fold_queue_.clear();
@@ -115,7 +133,7 @@ void SyncRounds::fold_queued() {
   fold_queue_.clear();
 }
 
-void SyncRounds::close_round(std::vector<Send>& out) {
+void SyncRounds::close_round(std::vector<Send>& out, bool deadline) {
   fold_queued();
   collecting_ = false;
   const bool last = round_ >= options_.rounds;
@@ -138,12 +156,16 @@ void SyncRounds::close_round(std::vector<Send>& out) {
                                round_, accepted_, sampled_.size(), options_.min_updates);
     emit(VersionFailed{round_, "too few updates by the deadline"});
   }
-  // A sampled client that never replied and has been silent past the peer timeout is not
-  // sampled again until it is heard from (a slow but live one comes back with its heartbeat).
+  // A sampled client that sent nothing by the deadline is not sampled again until it is heard
+  // from (a killed device would otherwise cost the next round its whole deadline too; a slow
+  // but live one comes back with its late update or its next heartbeat). Closed early (K of
+  // the over-selected replied), only those also silent past the peer timeout.
   for (const auto& peer : sampled_) {
     const auto* p = registry_.find(peer);
-    if (p != nullptr && !replied_.contains(peer) &&
-        clock_.now() - p->last_seen > options_.peer_timeout) {
+    if (p == nullptr || replied_.contains(peer)) continue;
+    if (deadline) {
+      set_aside(peer, "sent no update by the round deadline", out);
+    } else if (clock_.now() - p->last_seen > options_.peer_timeout) {
       set_aside(peer, "missed the round and is silent", out);
     }
   }

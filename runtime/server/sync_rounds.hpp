@@ -24,12 +24,19 @@ class SyncRounds final : public Schedule {
     return collecting_ && sampled_.contains(peer) && !replied_.contains(peer);
   }
   void tick_running(std::vector<Send>& out) override;
+  /// A client (new, or back after a silence) while a round is open joins it if the round can
+  /// use it: it samples every live client, or sampled fewer than it wanted.
+  void on_client_ready(const std::string& peer, std::vector<Send>& out) override;
+  /// A client whose process restarted: if it held this round's task and had not answered, it
+  /// gets the task again (the old process took it along); else as on_client_ready.
+  void on_client_restarted(const std::string& peer, std::vector<Send>& out) override;
   [[nodiscard]] bool at_safe_point() const override { return !collecting_; }
 
  private:
   void start_round(std::vector<Send>& out);
   void fold_queued();
-  void close_round(std::vector<Send>& out);
+  /// `deadline`: closed because the deadline passed (not because enough updates came).
+  void close_round(std::vector<Send>& out, bool deadline);
   /// Updates that close the round: K (clients-per-round) with over-selection, else all sampled.
   [[nodiscard]] std::size_t needed() const;
 
@@ -37,6 +44,7 @@ class SyncRounds final : public Schedule {
   bool collecting_ = false;
   Clock::time_point round_started_;
   std::set<std::string> sampled_;
+  std::size_t wanted_ = 0;  ///< clients the round meant to sample (ceil(K·(1+over-selection)))
   std::set<std::string> replied_;
   std::uint32_t accepted_ = 0;
   /// Accepted updates waiting to be folded together (at most fold_batch, folded by the next

@@ -158,9 +158,10 @@ TEST(SyncRounds, DeadlineClosesWithEnoughUpdatesAndLateOnesAreCountedAndDropped)
   auto out = f.rounds->on_tick();
   EXPECT_EQ(f.rounds->model_version(), 1U);
   EXPECT_TRUE(torch::allclose(f.rounds->model()[0].tensor, torch::full({3}, 2.0F)));
-  EXPECT_EQ(sent<Task>(out).size(), 3U);
+  EXPECT_EQ(sent<Task>(out).size(), 2U) << "client-2 missed the deadline: set aside";
 
   out = f.update("client-2", 100, 100, 1);  // for round 1, which is over
+  EXPECT_EQ(sent<Task>(out).size(), 1U) << "heard from again: it joins round 2";
   auto errors = sent<ErrorReply>(out);
   ASSERT_EQ(errors.size(), 1U);
   EXPECT_NE(errors[0].second.message.find("round 1 is over"), std::string::npos);
@@ -259,6 +260,55 @@ TEST(SyncRounds, PeersOfAnAggregatorThisOneReplacedAreToldToRegister) {
   EXPECT_TRUE(sent<Heartbeat>(f.rounds->on_heartbeat("client-0", Heartbeat{}, false)).empty());
 }
 
+/// A client killed mid-task: the round closes by its deadline, and the next round does not
+/// sample it again (it would wait out its whole deadline for it too), even before the peer
+/// timeout has passed; it comes back when it is heard from.
+TEST(SyncRounds, AClientThatMissedTheDeadlineIsNotSampledAgainUntilHeardFrom) {
+  auto o = options(3, 0, 2, 3);
+  o.peer_timeout = 1h;  // the silence rule alone would not catch it
+  Fixture f(o);
+  f.register_clients(3);
+  (void)f.update("client-0", 1);
+  (void)f.update("client-1", 1);
+  f.clock.advance(11s);
+  auto tasks = sent<Task>(f.rounds->on_tick());
+  ASSERT_EQ(f.rounds->round(), 2U);
+  ASSERT_EQ(tasks.size(), 2U);
+  for (const auto& [peer, task] : tasks) EXPECT_NE(peer, "client-2");
+  // Its heartbeat brings it back, into the open round (it samples every live client).
+  tasks = sent<Task>(f.rounds->on_heartbeat("client-2", Heartbeat{}));
+  ASSERT_EQ(tasks.size(), 1U);
+  EXPECT_EQ(tasks[0].second.round, 2U);
+}
+
+/// A client whose process restarted while holding the open round's task gets it again, at
+/// once; a new client joins an open round that samples every live client, not one that is full.
+TEST(SyncRounds, ARestartedOrNewClientGetsWorkInTheOpenRoundIfItCanUseIt) {
+  Fixture f(options(2, 0, 1, 2));
+  f.register_clients(2);
+  ASSERT_EQ(f.rounds->round(), 1U);
+  auto again = sent<Task>(f.rounds->on_hello("client-1", Hello{Role::client, 1, {}, 100}));
+  ASSERT_EQ(again.size(), 1U) << "its task went with the old process";
+  EXPECT_EQ(again[0].second.round, 1U);
+  auto joined = sent<Task>(f.rounds->on_hello("client-2", Hello{Role::client, 2, {}, 100}));
+  ASSERT_EQ(joined.size(), 1U);
+  EXPECT_EQ(joined[0].second.round, 1U);
+  (void)f.update("client-0", 1);
+  (void)f.update("client-1", 2);
+  EXPECT_EQ(f.rounds->model_version(), 0U) << "the round waits for the client that joined";
+  (void)f.update("client-2", 3);
+  EXPECT_EQ(f.rounds->model_version(), 1U);
+  auto records = f.rounds->take_completed();
+  ASSERT_EQ(records.size(), 1U);
+  EXPECT_EQ(records[0].sampled, 3U);
+  EXPECT_EQ(records[0].updates, 3U);
+
+  Fixture k(options(2, 2, 1, 3));  // K = 2 of 3
+  k.register_clients(3);
+  EXPECT_TRUE(sent<Task>(k.rounds->on_hello("client-3", Hello{Role::client, 3, {}, 100})).empty())
+      << "the round has the K it wanted";
+}
+
 TEST(SyncRounds, RoundWithTooFewUpdatesFailsAndKeepsTheModel) {
   Fixture f(options(3, 0, 2));
   f.register_clients(3);
@@ -268,7 +318,7 @@ TEST(SyncRounds, RoundWithTooFewUpdatesFailsAndKeepsTheModel) {
   EXPECT_EQ(f.rounds->model_version(), 0U);
   EXPECT_TRUE(torch::allclose(f.rounds->model()[0].tensor, torch::zeros({3})));
   EXPECT_EQ(f.rounds->counters().rounds_failed, 1U);
-  EXPECT_EQ(sent<Task>(out).size(), 3U) << "the next round starts";
+  EXPECT_EQ(sent<Task>(out).size(), 1U) << "the next round starts, without the two that missed it";
   auto records = f.rounds->take_completed();
   ASSERT_EQ(records.size(), 1U);
   EXPECT_TRUE(records[0].failed);
@@ -418,11 +468,14 @@ TEST(SyncRounds, SilentPeersAreNotSampledAgain) {
   ASSERT_EQ(tasks.size(), 1U);
   EXPECT_EQ(tasks[0].first, "client-0");
 
-  // client-1 was only slow: its heartbeat brings it back for the next round.
-  (void)f.rounds->on_heartbeat("client-1", Heartbeat{});
+  // client-1 was only slow: its heartbeat brings it back, into the open round.
+  tasks = sent<Task>(f.rounds->on_heartbeat("client-1", Heartbeat{}));
   EXPECT_EQ(f.rounds->live_clients(), 2U);
-  out = f.update("client-0", 1);
-  EXPECT_EQ(sent<Task>(out).size(), 2U);
+  ASSERT_EQ(tasks.size(), 1U);
+  EXPECT_EQ(tasks[0].second.round, 2U);
+  (void)f.update("client-0", 1);
+  out = f.update("client-1", 1);
+  EXPECT_EQ(sent<Task>(out).size(), 2U) << "round 3 samples both";
 }
 
 namespace {
