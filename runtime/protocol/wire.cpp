@@ -528,8 +528,13 @@ void assemble(capnp::List<capnp::Data>::Reader in, capnp::byte* dst, std::uint64
 struct Decoder {
   std::shared_ptr<DecodeOwner> owner;
   std::size_t message_words = 0;  ///< what was received: no list may declare more elements
+  std::uint64_t max_tensors = 0;
 
   TensorList decode_tensors(capnp::List<s::Tensor>::Reader in) {
+    if (in.size() > max_tensors) {
+      fail("message carries " + std::to_string(in.size()) + " tensors, more than the limit of " +
+           std::to_string(max_tensors) + " (aggregator.max-tensors)");
+    }
     TensorList out;
     out.reserve(bounded(in.size(), message_words, "tensors"));
     for (auto t : in) out.push_back(decode_tensor(t));
@@ -743,7 +748,7 @@ Expected<Message> decode_frames(std::vector<zmq::message_t> frames, const WireLi
   m.sender = str(env.getSender());
   m.message_id = env.getMessageId();
   m.reply_to = env.getReplyTo();
-  Decoder decoder{owner, message_words};
+  Decoder decoder{owner, message_words, limits.max_tensors};
   m.payload = decoder.decode_payload(env.getPayload());
   return m;
 }

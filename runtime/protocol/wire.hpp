@@ -35,6 +35,8 @@ struct WireLimits {
   /// under glibc's mmap threshold (see transport.cpp), so received frames reuse heap memory
   /// instead of being freshly faulted in for every message.
   std::uint64_t chunk_bytes = 16ULL << 20;
+  /// Most tensors one message may carry (decoding refuses more before reserving for them).
+  std::uint64_t max_tensors = 100'000;
 };
 
 /// Encodes a message. Tensors must be contiguous CPU tensors of a supported dtype (f32, f16,

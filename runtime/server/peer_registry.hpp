@@ -47,6 +47,8 @@ class PeerRegistry {
   /// Live clients' routing ids, sorted.
   [[nodiscard]] std::vector<std::string> clients() const;
   [[nodiscard]] std::size_t live_clients() const { return live_clients_; }
+  /// Peers known, live or set aside.
+  [[nodiscard]] std::size_t known() const { return peers_.size() + gone_.size(); }
   [[nodiscard]] std::optional<std::string> evaluator() const;
   /// Every live peer (clients and evaluators).
   [[nodiscard]] std::vector<std::string> all() const;

@@ -102,6 +102,14 @@ std::vector<Send> Schedule::on_hello(const std::string& peer, const Hello& hello
     out.push_back(error_to(peer, WireErrc::rejected, "only clients and evaluators register"));
     return out;
   }
+  if (registry_.find_any(peer) == nullptr && registry_.known() >= options_.max_clients) {
+    const std::string why = "the federation is full: " + std::to_string(registry_.known()) +
+                            " peers registered (aggregator.max-clients)";
+    emit(MessageRefused{peer, why});
+    logger("aggregator")->warn("refused {}: {}", peer, why);
+    out.push_back(error_to(peer, WireErrc::rejected, why));
+    return out;
+  }
   const bool known = registry_.add(peer, hello);
   emit(ClientJoined{peer, hello.role, hello.client_id, known});
   logger("aggregator")->info("{} {} {} ({} examples, {})", known ? "re-registered" : "registered",

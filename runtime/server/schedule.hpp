@@ -54,6 +54,9 @@ struct ScheduleOptions {
   /// The most an update may weigh: a client's claimed examples (its FedAvg weight) are capped
   /// here (a claim above it is counted).
   std::uint64_t max_examples = 1'000'000;
+  /// Peers (clients and evaluators, live or set aside) the registry keeps at most: a Hello
+  /// from a new peer beyond it is refused, so strangers cannot grow the aggregator's memory.
+  std::uint64_t max_clients = 1'000'000;
   /// What is checked in an update before the method sees it (NaN/Inf, norm outliers).
   ValidationOptions validation;
   std::uint64_t seed = 0;

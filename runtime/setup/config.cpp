@@ -312,6 +312,8 @@ Config read(const toml::table& root, const std::string& source) {
   r.duration("aggregator", "evaluation-timeout", c.aggregator.evaluation_timeout);
   r.duration("aggregator", "peer-timeout", c.aggregator.peer_timeout);
   r.bytes("aggregator", "max-message-size", c.aggregator.max_message_bytes);
+  r.integer("aggregator", "max-tensors", c.aggregator.max_tensors, 1, 100'000'000);
+  r.integer("aggregator", "max-clients", c.aggregator.max_clients, 1, 100'000'000);
   r.integer("aggregator", "fold-batch", c.aggregator.fold_batch, 1, 64);
   r.integer("aggregator", "max-examples", c.aggregator.max_examples, 1, 1'000'000'000'000);
   r.integer("aggregator", "max-in-flight", c.aggregator.max_in_flight, 1, 1'000'000);

@@ -62,6 +62,8 @@ struct AggregatorSection {
   Duration evaluation_timeout{120'000};
   Duration peer_timeout{30'000};        ///< a peer silent this long is considered gone
   std::uint64_t max_message_bytes = 8ULL << 30;
+  std::uint64_t max_tensors = 100'000;  ///< tensors one message may carry
+  std::uint64_t max_clients = 1'000'000;  ///< peers the aggregator keeps track of at most
   std::uint32_t fold_batch = 4;         ///< waiting updates folded in one pass
   std::uint64_t max_examples = 1'000'000;  ///< the most one update may weigh (claimed examples)
   /// What is checked in every update before the method sees it: "finite" (NaN/Inf refused),

@@ -118,6 +118,7 @@ PluginOptions lora_plugin_options(const Config& config, const PluginLibrary& lib
 EndpointOptions endpoint_options(const Config& config) {
   EndpointOptions o;
   o.limits.max_message_bytes = config.aggregator.max_message_bytes;
+  o.limits.max_tensors = config.aggregator.max_tensors;
   return o;
 }
 
@@ -201,6 +202,7 @@ ScheduleOptions schedule_options(const Config& c) {
   o.training = c.training;
   o.fold_batch = a.fold_batch;
   o.max_examples = a.max_examples;
+  o.max_clients = a.max_clients;
   o.validation.finite = a.update_validation != "off";
   o.validation.norm = a.update_validation == "reject" ? ValidationOptions::Norm::reject
                       : a.update_validation == "clip" ? ValidationOptions::Norm::clip

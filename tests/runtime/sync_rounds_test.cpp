@@ -309,6 +309,19 @@ TEST(SyncRounds, ARestartedOrNewClientGetsWorkInTheOpenRoundIfItCanUseIt) {
       << "the round has the K it wanted";
 }
 
+TEST(SyncRounds, ANewPeerBeyondMaxClientsIsRefusedAKnownOneMayRegisterAgain) {
+  auto o = options(2, 0, 1, 1);
+  o.max_clients = 2;
+  Fixture f(o);
+  f.register_clients(2);
+  auto out = f.rounds->on_hello("client-9", Hello{Role::client, 9, {}, 100});
+  ASSERT_EQ(sent<ErrorReply>(out).size(), 1U);
+  EXPECT_NE(sent<ErrorReply>(out)[0].second.message.find("the federation is full"), std::string::npos);
+  EXPECT_TRUE(sent<Welcome>(out).empty());
+  EXPECT_EQ(f.rounds->live_clients(), 2U);
+  EXPECT_EQ(sent<Welcome>(f.rounds->on_hello("client-1", Hello{Role::client, 1, {}, 100})).size(), 1U);
+}
+
 TEST(SyncRounds, RoundWithTooFewUpdatesFailsAndKeepsTheModel) {
   Fixture f(options(3, 0, 2));
   f.register_clients(3);

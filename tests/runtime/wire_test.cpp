@@ -588,3 +588,23 @@ TEST_F(WireHandBuilt, OverflowingShapeIsMalformed) {
 
 }  // namespace
 }  // namespace flotilla
+
+namespace flotilla {
+namespace {
+
+TEST(Wire, AMessageWithMoreTensorsThanTheLimitIsRefusedBeforeReserving) {
+  TensorList many;
+  for (int i = 0; i < 11; ++i) many.push_back({"t" + std::to_string(i), torch::zeros({1})});
+  WireLimits limits;
+  limits.max_tensors = 10;
+  auto r = round_trip(update_with(many), limits);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code, Errc::malformed);
+  EXPECT_NE(r.error().message.find("11 tensors, more than the limit of 10"), std::string::npos)
+      << r.error().message;
+  limits.max_tensors = 11;
+  EXPECT_TRUE(round_trip(update_with(many), limits).has_value());
+}
+
+}  // namespace
+}  // namespace flotilla
