@@ -52,28 +52,53 @@ void PeerLink::hello(Hello hello) {
   send(std::move(hello));
 }
 
-void PeerLink::register_again() {
-  if (!hello_) return;
+void PeerLink::register_again(std::uint64_t generation) {
+  hello_scheduled_ = false;
+  if (!hello_ || generation != generation_) return;  // a Welcome came meanwhile
   ++unanswered_hellos_;
+  hello_sent_at_ = std::chrono::steady_clock::now();
   log_->info("registering again with the aggregator at {}", endpoint_->address());
   run_id_.clear();
   send(*hello_);
 }
 
-std::chrono::milliseconds PeerLink::register_delay() {
+std::chrono::milliseconds PeerLink::backoff() const {
   using std::chrono::milliseconds;
   const auto base = std::chrono::duration_cast<milliseconds>(timing_.heartbeat_interval);
   const auto cap = milliseconds(30'000);
-  auto backoff = std::max(base, milliseconds(100));
-  for (int i = 0; i < unanswered_hellos_ && backoff < cap; ++i) backoff *= 2;
-  backoff = std::min(backoff, cap);
-  std::uniform_int_distribution<long> jitter(0, backoff.count());
-  return milliseconds(jitter(rng_));
+  auto b = std::max(base, milliseconds(100));
+  for (int i = 0; i < unanswered_hellos_ && b < cap; ++i) b *= 2;
+  return std::min(b, cap);
+}
+
+bool PeerLink::should_register() {
+  if (hello_scheduled_) return false;
+  if (hello_sent_at_ && std::chrono::steady_clock::now() - *hello_sent_at_ < backoff()) return false;
+  hello_scheduled_ = true;
+  return true;
+}
+
+std::chrono::milliseconds PeerLink::register_delay() {
+  std::uniform_int_distribution<long> jitter(0, backoff().count());
+  return std::chrono::milliseconds(jitter(rng_));
+}
+
+void PeerLink::heartbeat() {
+  if (hello_scheduled_) return;  // registering: the Welcome will tell
+  if (hello_sent_at_) {
+    // No Welcome within the backoff: the Hello (or its answer) was lost; ask again, later each
+    // time.
+    if (std::chrono::steady_clock::now() - *hello_sent_at_ >= backoff()) register_again(generation_);
+    return;
+  }
+  if (endpoint_->pending() > 0) return;            // the last message has not left yet
+  if (!unanswered_since_) unanswered_since_ = std::chrono::steady_clock::now();
+  send(Heartbeat{0, false, report()});
 }
 
 void PeerLink::check_aggregator() {
-  if (!welcomed_ || !aggregator_answers_ || said_silent_) return;
-  const auto silent = std::chrono::steady_clock::now() - last_heard_;
+  if (!welcomed_ || !aggregator_answers_ || said_silent_ || !unanswered_since_) return;
+  const auto silent = std::chrono::steady_clock::now() - *unanswered_since_;
   if (silent <= silence_limit_) return;
   said_silent_ = true;
   log_->warn("no word from the aggregator at {} for {:.0f} s (aggregator.peer-timeout): it may "
@@ -82,7 +107,7 @@ void PeerLink::check_aggregator() {
 }
 
 PeerLink::Next PeerLink::handle_common(const Message& m) {
-  last_heard_ = std::chrono::steady_clock::now();
+  unanswered_since_.reset();
   if (said_silent_) {
     said_silent_ = false;
     log_->info("the aggregator at {} answers again", endpoint_->address());
@@ -91,6 +116,8 @@ PeerLink::Next PeerLink::handle_common(const Message& m) {
     const bool again = welcomed_ || unanswered_hellos_ > 0;
     welcomed_ = true;
     unanswered_hellos_ = 0;
+    hello_sent_at_.reset();
+    ++generation_;
     run_id_ = w->run_id;
     aggregator_answers_ = m.protocol_minor >= 4;
     log_->info("{} with the aggregator (run {}, model version {})",
@@ -111,7 +138,7 @@ PeerLink::Next PeerLink::handle_common(const Message& m) {
     }
     if (err->code == WireErrc::not_registered) {
       // Said once per registration: what was queued while it was down all gets this answer.
-      if (!registering) log_->info("the aggregator says: {}", err->message);
+      if (!hello_scheduled_ && !hello_sent_at_) log_->info("the aggregator says: {}", err->message);
       return Next::register_again;
     }
     log_->warn("the aggregator says: {}", err->message);

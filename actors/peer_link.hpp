@@ -72,7 +72,11 @@ class PeerLink {
   void hello(Hello hello);
   /// Registers again (the aggregator said it does not know this peer): the kept Hello, with no
   /// run id (a restarted aggregator may run another run).
-  void register_again();
+  /// `generation`: what registration_generation() was when it was scheduled; a stale one (a
+  /// Welcome came in between) does nothing.
+  void register_again(std::uint64_t generation);
+  /// Bumped by each Welcome.
+  [[nodiscard]] std::uint64_t registration_generation() const { return generation_; }
   /// How long to wait before registering again: random in [0, the backoff), the backoff
   /// doubling with each Hello that goes unanswered (from the heartbeat interval up to 30 s),
   /// so a restarted aggregator is not hit by its whole fleet at once.
@@ -89,8 +93,10 @@ class PeerLink {
   [[nodiscard]] bool give_up_if_unanswered();
   /// The link cannot work any more (its transport stopped): the role ends with `why`.
   void fail(const std::string& why);
-  /// A heartbeat, with this client's counters when it counts them (count_as_client).
-  void heartbeat() { send(Heartbeat{0, false, report()}); }
+  /// A heartbeat, with this client's counters when it counts them (count_as_client). None while
+  /// a registration is under way, or while the previous message has not left (the aggregator
+  /// is unreachable): what would queue up is sent once it is back, not a backlog of beats.
+  void heartbeat();
 
   /// Reports `counters` (kept by the client, without the transport's bytes, which the link adds)
   /// in heartbeats and through report(), and records them into `metrics` (this process's
@@ -102,8 +108,9 @@ class PeerLink {
   [[nodiscard]] const ClientSection& timing() const { return timing_; }
   [[nodiscard]] const std::shared_ptr<spdlog::logger>& log() const { return log_; }
   void mark_welcomed() { welcomed_ = true; }
-  /// Whether a registration is scheduled (register_delay() was asked for and not yet sent).
-  bool registering = false;
+  /// Whether the aggregator's notRegistered should lead to a Hello now: not while one is
+  /// scheduled, nor while the last one sent may still be answered (within its backoff).
+  [[nodiscard]] bool should_register();
 
  private:
   std::string name_;
@@ -117,10 +124,16 @@ class PeerLink {
   std::uint64_t next_message_id_ = 1;
   bool welcomed_ = false;
   std::optional<Hello> hello_;
-  std::chrono::steady_clock::time_point last_heard_ = std::chrono::steady_clock::now();
+  /// Since when heartbeats have gone unanswered (the first one sent after the aggregator was
+  /// last heard from); none while it answers. A long task is not silence.
+  std::optional<std::chrono::steady_clock::time_point> unanswered_since_;
   bool aggregator_answers_ = false;  ///< it speaks 1.4+: it answers heartbeats
   bool said_silent_ = false;
   int unanswered_hellos_ = 0;
+  bool hello_scheduled_ = false;
+  std::optional<std::chrono::steady_clock::time_point> hello_sent_at_;  ///< awaiting a Welcome
+  std::uint64_t generation_ = 0;
+  [[nodiscard]] std::chrono::milliseconds backoff() const;
   std::minstd_rand rng_;
   const ClientStats* counters_ = nullptr;
   monitoring::ClientMetrics* metrics_ = nullptr;
@@ -146,9 +159,9 @@ void route_peer_message(Self* self, PeerLink& link, const Inbound& in, Fn&& work
     case PeerLink::Next::handled: return;
     case PeerLink::Next::stop: self->quit(); return;
     case PeerLink::Next::register_again:
-      if (!link.registering) {
-        link.registering = true;
-        self->delayed_send(self, link.register_delay(), hello_atom::value);
+      if (link.should_register()) {
+        self->delayed_send(self, link.register_delay(), hello_atom::value,
+                           link.registration_generation());
       }
       return;
     case PeerLink::Next::not_mine: break;
@@ -191,9 +204,8 @@ caf::behavior peer_behavior(Self* self, Handle handle, Beats beats = &always) {
       [self](timeout_atom) {
         if (self->state.link->give_up_if_unanswered()) self->quit();
       },
-      [self](hello_atom) {
-        self->state.link->registering = false;
-        self->state.link->register_again();
+      [self](hello_atom, std::uint64_t generation) {
+        self->state.link->register_again(generation);
       },
   };
 }

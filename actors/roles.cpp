@@ -51,11 +51,26 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
   if (!endpoint) return endpoint.error();
   setup->endpoint = std::shared_ptr<Endpoint>(std::move(endpoint).value());
   if (!config.aggregator.admin_listen.empty()) {
+    const auto& admin_listen = config.aggregator.admin_listen;
+    if (admin_listen == listen) {
+      return Error{Errc::invalid_config,
+                   "the admin endpoint " + admin_listen +
+                       " is the clients' endpoint: give admin commands their own (an ipc:// path)"};
+    }
+    if (admin_listen.starts_with("ipc://@")) {
+      return Error{Errc::invalid_config,
+                   "aggregator.admin-listen " + admin_listen +
+                       ": an abstract ipc socket has no file permissions (anyone on this machine "
+                       "could connect); use an ipc:// path"};
+    }
     auto options = endpoint_options(config);
-    options.on_failure = Mailbox::failure_handler(setup->mailbox, "the admin endpoint");
+    // The admin endpoint failing must not end the run: its commands are unavailable, said.
+    options.on_failure = [](const std::string& why) {
+      logger("aggregator")->error("the admin endpoint stopped: {}; admin commands are unavailable", why);
+    };
     options.owner_only = true;
     options.limits.max_message_bytes = 1 << 20;  // commands are small
-    auto admin = Endpoint::bind(config.aggregator.admin_listen,
+    auto admin = Endpoint::bind(admin_listen,
                                 Mailbox::handler(setup->mailbox, kAdminChannel), options);
     if (!admin) {
       return Error{admin.error().code, "aggregator.admin-listen: " + admin.error().message};

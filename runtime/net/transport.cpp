@@ -137,14 +137,15 @@ class ZmqEndpoint final : public Endpoint {
   [[nodiscard]] std::string address() const override { return address_; }
 
   void send(const std::string& peer, Message message) override {
-    if (failed_.load(std::memory_order_acquire)) {
-      dropped_.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
     {
       std::lock_guard lock(mutex_);
-      if (stopping_) return;
+      // Checked under the lock fail() takes, so no message slips into a queue it has cleared.
+      if (stopping_ || failed_.load(std::memory_order_relaxed)) {
+        dropped_.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
       queue_.push_back(Outgoing{peer, std::move(message)});
+      pending_.fetch_add(1, std::memory_order_relaxed);
     }
     shared_->wake.notify();
   }
@@ -168,6 +169,9 @@ class ZmqEndpoint final : public Endpoint {
   }
   [[nodiscard]] std::uint64_t messages_dropped() const override {
     return dropped_.load(std::memory_order_relaxed);
+  }
+  [[nodiscard]] std::size_t pending() const override {
+    return pending_.load(std::memory_order_relaxed);
   }
   [[nodiscard]] std::optional<std::string> failure() const override {
     std::lock_guard lock(mutex_);
@@ -212,6 +216,7 @@ class ZmqEndpoint final : public Endpoint {
         std::lock_guard lock(mutex_);
         failure_ = why;
         failed_.store(true, std::memory_order_release);
+        pending_.store(0, std::memory_order_relaxed);
         abandoned = queue_.size() + outgoing_.size() + (in_flight_ ? 1 : 0);
         queue_.clear();
       }
@@ -275,6 +280,7 @@ class ZmqEndpoint final : public Endpoint {
           // An unencodable message (an undefined or complex tensor, over the size limit) is
           // dropped: said, and counted, never silently.
           dropped_.fetch_add(1, std::memory_order_relaxed);
+          pending_.fetch_sub(1, std::memory_order_relaxed);
           logger("transport")->error("cannot send a '{}' message{}: {}",
                                      payload_name(next.message.payload),
                                      next.peer.empty() ? "" : " to " + next.peer, e.what());
@@ -282,7 +288,8 @@ class ZmqEndpoint final : public Endpoint {
         }
       }
       if (!send_frames(*in_flight_)) return false;
-      in_flight_.reset();
+      in_flight_.reset();  // sent, or dropped for a peer that cannot take it
+      pending_.fetch_sub(1, std::memory_order_relaxed);
     }
   }
 
@@ -400,6 +407,7 @@ class ZmqEndpoint final : public Endpoint {
   std::optional<std::string> failure_;
   std::atomic<bool> failed_{false};
   std::atomic<std::uint64_t> dropped_{0};
+  std::atomic<std::size_t> pending_{0};
 
   std::deque<Outgoing> outgoing_;    ///< I/O thread only
   std::optional<InFlight> in_flight_;  ///< I/O thread only

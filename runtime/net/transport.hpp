@@ -86,6 +86,9 @@ class Endpoint {
   /// Messages given to send() that never left: unencodable (logged), for a peer that is not
   /// connected, for a peer whose queue is full (send_high_water_mark), or after a failure.
   [[nodiscard]] virtual std::uint64_t messages_dropped() const = 0;
+  /// Messages given to send() that have not left yet (queued, or waiting for the peer): a
+  /// DEALER whose aggregator is unreachable has some.
+  [[nodiscard]] virtual std::size_t pending() const = 0;
   /// Why the I/O thread stopped, if it stopped on an error.
   [[nodiscard]] virtual std::optional<std::string> failure() const = 0;
 };

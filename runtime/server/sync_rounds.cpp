@@ -47,6 +47,7 @@ std::vector<Send> SyncRounds::handle_update(const std::string& peer, const Updat
            "already sent an update for round " + std::to_string(round_));
     return out;
   }
+  answered_.insert(peer);  // its answer to this round's task, accepted below or not
   if (update.base_model_version != version_) {
     reject(out, peer, update, RejectReason::wrong_version,
            "update is based on model version " + std::to_string(update.base_model_version) +
@@ -112,11 +113,16 @@ void SyncRounds::start_round(std::vector<Send>& out) {
     const double want = std::ceil(options_.clients_per_round * (1.0 + options_.over_selection));
     k = std::min<std::size_t>(static_cast<std::size_t>(want), live.size());
   }
-  wanted_ = k;
+  // Uncapped: a round that sampled fewer than K (too few live clients) takes those who come.
+  wanted_ = options_.clients_per_round == 0
+                ? 0
+                : static_cast<std::size_t>(
+                      std::ceil(options_.clients_per_round * (1.0 + options_.over_selection)));
   const auto clients = selection_->pick(live, k, rng_);
   sampled_ = std::set<std::string>(clients.begin(), clients.end());
   fold_queue_.clear();
   replied_.clear();
+  answered_.clear();
   accepted_ = 0;
   emit(RoundStarted{round_, version_, static_cast<std::uint32_t>(k)});
   for (const auto& peer : sampled_) out.push_back(task_for(peer, round_, false));
@@ -162,7 +168,7 @@ void SyncRounds::close_round(std::vector<Send>& out, bool deadline) {
   // the over-selected replied), only those also silent past the peer timeout.
   for (const auto& peer : sampled_) {
     const auto* p = registry_.find(peer);
-    if (p == nullptr || replied_.contains(peer)) continue;
+    if (p == nullptr || answered_.contains(peer)) continue;
     if (deadline) {
       set_aside(peer, "sent no update by the round deadline", out);
     } else if (clock_.now() - p->last_seen > options_.peer_timeout) {
@@ -171,6 +177,7 @@ void SyncRounds::close_round(std::vector<Send>& out, bool deadline) {
   }
   sampled_.clear();
   replied_.clear();
+  answered_.clear();
   if (last) {
     end_run(out, "all rounds done");
   } else if (auto why = stop_reason()) {

@@ -44,7 +44,12 @@ class SyncRounds final : public Schedule {
   bool collecting_ = false;
   Clock::time_point round_started_;
   std::set<std::string> sampled_;
-  std::size_t wanted_ = 0;  ///< clients the round meant to sample (ceil(K·(1+over-selection)))
+  /// Clients the round means to have: ceil(K·(1+over-selection)), not capped at the live
+  /// clients; 0 = every live client.
+  std::size_t wanted_ = 0;
+  /// Sampled clients that answered this round's task (accepted or refused): not set aside at
+  /// the deadline for silence.
+  std::set<std::string> answered_;
   std::set<std::string> replied_;
   std::uint32_t accepted_ = 0;
   /// Accepted updates waiting to be folded together (at most fold_batch, folded by the next

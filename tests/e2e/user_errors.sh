@@ -22,6 +22,12 @@ expect_error "missing config" "CONFIG" "$FLOTILLA" run "$WORK/nope.toml"
 sed 's|^\[data\]|[data]\npath = "/nonexistent/fashion"|' "$WORK/run.toml" > "$WORK/nodata.toml"
 expect_error "unreadable dataset" "/nonexistent/fashion" "$FLOTILLA" run "$WORK/nodata.toml"
 
+# Admin commands never share the clients' endpoint, nor an abstract socket anyone can reach.
+expect_error "admin on the clients' endpoint" "is the clients' endpoint" \
+  "$FLOTILLA" aggregator "$WORK/run.toml" --admin-listen "tcp://127.0.0.1:$PORT"
+expect_error "abstract admin socket" "abstract ipc socket" \
+  "$FLOTILLA" aggregator "$WORK/run.toml" --admin-listen "ipc://@flotilla-admin-$PORT"
+
 # A port in use: hold it with a listening socket.
 python3 -c "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',$PORT)); s.listen(); time.sleep(60)" &
 PIDS+=($!)

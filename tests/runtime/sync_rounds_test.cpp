@@ -322,6 +322,30 @@ TEST(SyncRounds, ANewPeerBeyondMaxClientsIsRefusedAKnownOneMayRegisterAgain) {
   EXPECT_EQ(sent<Welcome>(f.rounds->on_hello("client-1", Hello{Role::client, 1, {}, 100})).size(), 1U);
 }
 
+/// Review findings: with K > 0 a round that started with fewer than K (everyone had missed the
+/// last deadline) takes clients as they come back; a client whose update was refused answered
+/// its task and is not set aside as silent.
+TEST(SyncRounds, ARoundShortOfKTakesClientsBackAndARefusedAnswerIsNotSilence) {
+  auto o = options(3, 2, 1, 2);
+  o.peer_timeout = 1h;
+  Fixture f(o);
+  f.register_clients(2);
+  f.clock.advance(11s);
+  auto out = f.rounds->on_tick();  // both missed round 1: set aside; round 2 has nobody
+  EXPECT_TRUE(sent<Task>(out).empty());
+  ASSERT_EQ(f.rounds->round(), 2U);
+  auto back = sent<Task>(f.rounds->on_heartbeat("client-0", Heartbeat{}));
+  ASSERT_EQ(back.size(), 1U) << "round 2 wanted K = 2 and has none";
+  back = sent<Task>(f.rounds->on_heartbeat("client-1", Heartbeat{}));
+  ASSERT_EQ(back.size(), 1U);
+  (void)f.update("client-0", std::numeric_limits<float>::quiet_NaN());  // refused, but an answer
+  f.clock.advance(11s);
+  out = f.rounds->on_tick();
+  auto next = sent<Task>(out);
+  ASSERT_EQ(next.size(), 1U) << "client-0 answered (badly); client-1 did not";
+  EXPECT_EQ(next[0].first, "client-0");
+}
+
 TEST(SyncRounds, RoundWithTooFewUpdatesFailsAndKeepsTheModel) {
   Fixture f(options(3, 0, 2));
   f.register_clients(3);

@@ -594,7 +594,11 @@ namespace {
 
 TEST(Wire, AMessageWithMoreTensorsThanTheLimitIsRefusedBeforeReserving) {
   TensorList many;
-  for (int i = 0; i < 11; ++i) many.push_back({"t" + std::to_string(i), torch::zeros({1})});
+  for (int i = 0; i < 11; ++i) {
+    std::string name = "t";
+    name += std::to_string(i);
+    many.push_back({name, torch::zeros({1})});
+  }
   WireLimits limits;
   limits.max_tensors = 10;
   auto r = round_trip(update_with(many), limits);
