@@ -35,8 +35,8 @@ wait "$DOC" || status=$?
 cat "$WORK/doc.out"
 [ "$status" -eq 0 ] || { cat "$WORK/doc.err"; fail "doc client exited $status"; }
 
-grep -qx "doc-client: tasks 4 answered, errors 0" "$WORK/doc.out" \
-  || { cat "$WORK/doc.err"; fail "the doc client must answer all 4 rounds and get no Error"; }
+grep -qx "doc-client: tasks 4 answered, errors 0, notRegistered 0, registrations 1" "$WORK/doc.out" \
+  || { cat "$WORK/doc.err"; fail "the doc client must register once, answer all 4 rounds and get no Error"; }
 
 CSV="$WORK/out/rounds.csv"
 [ -f "$CSV" ] || fail "no $CSV"

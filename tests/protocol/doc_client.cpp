@@ -2,14 +2,27 @@
 // Cap'n Proto, libzmq (through cppzmq) and the code generated from the schema, none of
 // Flotilla's own code. It proves the document is enough to join a real federation.
 //
-//   doc_client --connect ENDPOINT --id N [--examples K]
+//   doc_client --connect ENDPOINT --id N [--examples K] [--peer-timeout SECONDS]
 //
-// It registers as client N (routing id `client-N`), answers every Task by "training": each f32
-// element is multiplied by 0.999, other dtypes are left unchanged (with sendDelta, it sends
-// trained minus received), reports loss 1.0 and accuracy 0.5 for K examples (default 500),
-// heartbeats every 2 s, logs every Error to stderr, and stops on Shutdown (exit 0), on an Error
-// of code protocolVersion (exit 1) or when the aggregator has been silent for 60 s (exit 1).
-// At exit it prints `doc-client: tasks N answered, errors M` to stdout.
+// It speaks protocol 1.4. It registers as client N (routing id `client-N`), answers every Task
+// by "training": each f32 element is multiplied by 0.999, other dtypes are left unchanged (with
+// sendDelta, it sends trained minus received), reports loss 1.0 and accuracy 0.5 for K examples
+// (default 500), heartbeats every 2 s once welcomed, and logs every Error to stderr.
+// The aggregator (1.4 or later) answers each heartbeat: when heartbeats have gone unanswered for
+// the peer timeout (default 30 s, the aggregator's default peer-timeout) it warns once on stderr
+// ("no word from the aggregator"), keeps heartbeating, and says so when the aggregator answers
+// again. On an Error of code notRegistered (the aggregator restarted, or a new run) it registers
+// again: a Hello with an empty run id after a random delay, uniform in [0, backoff), the backoff
+// doubling from the heartbeat interval up to 30 s while Hellos go unanswered; the Welcome gives
+// the new run id. Messages carrying a run id other than the Welcome's are ignored, except an
+// Error of code notRegistered.
+// It stops on Shutdown (exit 0), on an Error of code protocolVersion (exit 1), or when nothing
+// at all has come from the aggregator for 60 s before the first Welcome (exit 1); after a
+// Welcome, silence is normal and it never gives up.
+// At exit it prints to stdout
+//   `doc-client: tasks N answered, errors M, notRegistered R, registrations K`
+// where M counts the Errors other than notRegistered, R the notRegistered Errors and K the
+// Welcomes received.
 
 #include <capnp/message.h>
 #include <kj/array.h>
@@ -27,6 +40,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -40,7 +54,8 @@ namespace {
 
 constexpr std::uint16_t kFramingVersion = 1;
 constexpr auto kHeartbeatInterval = std::chrono::seconds(2);
-constexpr auto kSilenceLimit = std::chrono::seconds(60);
+constexpr auto kSilenceLimit = std::chrono::seconds(60);     // before the first Welcome only
+constexpr auto kMaxBackoff = std::chrono::seconds(30);       // re-registration's jitter cap
 constexpr std::size_t kMaxChunkBytes = (std::size_t{1} << 29) - 8;  // < 2^29 - 1, whole words
 constexpr float kTrainFactor = 0.999f;
 
@@ -48,11 +63,13 @@ struct Options {
   std::string connect;
   std::uint32_t id = 0;
   std::uint64_t examples = 500;
+  std::chrono::milliseconds peer_timeout{30000};
 };
 
 [[noreturn]] void usage(const char* why) {
   std::cerr << "doc_client: " << why << "\n"
-            << "usage: doc_client --connect ENDPOINT --id N [--examples K]\n";
+            << "usage: doc_client --connect ENDPOINT --id N [--examples K]"
+               " [--peer-timeout SECONDS]\n";
   std::exit(2);
 }
 
@@ -76,12 +93,17 @@ Options parse_args(int argc, char** argv) {
         have_id = true;
       } else if (a == "--examples") {
         o.examples = std::stoull(value());
+      } else if (a == "--peer-timeout") {
+        double secs = std::stod(value());
+        if (!(secs > 0) || secs > 86400.0) usage("--peer-timeout must be in (0, 86400] seconds");
+        o.peer_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(secs * 1000.0 + 0.5));
+        if (o.peer_timeout.count() == 0) o.peer_timeout = std::chrono::milliseconds(1);
       } else if (a == "-h" || a == "--help") {
         usage("help");
       } else {
         usage(("unknown argument " + a).c_str());
       }
-    } catch (const std::logic_error&) {  // stoull: not a number / out of range
+    } catch (const std::logic_error&) {  // stoull/stod: not a number / out of range
       usage(("bad number for " + a).c_str());
     }
   }
@@ -146,20 +168,27 @@ class Client {
   int run() {
     send_hello();
     last_heard_ = Clock::now();
-    last_sent_ = Clock::now();
     for (;;) {
       auto now = Clock::now();
-      if (now - last_heard_ >= kSilenceLimit) {
+      // Before the first Welcome, total silence means no aggregator (or a wrong address). After
+      // it, silence is normal (section 5 rule 5): only the unanswered heartbeats are reported.
+      if (!ever_welcomed_ && now - last_heard_ >= kSilenceLimit) {
         std::cerr << "doc_client: nothing from the aggregator at " << opt_.connect << " for "
                   << std::chrono::duration_cast<std::chrono::seconds>(kSilenceLimit).count()
                   << " s; giving up\n";
         return finish(1);
       }
-      if (welcomed_ && now - last_sent_ >= kHeartbeatInterval) send_heartbeat();
+      if (registered_ && now - last_sent_ >= kHeartbeatInterval) send_heartbeat();
+      if (!registered_ && next_hello_at_ && now >= *next_hello_at_) register_again();
+      check_silence(now);
 
-      auto next_beat = last_sent_ + kHeartbeatInterval;
-      auto deadline = std::min(welcomed_ ? next_beat : Clock::time_point::max(),
-                               last_heard_ + kSilenceLimit);
+      // Sleep until the next thing to do (at most 1 s), or until something arrives.
+      auto deadline = now + std::chrono::seconds(1);
+      if (!ever_welcomed_) deadline = std::min(deadline, last_heard_ + kSilenceLimit);
+      if (registered_) deadline = std::min(deadline, last_sent_ + kHeartbeatInterval);
+      if (!registered_ && next_hello_at_) deadline = std::min(deadline, *next_hello_at_);
+      if (unanswered_since_ && !silence_warned_)
+        deadline = std::min(deadline, *unanswered_since_ + opt_.peer_timeout);
       auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
       wait = std::clamp(wait, std::chrono::milliseconds(1), std::chrono::milliseconds(1000));
 
@@ -190,6 +219,7 @@ class Client {
  public:
   void print_summary() const {
     std::cout << "doc-client: tasks " << tasks_answered_ << " answered, errors " << errors_
+              << ", notRegistered " << not_registered_ << ", registrations " << registrations_
               << std::endl;
   }
 
@@ -260,21 +290,50 @@ class Client {
         return std::nullopt;
       }
       auto p = env.getPayload();
+      const bool not_registered_error =
+          p.which() == fs::Envelope::Payload::ERROR &&
+          p.getError().getCode() == fs::ErrorCode::NOT_REGISTERED;
+      // Rule 9: once welcomed, only the Welcome's run id is trusted, except a notRegistered
+      // Error (a new run's aggregator says so with its own run id). While a Welcome is awaited
+      // (a Hello is out) there is no run id to compare with yet.
+      if (registered_ && env.getRunId() != run_id_ && !not_registered_error) {
+        std::cerr << "doc_client: ignoring a message of run '" << env.getRunId().cStr()
+                  << "' (this client is in run '" << run_id_ << "')\n";
+        return std::nullopt;
+      }
+      heard_from_aggregator(env.getProtocolMinor());
       switch (p.which()) {
         case fs::Envelope::Payload::WELCOME: {
           auto w = p.getWelcome();
+          const bool again = ever_welcomed_;
           run_id_ = w.getRunId();
           model_version_ = w.getModelVersion();
-          welcomed_ = true;
-          std::cerr << "doc_client: welcomed to run '" << run_id_ << "' at model version "
-                    << model_version_ << "\n";
+          registered_ = true;
+          ever_welcomed_ = true;
+          ++registrations_;
+          next_hello_at_.reset();
+          backoff_ = kHeartbeatInterval;
+          last_sent_ = Clock::now();  // the first heartbeat is due one interval from now
+          std::cerr << "doc_client: " << (again ? "registered again, " : "")
+                    << "welcomed to run '" << run_id_ << "' at model version " << model_version_
+                    << " (aggregator protocol 1." << aggregator_minor_ << ")\n";
           return std::nullopt;
         }
         case fs::Envelope::Payload::TASK:
           answer_task(env.getMessageId(), p.getTask());
           return std::nullopt;
+        case fs::Envelope::Payload::HEARTBEAT:
+          // The aggregator's answer to a heartbeat (1.4): it is alive. Nothing else to do.
+          return std::nullopt;
         case fs::Envelope::Payload::ERROR: {
           auto e = p.getError();
+          if (not_registered_error) {
+            ++not_registered_;
+            std::cerr << "doc_client: the aggregator does not know this client (run '"
+                      << env.getRunId().cStr() << "'): " << e.getMessage().cStr() << "\n";
+            schedule_registration();
+            return std::nullopt;
+          }
           ++errors_;
           std::cerr << "doc_client: error from the aggregator (code "
                     << code_name(e.getCode()) << "): " << e.getMessage().cStr() << "\n";
@@ -296,6 +355,59 @@ class Client {
     }
   }
 
+  // Any message the client accepts shows the aggregator is there: the heartbeats sent so far
+  // count as answered.
+  void heard_from_aggregator(std::uint16_t minor) {
+    aggregator_minor_ = minor;
+    unanswered_since_.reset();
+    if (silence_warned_) {
+      silence_warned_ = false;
+      std::cerr << "doc_client: the aggregator at " << opt_.connect << " answers again\n";
+    }
+  }
+
+  // Warns once when the heartbeats have gone unanswered for the peer timeout (an aggregator
+  // before 1.4 does not answer them, so then there is nothing to measure).
+  void check_silence(Clock::time_point now) {
+    if (silence_warned_ || !unanswered_since_ || aggregator_minor_ < 4) return;
+    if (now - *unanswered_since_ < opt_.peer_timeout) return;
+    silence_warned_ = true;
+    std::cerr << "doc_client: no word from the aggregator at " << opt_.connect << " for "
+              << std::chrono::duration_cast<std::chrono::milliseconds>(now - *unanswered_since_)
+                         .count() / 1000.0
+              << " s (heartbeats unanswered); it is down or unreachable, still heartbeating\n";
+  }
+
+  // Section 5 rule 6: a notRegistered Error. Stop heartbeating (every message would be answered
+  // with another notRegistered), forget the old run, and send a Hello after a random delay.
+  // Further notRegistered Errors (answers to heartbeats queued during an outage) while a
+  // registration is under way change nothing.
+  void schedule_registration() {
+    if (!registered_ && next_hello_at_) return;
+    registered_ = false;
+    run_id_.clear();
+    unanswered_since_.reset();
+    backoff_ = kHeartbeatInterval;
+    next_hello_at_ = Clock::now() + jitter();
+  }
+
+  // Sends the Hello that was due; if no Welcome answers it within a heartbeat interval (the
+  // aggregator answers at once when it is there), another follows after a random delay from a
+  // doubled backoff.
+  void register_again() {
+    std::cerr << "doc_client: registering again with the aggregator at " << opt_.connect
+              << "\n";
+    send_hello();
+    backoff_ = std::min<std::chrono::milliseconds>(backoff_ * 2, kMaxBackoff);
+    next_hello_at_ = Clock::now() + kHeartbeatInterval + jitter();
+  }
+
+  // Uniform in [0, backoff).
+  std::chrono::milliseconds jitter() {
+    std::uniform_int_distribution<std::int64_t> d(0, backoff_.count() - 1);
+    return std::chrono::milliseconds(d(rng_));
+  }
+
   static const char* code_name(fs::ErrorCode c) {
     switch (c) {
       case fs::ErrorCode::UNKNOWN: return "unknown";
@@ -303,8 +415,9 @@ class Client {
       case fs::ErrorCode::MALFORMED: return "malformed";
       case fs::ErrorCode::REJECTED: return "rejected";
       case fs::ErrorCode::INTERNAL: return "internal";
+      case fs::ErrorCode::NOT_REGISTERED: return "notRegistered";
     }
-    return "?";
+    return "unknown";  // a newer minor version's code reads as unknown (section 7)
   }
 
   fs::Envelope::Builder start(capnp::MessageBuilder& mb, std::uint64_t reply_to = 0) {
@@ -352,6 +465,7 @@ class Client {
     hb.setModelVersion(model_version_);
     hb.setBusy(false);
     send(mb);
+    if (!unanswered_since_) unanswered_since_ = last_sent_;
   }
 
   // Why the task's tensors cannot be used, or empty if they can.
@@ -455,14 +569,23 @@ class Client {
   zmq::context_t ctx_;
   zmq::socket_t socket_;
   std::string run_id_;
-  bool welcomed_ = false;
+  bool registered_ = false;     // holds a Welcome for the current run
+  bool ever_welcomed_ = false;
   std::uint64_t model_version_ = 0;
   std::uint64_t next_message_id_ = 1;
   std::uint64_t tasks_answered_ = 0;
-  std::uint64_t errors_ = 0;
+  std::uint64_t errors_ = 0;           // Errors other than notRegistered
+  std::uint64_t not_registered_ = 0;   // notRegistered Errors
+  std::uint64_t registrations_ = 0;    // Welcomes received
   std::size_t last_segments_ = 0;  // of the message being handled
   Clock::time_point last_heard_{};
   Clock::time_point last_sent_{};
+  std::uint16_t aggregator_minor_ = 0;  // from its latest accepted envelope
+  std::optional<Clock::time_point> unanswered_since_;  // first heartbeat not answered yet
+  bool silence_warned_ = false;
+  std::optional<Clock::time_point> next_hello_at_;  // re-registration: the next Hello
+  std::chrono::milliseconds backoff_{kHeartbeatInterval};
+  std::mt19937_64 rng_{std::random_device{}()};
 };
 
 }  // namespace
@@ -483,7 +606,8 @@ int main(int argc, char** argv) {
   if (client) {
     client->print_summary();
   } else {
-    std::cout << "doc-client: tasks 0 answered, errors 0" << std::endl;
+    std::cout << "doc-client: tasks 0 answered, errors 0, notRegistered 0, registrations 0"
+              << std::endl;
   }
   return 1;
 }
