@@ -61,6 +61,16 @@ Message welcome(const std::string& run_id) {
   return m;
 }
 
+/// Sends `m`'s frames over a raw ZeroMQ socket (a peer that is not an Endpoint).
+void send_raw(zmq::socket_t& socket, const Message& m) {
+  const auto encoded = encode(m);
+  for (std::size_t i = 0; i < encoded.frames.size(); ++i) {
+    const auto& f = encoded.frames[i];
+    socket.send(zmq::const_buffer(f.data(), f.size()),
+                i + 1 < encoded.frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+  }
+}
+
 std::unique_ptr<Endpoint> must(Expected<std::unique_ptr<Endpoint>> e) {
   if (!e) ADD_FAILURE() << e.error().message;
   return e ? std::move(e).value() : nullptr;
@@ -210,13 +220,7 @@ TEST(Transport, GarbageFromAPeerIsReportedAndTheEndpointKeepsWorking) {
   ASSERT_FALSE(inbox.at(0).message.has_value());
   EXPECT_EQ(Errc::malformed, inbox.at(0).message.error().code);
 
-  // The same connection, now well-formed.
-  auto encoded = encode(hello(5));
-  for (std::size_t i = 0; i < encoded.frames.size(); ++i) {
-    const auto& f = encoded.frames[i];
-    raw.send(zmq::const_buffer(f.data(), f.size()),
-             i + 1 < encoded.frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
-  }
+  send_raw(raw, hello(5));  // the same connection, now well-formed
   ASSERT_TRUE(inbox.wait_for(2));
   ASSERT_TRUE(inbox.at(1).message.has_value()) << inbox.at(1).message.error().message;
   EXPECT_EQ(5U, std::get<Hello>(inbox.at(1).message->payload).client_id);
@@ -353,12 +357,7 @@ TEST(Transport, APeerThatStopsReadingDoesNotPinWhatItIsSent) {
   slow.set(zmq::sockopt::rcvhwm, 1);  // what it has not read stays queued at the sender
   slow.set(zmq::sockopt::linger, 0);
   slow.connect(server->address());
-  auto encoded = encode(hello(7));
-  for (std::size_t i = 0; i < encoded.frames.size(); ++i) {
-    const auto& f = encoded.frames[i];
-    slow.send(zmq::const_buffer(f.data(), f.size()),
-              i + 1 < encoded.frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
-  }
+  send_raw(slow, hello(7));
   ASSERT_TRUE(inbox.wait_for(1));  // the server knows the peer
 
   const auto model = torch::ones({256 * 1024});  // 1 MiB
