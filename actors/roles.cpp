@@ -52,16 +52,9 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
   setup->endpoint = std::shared_ptr<Endpoint>(std::move(endpoint).value());
   if (!config.aggregator.admin_listen.empty()) {
     const auto& admin_listen = config.aggregator.admin_listen;
-    if (admin_listen == listen) {
-      return Error{Errc::invalid_config,
-                   "the admin endpoint " + admin_listen +
-                       " is the clients' endpoint: give admin commands their own (an ipc:// path)"};
-    }
-    if (admin_listen.starts_with("ipc://@")) {
-      return Error{Errc::invalid_config,
-                   "aggregator.admin-listen " + admin_listen +
-                       ": an abstract ipc socket has no file permissions (anyone on this machine "
-                       "could connect); use an ipc:// path"};
+    // Again: the command line may have overridden either address since the config was read.
+    if (auto why = admin_listen_problem(admin_listen, listen); !why.empty()) {
+      return Error{Errc::invalid_config, why};
     }
     auto options = endpoint_options(config);
     // The admin endpoint failing must not end the run: its commands are unavailable, said.

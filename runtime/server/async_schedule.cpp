@@ -256,7 +256,7 @@ std::vector<Send> AsyncSchedule::handle_update(const std::string& peer, const Up
     return out;
   }
   const auto client_id = client_id_of(peer);
-  const auto claimed = weight_of(peer, update);
+  const auto claimed = weight_of(update);
   double weight = claimed.value;
   if (buffered && options_.staleness_weighted) weight *= options_.staleness(tau);
   TensorList rebased;

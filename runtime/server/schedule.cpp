@@ -57,8 +57,8 @@ std::uint32_t Schedule::client_id_of(const std::string& peer) const {
   return p != nullptr ? p->client_id : 0;
 }
 
-Schedule::Weight Schedule::weight_of(const std::string& peer, const Update& update) const {
-  (void)peer;  // not capped at its registration's count: a device's data may grow
+Schedule::Weight Schedule::weight_of(const Update& update) const {
+  // Not capped at the count the client registered with: a device's data may grow.
   const std::uint64_t cap = std::max<std::uint64_t>(options_.max_examples, 1);
   const std::uint64_t claim = std::max<std::uint64_t>(update.num_examples, 1);
   return {static_cast<double>(std::min(claim, cap)), claim > cap};

@@ -225,13 +225,13 @@ class Schedule {
   /// back while the run is going is ready for work.
   void heard(const std::string& peer, std::vector<Send>& out);
   [[nodiscard]] std::uint32_t client_id_of(const std::string& peer) const;
-  /// What `update` from `peer` weighs: its claimed examples, at least 1, capped at
+  /// What `update` weighs: its claimed examples, at least 1, capped at
   /// options_.max_examples.
   struct Weight {
     double value = 1;
     bool capped = false;  ///< the claim was more than that
   };
-  [[nodiscard]] Weight weight_of(const std::string& peer, const Update& update) const;
+  [[nodiscard]] Weight weight_of(const Update& update) const;
   /// The tensors of an update that passed validation: `tensors` itself, or a clipped copy
   /// kept in the `storage` given to validate().
   struct Validated {

@@ -59,7 +59,7 @@ std::vector<Send> SyncRounds::handle_update(const std::string& peer, const Updat
            "a delta update, but the sync schedule's tasks ask for weights");
     return out;
   }
-  const auto [weight, capped] = weight_of(peer, update);
+  const auto [weight, capped] = weight_of(update);
   const auto client_id = client_id_of(peer);
   if (auto ok = aggregation_->check(WeightedUpdate{&update.tensors, weight, 0, client_id}); !ok) {
     reject(out, peer, update, RejectReason::invalid, ok.error().message);

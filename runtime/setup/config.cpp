@@ -398,9 +398,8 @@ Config read(const toml::table& root, const std::string& source) {
          ") is larger than data.clients (" + std::to_string(c.data.clients) + ")");
   }
   if (c.aggregator.listen.empty()) fail(source + ": aggregator.listen is empty");
-  if (!c.aggregator.admin_listen.empty() && c.aggregator.admin_listen == c.aggregator.listen) {
-    fail(source + ": aggregator.admin-listen is aggregator.listen, the clients' endpoint: give "
-                  "admin commands their own (an ipc:// path, or a loopback address)");
+  if (auto why = admin_listen_problem(c.aggregator.admin_listen, c.aggregator.listen); !why.empty()) {
+    fail(source + ": " + why);
   }
   if (c.run.mode == RunMode::simulate && c.lora.dropout > 0 && c.run.threads > 1) {
     // LibTorch's dropout draws from one process-wide generator: with several workers training
@@ -483,6 +482,21 @@ Config read(const toml::table& root, const std::string& source) {
 }
 
 }  // namespace
+
+std::string admin_listen_problem(const std::string& admin_listen, const std::string& listen) {
+  if (admin_listen.empty()) return {};
+  if (admin_listen == listen) {
+    return "aggregator.admin-listen " + admin_listen +
+           " is the clients' endpoint (aggregator.listen): give admin commands their own (an "
+           "ipc:// path)";
+  }
+  if (admin_listen.starts_with("ipc://@")) {
+    return "aggregator.admin-listen " + admin_listen +
+           ": an abstract ipc socket has no file permissions (anyone on this machine could "
+           "connect); use an ipc:// path";
+  }
+  return {};
+}
 
 Expected<Config> parse_config(const std::string& text, const std::string& source) {
   try {

@@ -168,6 +168,12 @@ struct Config {
 /// The same from TOML text (`source` names it in messages).
 [[nodiscard]] Expected<Config> parse_config(const std::string& text, const std::string& source);
 
+/// Why `admin_listen` cannot take admin commands next to the clients' endpoint `listen`
+/// (the same address; an abstract ipc socket, which has no permissions); empty if it can.
+/// Checked when a config is read and again once the command line has overridden either.
+[[nodiscard]] std::string admin_listen_problem(const std::string& admin_listen,
+                                               const std::string& listen);
+
 /// Parses "250ms", "30s", "2m", "1h" (a unit is required).
 [[nodiscard]] Expected<Duration> parse_duration(const std::string& text);
 

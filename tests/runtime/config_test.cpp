@@ -77,7 +77,9 @@ TEST(Config, UnknownKeyIsNamed) {
 
 TEST(Config, AdminCommandsNeverShareTheClientsEndpoint) {
   auto e = config_error("[aggregator]\nlisten = \"tcp://0.0.0.0:5555\"\nadmin-listen = \"tcp://0.0.0.0:5555\"\n");
-  EXPECT_NE(e.message.find("aggregator.admin-listen is aggregator.listen"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("is the clients' endpoint (aggregator.listen)"), std::string::npos) << e.message;
+  e = config_error("[aggregator]\nadmin-listen = \"ipc://@flotilla-admin\"\n");
+  EXPECT_NE(e.message.find("abstract ipc socket"), std::string::npos) << e.message;
 }
 
 TEST(Config, UnknownSectionIsNamed) {

@@ -61,7 +61,19 @@ Message welcome(const std::string& run_id) {
   return m;
 }
 
-/// Sends `m`'s frames over a raw ZeroMQ socket (a peer that is not an Endpoint).
+/// A raw ZeroMQ DEALER (a peer that is not an Endpoint) connected to `address` as `id`,
+/// taking at most `rcvhwm` messages off the network before it reads them.
+zmq::socket_t raw_dealer(zmq::context_t& ctx, const std::string& id, const std::string& address,
+                         int rcvhwm = 1000) {
+  zmq::socket_t socket(ctx, zmq::socket_type::dealer);
+  socket.set(zmq::sockopt::routing_id, id);
+  socket.set(zmq::sockopt::rcvhwm, rcvhwm);
+  socket.set(zmq::sockopt::linger, 0);
+  socket.connect(address);
+  return socket;
+}
+
+/// Sends `m`'s frames over a raw ZeroMQ socket.
 void send_raw(zmq::socket_t& socket, const Message& m) {
   const auto encoded = encode(m);
   for (std::size_t i = 0; i < encoded.frames.size(); ++i) {
@@ -207,10 +219,7 @@ TEST(Transport, GarbageFromAPeerIsReportedAndTheEndpointKeepsWorking) {
   ASSERT_TRUE(server);
 
   zmq::context_t ctx;
-  zmq::socket_t raw(ctx, zmq::socket_type::dealer);
-  raw.set(zmq::sockopt::routing_id, "vandal");
-  raw.set(zmq::sockopt::linger, 0);
-  raw.connect(server->address());
+  auto raw = raw_dealer(ctx, "vandal", server->address());
   const std::string junk = "this is not a flotilla message";
   raw.send(zmq::buffer(junk), zmq::send_flags::sndmore);
   raw.send(zmq::str_buffer("\x01\x02\x03"), zmq::send_flags::none);
@@ -352,11 +361,8 @@ TEST(Transport, APeerThatStopsReadingDoesNotPinWhatItIsSent) {
   auto server = must(Endpoint::bind("tcp://127.0.0.1:*", inbox.handler()));
   ASSERT_TRUE(server);
   zmq::context_t ctx;
-  zmq::socket_t slow(ctx, zmq::socket_type::dealer);
-  slow.set(zmq::sockopt::routing_id, "slow");
-  slow.set(zmq::sockopt::rcvhwm, 1);  // what it has not read stays queued at the sender
-  slow.set(zmq::sockopt::linger, 0);
-  slow.connect(server->address());
+  // It takes one message off the network: what it has not read stays queued at the sender.
+  auto slow = raw_dealer(ctx, "slow", server->address(), 1);
   send_raw(slow, hello(7));
   ASSERT_TRUE(inbox.wait_for(1));  // the server knows the peer
 
