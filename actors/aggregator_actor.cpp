@@ -1,6 +1,7 @@
 #include "actors/aggregator_actor.hpp"
 
 #include "runtime/base/log.hpp"
+#include "runtime/setup/federation.hpp"
 
 namespace flotilla::actors {
 namespace {
@@ -10,6 +11,7 @@ using Self = caf::stateful_actor<AggregatorState>;
 /// The run is over (done, or it cannot go on): reports, closes the endpoints, quits.
 void stop(Self* self) {
   auto& s = *self->state.setup;
+  if (s.checkpoints) checkpoint_at_end(*s.checkpoints, *s.rounds);
   if (s.hooks.on_done) s.hooks.on_done(*s.rounds);
   s.mailbox->detach();
   if (s.admin_endpoint) s.admin_endpoint->close();

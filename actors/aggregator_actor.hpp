@@ -17,6 +17,8 @@ using AggregatorHooks = ScheduleHooks;
 struct AggregatorSetup {
   std::unique_ptr<PluginRegistry> plugins;  ///< loads new builds of the aggregation plugin
   std::unique_ptr<Schedule> rounds;
+  /// Where its checkpoints and journal go (checkpoint.dir); null when off.
+  std::shared_ptr<CheckpointStore> checkpoints;
   /// Watches the aggregation plugin's file (aggregator.watch-plugins); none for "builtin".
   std::optional<PluginWatcher> watcher;
   std::shared_ptr<Endpoint> endpoint;

@@ -211,6 +211,11 @@ int main(int argc, char** argv) {
   agg->add_option("CONFIG", config_path, "Run config (TOML)")->required()->check(CLI::ExistingFile);
   agg->add_option("--listen", listen, "Endpoint to bind (default: aggregator.listen)");
   agg->add_option("--output", output, "Directory for rounds.csv (default: run.output)");
+  std::string resume_dir;
+  agg->add_option("--resume", resume_dir,
+                  "Continue the run checkpointed in DIR (its checkpoint.dir) after a crash or kill: "
+                  "the latest good checkpoint, then every update journaled after it")
+      ->check(CLI::ExistingDirectory);
 
   auto* client = app.add_subcommand("client", "Run one client");
   client->add_option("CONFIG", config_path, "Run config (TOML)")->required()->check(CLI::ExistingFile);
@@ -276,6 +281,11 @@ int main(int argc, char** argv) {
   auto config = load(config_path);
   if (!config) return 2;
   if (!admin_listen.empty()) config->aggregator.admin_listen = admin_listen;
+  if (!resume_dir.empty()) {
+    // It goes on writing checkpoints where it resumed from.
+    config->checkpoint.dir = resume_dir;
+    config->checkpoint.resume = true;
+  }
   if (config->run.mode == RunMode::simulate && !*run) {
     std::cerr << "flotilla: " << config_path
               << " has run.mode = \"simulate\": the whole fleet runs in one process; start it "

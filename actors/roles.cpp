@@ -72,6 +72,17 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
     logger("aggregator")->info("admin commands on {}", setup->admin_endpoint->address());
   }
   auto initial = (*model)->state();
+  auto resumed = resumption(config);
+  if (!resumed) return resumed.error();
+  if (*resumed) {
+    // The method starts from the checkpoint's model (a server optimizer keeps it).
+    if (auto ok = check_compatible(initial, (*resumed)->snapshot.model); !ok) {
+      return Error{Errc::invalid_config, config.checkpoint.dir +
+                                             ": the checkpoint's model does not fit the config's: " +
+                                             ok.error().message};
+    }
+    initial = (*resumed)->snapshot.model;
+  }
   auto plugins = plugin_registry(config);
   if (!plugins) return plugins.error();
   setup->plugins = std::move(plugins).value();
@@ -86,6 +97,9 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
   auto schedule = make_schedule(config, std::move(initial), std::move(aggregation).value(), clock);
   if (!schedule) return schedule.error();
   setup->rounds = std::move(schedule).value();
+  auto checkpoints = attach_checkpoints(config, *setup->rounds, *resumed);
+  if (!checkpoints) return checkpoints.error();
+  setup->checkpoints = std::move(checkpoints).value();
   if (metrics != nullptr) {
     setup->metrics = watch_schedule(config, *metrics, setup->hooks);
     metrics->add_counter("flotilla_aggregator_received_bytes_total",

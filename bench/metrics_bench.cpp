@@ -3,11 +3,15 @@
 // the aggregator's metrics reading its events (and the counters each update carries) vs the
 // same with metrics off, alternating in one process. Prints updates/s for both and the overhead.
 // With --compare validation: update validation off vs "finite" (the default) vs "clip" (norms).
-//   metrics_bench [--kib 204] [--updates 4000] [--clients 32] [--repeats 5] [--compare metrics|validation]
+// With --compare checkpoint: no checkpoints vs the journal written (sync-journal = false) vs
+// written and flushed to the disk (the default), checkpoints every --every versions in --dir.
+//   metrics_bench [--kib 204] [--updates 4000] [--clients 32] [--repeats 5]
+//                 [--compare metrics|validation|checkpoint] [--dir DIR] [--every 100]
 #include "monitoring/aggregator_metrics.hpp"
 #include "runtime/base/log.hpp"
 #include "runtime/plugin_host/fedavg.hpp"
 #include "runtime/server/async_schedule.hpp"
+#include "runtime/server/checkpoint.hpp"
 
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
@@ -16,6 +20,7 @@
 #include <chrono>
 #include <cstdio>
 #include <deque>
+#include <filesystem>
 #include <string>
 
 using namespace flotilla;
@@ -23,9 +28,9 @@ using namespace flotilla;
 namespace {
 
 /// Updates per second over `updates` updates from `clients` clients, with metrics or without,
-/// validating updates as `validation` says.
+/// validating updates as `validation` says, checkpointing as `checkpoints` says (none if null).
 double run(std::int64_t floats, int updates, int clients, bool with_metrics,
-           ValidationOptions validation = {}) {
+           ValidationOptions validation = {}, const CheckpointOptions* checkpoints = nullptr) {
   ScheduleOptions o;
   o.validation = validation;
   o.kind = ScheduleKind::async;
@@ -39,6 +44,12 @@ double run(std::int64_t floats, int updates, int clients, bool with_metrics,
   const TensorList initial{{"w", torch::zeros({floats})}};
   ManualClock clock;
   AsyncSchedule schedule(o, initial, std::make_unique<FedAvg>(initial), clock, "bench");
+  std::shared_ptr<CheckpointStore> store;
+  if (checkpoints != nullptr) {
+    std::filesystem::remove_all(checkpoints->dir);
+    store = CheckpointStore::open(*checkpoints).value();
+    if (!keep_checkpoints(schedule, store, false)) throw std::runtime_error("checkpoints failed");
+  }
   monitoring::Metrics registry;
   monitoring::AggregatorMetrics metrics(registry);
   const auto observe = [&] {
@@ -85,6 +96,8 @@ int main(int argc, char** argv) {
   std::int64_t kib = 204;
   int updates = 4000, clients = 32, repeats = 5;
   std::string compare = "metrics";
+  std::string dir = "build/bench-checkpoints";
+  std::uint64_t every = 100;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--kib") kib = std::stoll(argv[i + 1]);
@@ -92,6 +105,8 @@ int main(int argc, char** argv) {
     else if (a == "--clients") clients = std::stoi(argv[i + 1]);
     else if (a == "--repeats") repeats = std::stoi(argv[i + 1]);
     else if (a == "--compare") compare = argv[i + 1];
+    else if (a == "--dir") dir = argv[i + 1];
+    else if (a == "--every") every = std::stoull(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
@@ -101,6 +116,23 @@ int main(int argc, char** argv) {
   (void)set_log_level("warn");
   const std::int64_t floats = std::max<std::int64_t>(1, kib * 1024 / 4);
   (void)run(floats, updates / 4, clients, true);  // warm up
+  if (compare == "checkpoint") {
+    CheckpointOptions written{dir, every, 2, false};
+    CheckpointOptions flushed{dir, every, 2, true};
+    double off = 0, wrote = 0, synced = 0;
+    for (int r = 0; r < repeats; ++r) {  // interleaved, best of each
+      off = std::max(off, run(floats, updates, clients, false));
+      wrote = std::max(wrote, run(floats, updates, clients, false, {}, &written));
+      synced = std::max(synced, run(floats, updates, clients, false, {}, &flushed));
+    }
+    std::filesystem::remove_all(dir);
+    std::printf("checkpoint model_kib=%lld updates=%d every=%llu off_updates_per_s=%.0f "
+                "journal_updates_per_s=%.0f journal_flushed_updates_per_s=%.0f journal_vs_off=%.4f "
+                "flushed_vs_off=%.4f\n",
+                static_cast<long long>(kib), updates, static_cast<unsigned long long>(every), off, wrote,
+                synced, wrote / off, synced / off);
+    return 0;
+  }
   if (compare == "validation") {
     ValidationOptions none;
     none.finite = false;

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Flotilla's benchmarks, each printing ratios measured in this one run (the machines are
 # shared and noisy: compare ratios, not absolute numbers across runs).
-#   scripts/bench.sh [fold|transport|e2e|blas|plugins|schedules|async|simulate|churn|metrics|validation ...]   default: all
+#   scripts/bench.sh [fold|transport|e2e|blas|plugins|schedules|async|simulate|churn|metrics|validation|checkpoint ...]   default: all
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async simulate churn metrics validation)
+WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async simulate churn metrics validation checkpoint)
 bash scripts/install-deps.sh
 bash scripts/build.sh flotilla fold_bench transport_bench baseline_bench blas_bench \
   fold_plugin_bench galore_bench metrics_bench
@@ -22,6 +22,11 @@ metrics)
 validation)
   echo "== validation: updates/s on the aggregation hot path with update validation off, \"finite\" (default), \"clip\" (norms)"
   "$B/metrics_bench" --compare validation --kib 204 --updates 4000 --repeats 5
+  ;;
+checkpoint)
+  echo "== checkpoint: updates/s on the aggregation hot path (FedAsync) without checkpoints, with every accepted update journaled, and journaled and flushed (fdatasync; the default); a checkpoint every 100 versions, on the build directory's disk"
+  "$B/metrics_bench" --compare checkpoint --kib 204 --updates 2000 --repeats 3 --every 100 \
+    --dir "${FLOTILLA_BUILD_DIR:-build}/bench-checkpoints"
   ;;
 churn)
   echo "== churn: 100 client processes on loopback, SIGKILLed and restarted at random (async, 150 s)"

@@ -79,6 +79,16 @@ class Aggregation {
   /// The plugin behind it, if any ("" for a built-in method).
   [[nodiscard]] virtual std::string plugin_name() const { return ""; }
 
+  /// The method's state between versions (server moments, ...), for checkpoints: empty for a
+  /// method that keeps none. Only at a safe point: accepted() == 0.
+  [[nodiscard]] virtual Expected<TensorList> export_state() { return TensorList{}; }
+  /// Continues from what export_state() returned (a checkpoint's, maybe of an older build).
+  [[nodiscard]] virtual Expected<void> import_state(const TensorList& saved) {
+    if (saved.empty()) return {};
+    return Error{Errc::invalid_argument, describe() + " keeps no state, but the checkpoint has " +
+                                             std::to_string(saved.size()) + " tensor(s) of it"};
+  }
+
   /// Switches to a new build of the same plugin, keeping the method's state between versions.
   /// Only at a safe point: accepted() == 0. On failure the old version keeps running.
   [[nodiscard]] virtual Expected<void> reload(std::shared_ptr<PluginLibrary> library) {

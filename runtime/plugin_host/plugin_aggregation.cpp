@@ -201,32 +201,44 @@ Expected<void> PluginAggregation::reload(std::shared_ptr<PluginLibrary> library)
   }
   if (auto ok = library->check_options(options_, "aggregator.options"); !ok) return ok.error();
   // The method's state between versions (server moments, ...) moves to the new build.
-  flotilla_output saved;
-  if (api().export_state != nullptr) {
-    if (auto ok = library_->call("export_state", [&] { return api().export_state(state_, &saved); });
-        !ok) {
-      return ok.error();
-    }
-  }
+  auto saved = export_state();
+  if (!saved) return saved.error();
   auto state = create_state(*library, options_, global_);
   if (!state) return state.error();
-  const auto& next = *library->plugin().aggregator;
-  if (!saved.tensors.empty()) {
-    if (next.import_state == nullptr) {
-      (void)library->call("destroy", [&] { next.destroy(*state); return FLOTILLA_OK; });
-      return Error{Errc::invalid_argument, "the new build cannot import the old one's state"};
-    }
-    DlTensors tensors(saved.tensors);
-    if (auto ok = library->call("import_state", [&] { return next.import_state(*state, tensors.get()); });
-        !ok) {
-      (void)library->call("destroy", [&] { next.destroy(*state); return FLOTILLA_OK; });
-      return ok.error();
-    }
+  if (auto ok = import_into(*library, *state, *saved); !ok) {
+    const auto& next = *library->plugin().aggregator;
+    (void)library->call("destroy", [&] { next.destroy(*state); return FLOTILLA_OK; });
+    return Error{ok.error().code, "the new build cannot take the old one's state: " + ok.error().message};
   }
   destroy_state();
   library_ = std::move(library);
   state_ = *state;
   return {};
+}
+
+Expected<TensorList> PluginAggregation::export_state() {
+  flotilla_output saved;
+  if (api().export_state == nullptr) return TensorList{};
+  if (auto ok = library_->call("export_state", [&] { return api().export_state(state_, &saved); }); !ok) {
+    return ok.error();
+  }
+  return std::move(saved.tensors);
+}
+
+Expected<void> PluginAggregation::import_into(const PluginLibrary& library, void* state,
+                                              const TensorList& saved) {
+  if (saved.empty()) return {};
+  const auto& api = *library.plugin().aggregator;
+  if (api.import_state == nullptr) {
+    return Error{Errc::invalid_argument, library.info().name + " " + library.info().version +
+                                             " imports no state (it declares no import_state)"};
+  }
+  DlTensors tensors(saved);
+  return library.call("import_state", [&] { return api.import_state(state, tensors.get()); });
+}
+
+Expected<void> PluginAggregation::import_state(const TensorList& saved) {
+  return import_into(*library_, state_, saved);
 }
 
 }  // namespace flotilla

@@ -34,6 +34,8 @@ class PluginAggregation final : public Aggregation {
   [[nodiscard]] AggregationTraits traits() const override;
   void set_global(const TensorList& global) override { global_ = global; }
   [[nodiscard]] Expected<void> reload(std::shared_ptr<PluginLibrary> library) override;
+  [[nodiscard]] Expected<TensorList> export_state() override;
+  [[nodiscard]] Expected<void> import_state(const TensorList& saved) override;
   [[nodiscard]] std::string plugin_name() const override { return library_->info().name; }
 
   [[nodiscard]] const PluginLibrary& library() const { return *library_; }
@@ -47,6 +49,9 @@ class PluginAggregation final : public Aggregation {
                                                     const PluginOptions& options,
                                                     const TensorList& global);
   void destroy_state();
+  /// Hands `saved` (export_state's) to `state` of `library`.
+  [[nodiscard]] static Expected<void> import_into(const PluginLibrary& library, void* state,
+                                                  const TensorList& saved);
 
   std::shared_ptr<PluginLibrary> library_;
   PluginOptions options_;

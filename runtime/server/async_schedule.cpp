@@ -209,6 +209,36 @@ void AsyncSchedule::make_version(Label what, double factor, std::vector<Send>& o
   const bool last = version_ + 1 >= options_.versions;
   produce_version(std::move(*next), version_ + 1, last, out);
   apply_pending_reload();  // between updates: nothing is folded in now
+  version_point();
+}
+
+void AsyncSchedule::save_position(ScheduleSnapshot& snapshot) const {
+  if (aggregation_->accepted() != 0) {
+    throw Failure(Errc::internal, "a checkpoint with " + std::to_string(aggregation_->accepted()) +
+                                      " update(s) folded in");
+  }
+  snapshot.step = version_;
+  snapshot.next_task = next_seq_;
+}
+
+void AsyncSchedule::replay(const JournalEntry& entry) {
+  std::vector<Send> out;  // nobody is connected while resuming
+  apply(entry.accepted, entry.tensors, out);
+  next_seq_ = std::max(next_seq_, entry.accepted.round + 1);
+}
+
+void AsyncSchedule::apply(UpdateAccepted accepted, const TensorList& tensors, std::vector<Send>& out) {
+  const WeightedUpdate wu{&tensors, accepted.weight, accepted.staleness, accepted.client_id};
+  const Label what{"task", accepted.round};
+  lost_in_a_row_ = 0;
+  emit(std::move(accepted));
+  // An update the method fails to fold is counted as rejected; the model stays as it was.
+  const bool folded = fold({&wu, 1}, what) == 0;
+  if (folded && options_.kind != ScheduleKind::buffered) {
+    step(options_.alpha * options_.staleness(wu.staleness), out);
+  } else if (folded && aggregation_->accepted() >= options_.buffer_size) {
+    step(options_.server_learning_rate, out);
+  }
 }
 
 std::vector<Send> AsyncSchedule::handle_update(const std::string& peer, const Update& update) {
@@ -282,18 +312,11 @@ std::vector<Send> AsyncSchedule::handle_update(const std::string& peer, const Up
     after_update(out);
     return out;
   }
-  const WeightedUpdate wu{valid->tensors, weight, tau, client_id};
-  lost_in_a_row_ = 0;
-  emit(UpdateAccepted{peer, client_id, update.round, update.base_model_version, tau, weight,
-                      total_bytes(update.tensors), metric(update.metrics, "loss"),
-                      metric(update.metrics, "accuracy"), claimed.capped, valid->clipped});
-  // An update the method fails to fold is counted as rejected; the model stays as it was.
-  const bool folded = fold({&wu, 1}, Label{"task", update.round}) == 0;
-  if (folded && !buffered) {
-    step(options_.alpha * options_.staleness(tau), out);
-  } else if (folded && aggregation_->accepted() >= options_.buffer_size) {
-    step(options_.server_learning_rate, out);
-  }
+  UpdateAccepted accepted{peer, client_id, update.round, update.base_model_version, tau, weight,
+                          total_bytes(update.tensors), metric(update.metrics, "loss"),
+                          metric(update.metrics, "accuracy"), claimed.capped, valid->clipped};
+  journal(accepted, *valid->tensors);  // durable before it is folded
+  apply(std::move(accepted), *valid->tensors, out);
   after_update(out);
   return out;
 }

@@ -45,8 +45,15 @@ class AsyncSchedule final : public Schedule {
     return supports(options_, traits, name);
   }
   void tick_running(std::vector<Send>& out) override;
+  /// Versions produced, the next task's number; only with nothing folded in.
+  void save_position(ScheduleSnapshot& snapshot) const override;
+  void restore_position(const ScheduleSnapshot& snapshot) override { next_seq_ = snapshot.next_task; }
+  void replay(const JournalEntry& entry) override;
 
  private:
+  /// Folds an accepted (validated) update in and produces a version if that completes one:
+  /// every update under async, every buffer-size under buffered. Also what a replay does.
+  void apply(UpdateAccepted accepted, const TensorList& tensors, std::vector<Send>& out);
   struct Held {
     std::uint64_t seq = 0;
     std::uint64_t base_version = 0;

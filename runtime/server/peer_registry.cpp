@@ -121,4 +121,18 @@ std::vector<std::string> PeerRegistry::everyone() const {
   return out;
 }
 
+std::vector<std::pair<std::string, PeerRegistry::Peer>> PeerRegistry::entries() const {
+  std::vector<std::pair<std::string, Peer>> out;
+  out.reserve(known());
+  for (const auto& [id, e] : peers_) out.emplace_back(id, e.peer);
+  for (const auto& [id, p] : gone_) out.emplace_back(id, p);
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return out;
+}
+
+void PeerRegistry::restore(const std::string& peer, const Peer& known) {
+  if (peers_.contains(peer)) return;
+  gone_[peer] = known;
+}
+
 }  // namespace flotilla

@@ -54,6 +54,10 @@ class PeerRegistry {
   [[nodiscard]] std::vector<std::string> all() const;
   /// Every peer ever registered, live or set aside (who must hear that the run is over).
   [[nodiscard]] std::vector<std::string> everyone() const;
+  /// Every peer known, live or set aside, with what is known of it, sorted by id.
+  [[nodiscard]] std::vector<std::pair<std::string, Peer>> entries() const;
+  /// Adds a peer known from a checkpoint, set aside: live again as soon as it is heard from.
+  void restore(const std::string& peer, const Peer& known);
 
  private:
   void count(Role role, const std::string& peer);

@@ -87,6 +87,8 @@ class VersionRecorder {
   /// Records completed since the last call, in order.
   [[nodiscard]] std::vector<RoundRecord> take_completed();
   [[nodiscard]] const ScheduleCounters& counters() const { return counters_; }
+  /// Continues counting from `counters` (a resumed run's, from its checkpoint).
+  void restore(const ScheduleCounters& counters) { counters_ = counters; }
   [[nodiscard]] ClientCounts client_counts() const;
 
  private:

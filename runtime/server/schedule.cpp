@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 
 namespace flotilla {
 
@@ -121,10 +122,8 @@ std::vector<Send> Schedule::on_hello(const std::string& peer, const Hello& hello
     request_evaluation(out, 0, 0);
   }
   if (hello.role != Role::client) return out;
-  if (phase_ == Phase::registering && registry_.live_clients() >= options_.min_clients) {
-    phase_ = Phase::running;
-    run_started_ = clock_.now();
-    start(out);
+  if (phase_ == Phase::registering) {
+    maybe_start(out);
   } else if (phase_ == Phase::running) {
     if (known) {
       on_client_restarted(peer, out);
@@ -184,7 +183,19 @@ void Schedule::heard(const std::string& peer, std::vector<Send>& out) {
   const auto* p = registry_.find(peer);
   emit(ClientJoined{peer, p->role, p->client_id, true});
   logger("aggregator")->info("{} is back", peer);
-  if (phase_ == Phase::running && p->role == Role::client) on_client_ready(peer, out);
+  if (p->role != Role::client) return;
+  if (phase_ == Phase::running) {
+    on_client_ready(peer, out);
+  } else if (phase_ == Phase::registering) {
+    maybe_start(out);  // a peer of a resumed run, back with a heartbeat
+  }
+}
+
+void Schedule::maybe_start(std::vector<Send>& out) {
+  if (phase_ != Phase::registering || registry_.live_clients() < options_.min_clients) return;
+  phase_ = Phase::running;
+  run_started_ = clock_.now();
+  start(out);
 }
 
 std::vector<Send> Schedule::on_bad_message(const std::string& peer, const Error& error) {
@@ -298,6 +309,97 @@ std::vector<Send> Schedule::on_tick() {
   expire_evaluations();
   if (phase_ == Phase::draining && !ledger_.waiting()) finish(out, "all rounds done");
   return out;
+}
+
+void Schedule::version_point() {
+  if (checkpoint_hook_ && !resuming_) checkpoint_hook_(*this);
+}
+
+void Schedule::journal(const UpdateAccepted& accepted, const TensorList& tensors) {
+  if (!journal_ || resuming_) return;
+  try {
+    journal_(JournalEntry{accepted, tensors});
+  } catch (const std::exception& e) {
+    // Folded all the same: a full disk must not stop training, but it is said every time.
+    logger("aggregator")->error("update from {} not journaled (it will not survive a crash): {}",
+                                accepted.peer, e.what());
+  }
+}
+
+void Schedule::replay(const JournalEntry&) {
+  throw Failure(Errc::invalid_config, std::string("the ") + to_string(options_.kind) +
+                                          " schedule keeps no journal, but the checkpoint has one");
+}
+
+ScheduleSnapshot Schedule::snapshot() {
+  ScheduleSnapshot s;
+  s.kind = to_string(options_.kind);
+  s.run_id = run_id_;
+  s.version = version_;
+  std::ostringstream rng;
+  rng << rng_;
+  s.rng = rng.str();
+  s.counters = recorder_.counters();
+  for (auto& [id, p] : registry_.entries()) {
+    s.peers.push_back(PeerSnapshot{id, p.role, p.client_id, p.num_examples});
+  }
+  s.norms = validator_.norms();
+  s.finished = phase_ == Phase::done;
+  s.model = model_;
+  auto state = aggregation_->export_state();
+  if (!state) throw Failure(Errc::internal, aggregation_->describe() + ": " + state.error().message);
+  s.method_state = std::move(state).value();
+  save_position(s);
+  return s;
+}
+
+Expected<void> Schedule::resume(const Resumption& from) {
+  const auto& s = from.snapshot;
+  if (s.kind != to_string(options_.kind)) {
+    return Error{Errc::invalid_config, "the checkpoint is of a \"" + s.kind +
+                                           "\" schedule, the config asks for \"" +
+                                           to_string(options_.kind) + "\" (aggregator.schedule)"};
+  }
+  if (auto ok = check_compatible(model_, s.model, DtypeMatch::exact); !ok) {
+    return Error{Errc::invalid_config, "the checkpoint's model does not fit the config's: " + ok.error().message};
+  }
+  if (s.run_id != run_id_) {
+    logger("aggregator")->warn("the config's run is '{}'; continuing the checkpoint's, '{}'", run_id_, s.run_id);
+    run_id_ = s.run_id;
+  }
+  std::istringstream rng(s.rng);
+  rng >> rng_;
+  if (rng.fail()) return Error{Errc::malformed, "the checkpoint's random engine state does not read"};
+  model_ = s.model;
+  version_ = s.version;
+  aggregation_->set_global(model_);
+  if (auto ok = aggregation_->import_state(s.method_state); !ok) {
+    return Error{ok.error().code, aggregation_->describe() + ": " + ok.error().message};
+  }
+  recorder_.restore(s.counters);
+  validator_.restore(s.norms);
+  for (const auto& p : s.peers) {
+    PeerRegistry::Peer known;
+    known.role = p.role;
+    known.client_id = p.client_id;
+    known.num_examples = p.num_examples;
+    known.last_seen = clock_.now();
+    registry_.restore(p.peer, known);
+  }
+  restore_position(s);
+  resuming_ = true;
+  try {
+    for (const auto& entry : from.journal) replay(entry);
+  } catch (const std::exception& e) {
+    resuming_ = false;
+    return Error{Errc::invalid_config, std::string("replaying the journal: ") + e.what()};
+  }
+  resuming_ = false;
+  if (s.finished || (planned() > 0 && round() >= planned())) {
+    std::vector<Send> ignored;  // nobody is connected yet
+    finish(ignored, "the checkpoint's run was already complete");
+  }
+  return {};
 }
 
 bool Schedule::at_safe_point() const { return aggregation_->accepted() == 0; }

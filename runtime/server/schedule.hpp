@@ -10,6 +10,7 @@
 #include "runtime/base/clock.hpp"
 #include "runtime/plugin_host/aggregation.hpp"
 #include "runtime/protocol/message.hpp"
+#include "runtime/server/checkpoint.hpp"
 #include "runtime/server/evaluation_ledger.hpp"
 #include "runtime/server/events.hpp"
 #include "runtime/server/peer_registry.hpp"
@@ -159,8 +160,24 @@ class Schedule {
   /// Clients by state (online, holding a task, set aside), as the events say.
   [[nodiscard]] ClientCounts client_counts() const { return recorder_.client_counts(); }
   [[nodiscard]] const std::string& run_id() const { return run_id_; }
+  [[nodiscard]] ScheduleKind kind() const { return options_.kind; }
   /// "sync", "async (alpha 0.6, polynomial(a=0.5))", "buffered (K 10, ...)".
   [[nodiscard]] virtual std::string describe() const = 0;
+
+  /// Called where the schedule is between versions (a round closed, a version produced): a
+  /// checkpoint taken there with snapshot() is consistent. Not called while resuming.
+  void set_checkpoint_hook(std::function<void(Schedule&)> hook) { checkpoint_hook_ = std::move(hook); }
+  /// Called with every update an asynchronous schedule accepts, before it is folded (the
+  /// journal that makes it survive a crash); what it throws is logged, the update still folded.
+  void set_journal(std::function<void(const JournalEntry&)> journal) { journal_ = std::move(journal); }
+  /// The state to continue from; only between versions (see set_checkpoint_hook), else
+  /// Failure. Throws Failure if the aggregation method cannot export its state.
+  [[nodiscard]] ScheduleSnapshot snapshot();
+  /// Continues from a checkpoint before any peer has registered: its model, version, counters,
+  /// random engine, validation window, method state and peers (set aside: each is live again
+  /// once heard from), then replays the updates journaled after it. Errc::invalid_config if
+  /// the checkpoint is of another kind of schedule or another model.
+  [[nodiscard]] Expected<void> resume(const Resumption& from);
 
  protected:
   enum class Phase { registering, running, draining, done };
@@ -184,6 +201,18 @@ class Schedule {
   virtual void tick_running(std::vector<Send>& out) = 0;
   /// Whether nothing is folded into the aggregation (a reload may happen now).
   [[nodiscard]] virtual bool at_safe_point() const;
+  /// What a checkpoint needs of the subclass (sync: rounds closed; async: the next task).
+  virtual void save_position(ScheduleSnapshot& snapshot) const = 0;
+  virtual void restore_position(const ScheduleSnapshot& snapshot) = 0;
+  /// Folds a journaled update again, as when it was accepted (resuming).
+  virtual void replay(const JournalEntry& entry);
+  /// The schedule is between versions: a checkpoint may be taken (set_checkpoint_hook).
+  void version_point();
+  /// Journals an update about to be folded (set_journal).
+  void journal(const UpdateAccepted& accepted, const TensorList& tensors);
+  /// Enough clients are live to start (registration complete): start().
+  void maybe_start(std::vector<Send>& out);
+
   /// Whether a method with these traits can work under this schedule (a reloaded build is
   /// checked as the first one was at startup).
   [[nodiscard]] virtual Expected<void> accepts(const AggregationTraits& traits,
@@ -276,6 +305,9 @@ class Schedule {
   std::vector<Event> events_;
   std::shared_ptr<PluginLibrary> pending_reload_;
   std::string pending_reason_;
+  std::function<void(Schedule&)> checkpoint_hook_;
+  std::function<void(const JournalEntry&)> journal_;
+  bool resuming_ = false;
 };
 
 /// Who watches a run, whether a real aggregator or a simulator drives its schedule.

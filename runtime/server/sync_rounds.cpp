@@ -102,6 +102,13 @@ void SyncRounds::on_client_restarted(const std::string& peer, std::vector<Send>&
   on_client_ready(peer, out);
 }
 
+void SyncRounds::save_position(ScheduleSnapshot& snapshot) const {
+  if (collecting_) {
+    throw Failure(Errc::internal, "a checkpoint while round " + std::to_string(round_) + " is open");
+  }
+  snapshot.step = round_;
+}
+
 void SyncRounds::start_round(std::vector<Send>& out) {
   apply_pending_reload();  // between rounds: nothing is folded in yet
   const auto live = registry_.clients();
@@ -178,6 +185,9 @@ void SyncRounds::close_round(std::vector<Send>& out, bool deadline) {
   sampled_.clear();
   replied_.clear();
   answered_.clear();
+  // Between rounds, before the next one draws its clients: a checkpoint here continues with
+  // the same draw.
+  version_point();
   if (last) {
     end_run(out, "all rounds done");
   } else if (auto why = stop_reason()) {

@@ -31,6 +31,9 @@ class SyncRounds final : public Schedule {
   /// gets the task again (the old process took it along); else as on_client_ready.
   void on_client_restarted(const std::string& peer, std::vector<Send>& out) override;
   [[nodiscard]] bool at_safe_point() const override { return !collecting_; }
+  /// Rounds closed (a round in progress is run again when resumed: its clients train it anew).
+  void save_position(ScheduleSnapshot& snapshot) const override;
+  void restore_position(const ScheduleSnapshot& snapshot) override { round_ = snapshot.step; }
 
  private:
   void start_round(std::vector<Send>& out);

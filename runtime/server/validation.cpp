@@ -117,4 +117,9 @@ TensorList UpdateValidator::clip(const TensorList& update, const TensorList& mod
   return out;
 }
 
+void UpdateValidator::restore(const std::vector<double>& norms) {
+  norms_.clear();
+  for (const double n : norms) accepted(n);
+}
+
 }  // namespace flotilla

@@ -9,6 +9,7 @@
 #include <deque>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace flotilla {
 
@@ -53,6 +54,10 @@ class UpdateValidator {
   [[nodiscard]] const ValidationOptions& options() const { return options_; }
   /// The median of the accepted norms in the window (nothing before norm_min_samples).
   [[nodiscard]] std::optional<double> median() const;
+  /// The accepted norms the median is taken over, oldest first (for checkpoints).
+  [[nodiscard]] std::vector<double> norms() const { return {norms_.begin(), norms_.end()}; }
+  /// Continues with `norms` (from norms()) as the accepted ones.
+  void restore(const std::vector<double>& norms);
 
  private:
   ValidationOptions options_;

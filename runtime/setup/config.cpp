@@ -355,6 +355,11 @@ Config read(const toml::table& root, const std::string& source) {
   r.string("metrics", "listen", c.metrics.listen);
   r.duration("metrics", "hold", c.metrics.hold);
 
+  r.string("checkpoint", "dir", c.checkpoint.dir);
+  r.integer("checkpoint", "every", c.checkpoint.every, 0, 1'000'000'000);
+  r.integer("checkpoint", "keep", c.checkpoint.keep, 1, 1'000'000);
+  r.boolean("checkpoint", "sync-journal", c.checkpoint.sync_journal);
+
   r.duration("simulation", "tick", c.simulation.tick);
   r.real("simulation", "example-seconds", c.simulation.example_seconds, 0.0, 1e6, "a number >= 0");
   r.duration("simulation", "progress", c.simulation.progress);

@@ -126,6 +126,19 @@ struct MetricsSection {
   Duration hold{0};
 };
 
+/// The aggregator's checkpoints and journal ([checkpoint], docs/reliability.md).
+struct CheckpointSection {
+  /// Where they are written; empty = none. `flotilla aggregator --resume DIR` continues there.
+  std::string dir;
+  /// A checkpoint every N rounds (sync) or versions (async, buffered); 0: 1 round (sync), 100
+  /// versions (async, buffered: the journal holds what lies between).
+  std::uint64_t every = 0;
+  std::uint32_t keep = 3;    ///< the latest N are kept
+  bool sync_journal = true;  ///< flush each accepted update to the disk before folding it
+  /// Continue the run checkpointed in `dir` (`flotilla aggregator --resume DIR`; not a key).
+  bool resume = false;
+};
+
 struct EvaluatorSection {
   bool enabled = true;
   std::int64_t examples = 0;      ///< test examples used; 0 = the whole test set
@@ -156,6 +169,7 @@ struct Config {
   EvaluatorSection evaluator;
   SimulationSection simulation;
   MetricsSection metrics;
+  CheckpointSection checkpoint;
   /// Device profiles ([[fleet.profile]]): emulated task times, links, availability, dropouts.
   std::vector<DeviceProfileSpec> fleet;
 };

@@ -261,4 +261,46 @@ Expected<std::unique_ptr<Schedule>> make_schedule(const Config& config, TensorLi
       std::move(options), std::move(initial), std::move(aggregation), clock, run_id(config)));
 }
 
+Expected<std::optional<Resumption>> resumption(const Config& config) {
+  if (!config.checkpoint.resume) return std::optional<Resumption>{};
+  // A journal record holds one update: bounded by the largest message the aggregator takes.
+  auto r = load_checkpoint(config.checkpoint.dir, config.aggregator.max_message_bytes + (1u << 20));
+  if (!r) return r.error();
+  for (const auto& w : r->warnings) logger("aggregator")->warn("{}", w);
+  logger("aggregator")->info("{}", r->report);
+  return std::optional<Resumption>(std::move(r).value());
+}
+
+Expected<std::shared_ptr<CheckpointStore>> attach_checkpoints(const Config& config, Schedule& schedule,
+                                                              const std::optional<Resumption>& resumed) {
+  if (resumed) {
+    if (auto ok = schedule.resume(*resumed); !ok) {
+      return Error{ok.error().code, config.checkpoint.dir + ": " + ok.error().message};
+    }
+    logger("aggregator")->info("resumed at {} {}, model version {}: {} updates accepted so far ({} "
+                               "replayed from the journal){}",
+                               schedule.kind() == ScheduleKind::sync ? "round" : "version",
+                               schedule.round(), schedule.model_version(),
+                               schedule.counters().updates_accepted, resumed->journal.size(),
+                               schedule.done() ? "; the run was already complete" : "");
+  }
+  if (config.checkpoint.dir.empty()) return std::shared_ptr<CheckpointStore>();
+  const bool sync = config.aggregator.schedule == ScheduleKind::sync;
+  CheckpointOptions options{config.checkpoint.dir,
+                            config.checkpoint.every != 0 ? config.checkpoint.every : sync ? 1u : 100u,
+                            config.checkpoint.keep, config.checkpoint.sync_journal};
+  auto opened = CheckpointStore::open(std::move(options), resumed ? &*resumed : nullptr);
+  if (!opened) return opened.error();
+  std::shared_ptr<CheckpointStore> store = std::move(opened).value();
+  if (auto ok = keep_checkpoints(schedule, store, resumed.has_value()); !ok) {
+    return Error{ok.error().code, "checkpoint.dir: " + ok.error().message};
+  }
+  logger("aggregator")->info("checkpoints in {} every {} {} (the latest {} kept){}", config.checkpoint.dir,
+                             store->options().every, sync ? "rounds" : "versions", config.checkpoint.keep,
+                             sync                             ? ""
+                             : config.checkpoint.sync_journal ? "; every accepted update journaled and flushed"
+                                                              : "; every accepted update journaled (not flushed)");
+  return store;
+}
+
 }  // namespace flotilla

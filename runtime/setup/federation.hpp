@@ -89,6 +89,16 @@ namespace flotilla {
                                                                 std::unique_ptr<Aggregation> aggregation,
                                                                 const Clock& clock);
 
+/// The checkpoint to continue from when config.checkpoint.resume (--resume DIR): read, its
+/// warnings logged; nothing when not resuming. Errc::io when there is none to read.
+[[nodiscard]] Expected<std::optional<Resumption>> resumption(const Config& config);
+
+/// Continues `schedule` from `resumed` (if any), then, when config.checkpoint.dir is set, has
+/// it write checkpoints there (and journal accepted updates): the first one at once for a new
+/// run, so that the journal always follows one. Nothing (null) when checkpoints are off.
+[[nodiscard]] Expected<std::shared_ptr<CheckpointStore>> attach_checkpoints(
+    const Config& config, Schedule& schedule, const std::optional<Resumption>& resumed);
+
 /// Sends plugins' log lines to the run's logging ("plugin:<name>" components).
 void route_plugin_logs();
 

@@ -1,7 +1,12 @@
 #pragma once
 /// Helpers for the schedule tests: what a schedule sent, by payload kind.
 #include "runtime/plugin_host/fedavg.hpp"
+#include "runtime/server/async_schedule.hpp"
 #include "runtime/server/schedule.hpp"
+#include "runtime/server/sync_rounds.hpp"
+
+#include <functional>
+#include <map>
 
 #include <stdexcept>
 
@@ -54,6 +59,46 @@ class BrokenAggregation final : public Aggregation {
   int fail_fold_every_;
   int throwing_finalizes_;
   int folds_ = 0;
+};
+
+/// Drives a schedule with clients "client-0".."client-N-1", keeping the tasks each holds.
+struct Fleet {
+  /// `prepare` runs before the clients register (e.g. resumes the schedule from a checkpoint).
+  Fleet(ScheduleOptions o, TensorList initial, int clients,
+        std::unique_ptr<Aggregation> method = nullptr,
+        const std::function<void(Schedule&)>& prepare = {}) {
+    if (!method) method = std::make_unique<FedAvg>(initial);
+    if (o.kind == ScheduleKind::sync) {
+      schedule = std::make_unique<SyncRounds>(o, initial, std::move(method), clock, "run");
+    } else {
+      schedule = std::make_unique<AsyncSchedule>(o, initial, std::move(method), clock, "run");
+    }
+    if (prepare) prepare(*schedule);
+    for (int i = 0; i < clients; ++i) {
+      take(schedule->on_hello(peer(i), Hello{Role::client, std::uint32_t(i), {}, 100}));
+    }
+  }
+  static std::string peer(int i) { return "client-" + std::to_string(i); }
+  void take(const std::vector<Send>& out) {
+    for (auto& [p, t] : sent<Task>(out)) tasks[p] = t;
+    for (auto& [p, e] : sent<ErrorReply>(out)) errors.push_back(e.message);
+  }
+  /// `peer` answers its task with `tensors` (weights, or a delta when the task asked for one).
+  void answer(const std::string& p, TensorList tensors, std::uint64_t examples = 100) {
+    const Task t = tasks.at(p);
+    tasks.erase(p);
+    Update u;
+    u.round = t.round;
+    u.base_model_version = t.model_version;
+    u.num_examples = examples;
+    u.is_delta = t.send_delta;
+    u.tensors = std::move(tensors);
+    take(schedule->on_update(p, u));
+  }
+  ManualClock clock;
+  std::unique_ptr<Schedule> schedule;
+  std::map<std::string, Task> tasks;
+  std::vector<std::string> errors;
 };
 
 }  // namespace flotilla::testing
