@@ -47,7 +47,12 @@ class AsyncSchedule final : public Schedule {
   void tick_running(std::vector<Send>& out) override;
   /// Versions produced, the next task's number; only with nothing folded in.
   void save_position(ScheduleSnapshot& snapshot) const override;
-  void restore_position(const ScheduleSnapshot& snapshot) override { next_seq_ = snapshot.next_task; }
+  /// Task numbers continue well past any handed out after the checkpoint (those were not
+  /// journaled): an answer to a task of the killed aggregator never matches a new one.
+  void restore_position(const ScheduleSnapshot& snapshot) override {
+    next_seq_ = snapshot.next_task + kResumeTaskGap;
+  }
+  static constexpr std::uint64_t kResumeTaskGap = 1ull << 32;
   void replay(const JournalEntry& entry) override;
 
  private:

@@ -271,9 +271,16 @@ Expected<Resumption> load_checkpoint(const fs::path& dir, std::uint64_t max_reco
   r.journal_path = dir / step_name("journal", *chosen, ".log");
   r.journal_good_bytes = 0;
   std::size_t journals = 0;
+  bool torn = false;
   for (const auto step : steps_in(dir, "journal", ".log")) {
     if (step < *chosen) continue;
     const auto path = dir / step_name("journal", step, ".log");
+    if (torn) {
+      // A journal after a torn one cannot follow on from it.
+      r.stale_journals.push_back(path);
+      r.warnings.push_back(path.string() + " follows a torn journal: not replayed (set aside as .stale)");
+      continue;
+    }
     auto read = RecordLog::read(path, max_record);
     if (!read) return read.error();
     ++journals;
@@ -289,7 +296,7 @@ Expected<Resumption> load_checkpoint(const fs::path& dir, std::uint64_t max_reco
       // Only the last record can be torn (a crash while appending it): it was never folded.
       r.warnings.push_back(path.string() + ": " + read->torn + "; the " + std::to_string(read->records.size()) +
                            " records before it are replayed, the torn one was never folded");
-      break;
+      torn = true;
     }
   }
   r.report = fmt::format("resuming run {} from {} ({} {}, model version {}) and {} accepted update(s) "
@@ -303,15 +310,28 @@ Expected<Resumption> load_checkpoint(const fs::path& dir, std::uint64_t max_reco
 Expected<std::unique_ptr<CheckpointStore>> CheckpointStore::open(CheckpointOptions options,
                                                                  const Resumption* resumed) {
   std::error_code ec;
-  fs::create_directories(options.dir, ec);
-  if (ec) return Error{Errc::io, options.dir.string() + ": cannot create the checkpoint directory: " + ec.message()};
-  ::chmod(options.dir.c_str(), 0700);  // model weights and the fleet's ids: the owner's only
+  if (!fs::exists(options.dir, ec)) {
+    fs::create_directories(options.dir, ec);
+    if (ec) return Error{Errc::io, options.dir.string() + ": cannot create the checkpoint directory: " + ec.message()};
+    ::chmod(options.dir.c_str(), 0700);  // model weights and the fleet's ids: the owner's only
+  }
+  if (resumed == nullptr && !steps_in(options.dir, "checkpoint", "").empty()) {
+    // A new run would mix its checkpoints with another run's (and the older would be pruned).
+    return Error{Errc::invalid_config, options.dir.string() +
+                                           " already holds checkpoints: continue that run with `flotilla "
+                                           "aggregator CONFIG --resume " + options.dir.string() +
+                                           "`, or set checkpoint.dir to a new directory"};
+  }
   // Directories a crash left half written.
   for (const auto& e : fs::directory_iterator(options.dir, ec)) {
     if (e.path().filename().string().rfind(".tmp-checkpoint-", 0) == 0) fs::remove_all(e.path(), ec);
   }
   std::unique_ptr<CheckpointStore> store(new CheckpointStore(std::move(options)));
   if (resumed != nullptr) {
+    for (const auto& stale : resumed->stale_journals) {
+      // After a torn one: never replayed again, kept for a post-mortem.
+      fs::rename(stale, stale.string() + ".stale", ec);
+    }
     auto log = RecordLog::open(resumed->journal_path, resumed->journal_good_bytes, store->options_.sync_journal);
     if (!log) return log.error();
     store->journal_.emplace(std::move(log).value());
@@ -344,24 +364,32 @@ Expected<void> CheckpointStore::write(const ScheduleSnapshot& s) {
   if (ok) ok = write_safetensors(tmp / "method.safetensors", s.method_state, meta);
   // Written last: a checkpoint directory with a good state.json has everything.
   if (ok) ok = write_file_durably(tmp / "state.json", state_json(s));
+  // The journal after it exists (empty, flushed) before the checkpoint does: updates accepted
+  // once it is in place are never appended to a journal that resuming from it would skip.
+  std::optional<RecordLog> next;
+  if (ok) {
+    auto log = RecordLog::open(options_.dir / step_name("journal", s.step, ".log"), 0, options_.sync_journal);
+    if (log) {
+      next.emplace(std::move(log).value());
+    } else {
+      ok = log.error();
+    }
+  }
   if (ok) {
     fs::remove_all(final_dir, ec);  // one a resumed run is writing again (or an unreadable one)
     fs::rename(tmp, final_dir, ec);
     if (ec) ok = Error{Errc::io, final_dir.string() + ": cannot rename the new checkpoint: " + ec.message()};
   }
-  if (ok) ok = sync_directory(options_.dir);
   if (!ok) {
     fs::remove_all(tmp, ec);
     return ok;
   }
+  // In place now (its name is): from here on updates go to the journal after it.
   ++written_;
   last_step_ = s.step;
-  // Updates accepted from now on go to the journal after this checkpoint.
-  auto log = RecordLog::open(options_.dir / step_name("journal", s.step, ".log"), 0, options_.sync_journal);
-  if (!log) return log.error();
-  journal_.emplace(std::move(log).value());
+  journal_ = std::move(next);
   prune();
-  return {};
+  return sync_directory(options_.dir);
 }
 
 void CheckpointStore::prune() {
@@ -416,7 +444,9 @@ Expected<void> keep_checkpoints(Schedule& schedule, const std::shared_ptr<Checkp
 
 void checkpoint_at_end(CheckpointStore& store, Schedule& schedule) {
   try {
-    if (auto ok = store.offer(schedule.snapshot(), schedule.planned()); !ok) throw Failure(ok.error());
+    // Written again if its step was: this one says the run is over (resumed, it ends at once).
+    const auto snapshot = schedule.snapshot();
+    if (auto ok = store.offer(snapshot, schedule.planned(), snapshot.finished); !ok) throw Failure(ok.error());
   } catch (const Failure& f) {
     // Not between versions (a buffer half full): the journal holds what the checkpoint would.
     logger("aggregator")->debug("no checkpoint at the end: {}", f.what());

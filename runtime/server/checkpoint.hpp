@@ -76,6 +76,8 @@ struct Resumption {
   /// where its last good record ends (a torn tail after it is cut).
   std::filesystem::path journal_path;
   std::uint64_t journal_good_bytes = 0;
+  /// Journals after a torn one (they cannot follow on from it): set aside when the store opens.
+  std::vector<std::filesystem::path> stale_journals;
 };
 
 /// Reads the newest good checkpoint in `dir` and the journals after it (Errc::io if there is

@@ -40,6 +40,7 @@ Expected<RecordLog> RecordLog::open(const std::filesystem::path& path, std::uint
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) return io_error(path, "cannot open the journal");
   RecordLog log(path, fd, sync);
+  log.end_ = keep_bytes;
   if (::ftruncate(fd, static_cast<off_t>(keep_bytes)) != 0) return io_error(path, "cannot cut its torn tail");
   if (::lseek(fd, static_cast<off_t>(keep_bytes), SEEK_SET) < 0) return io_error(path, "cannot seek");
   if (sync) {
@@ -50,7 +51,7 @@ Expected<RecordLog> RecordLog::open(const std::filesystem::path& path, std::uint
 }
 
 RecordLog::RecordLog(RecordLog&& other) noexcept
-    : path_(std::move(other.path_)), fd_(std::exchange(other.fd_, -1)), sync_(other.sync_) {}
+    : path_(std::move(other.path_)), fd_(std::exchange(other.fd_, -1)), sync_(other.sync_), end_(other.end_) {}
 
 RecordLog& RecordLog::operator=(RecordLog&& other) noexcept {
   if (this != &other) {
@@ -58,6 +59,7 @@ RecordLog& RecordLog::operator=(RecordLog&& other) noexcept {
     path_ = std::move(other.path_);
     fd_ = std::exchange(other.fd_, -1);
     sync_ = other.sync_;
+    end_ = other.end_;
   }
   return *this;
 }
@@ -91,11 +93,20 @@ Expected<void> RecordLog::append(const std::string& payload) {
     }
     const auto n = ::writev(fd_, left, count);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return io_error(path_, "cannot append to the journal");
+    if (n < 0) return undo(io_error(path_, "cannot append to the journal"));
     skip += static_cast<std::size_t>(n);
   }
-  if (sync_ && ::fdatasync(fd_) != 0) return io_error(path_, "cannot flush the journal");
+  if (sync_ && ::fdatasync(fd_) != 0) return undo(io_error(path_, "cannot flush the journal"));
+  end_ += total;
   return {};
+}
+
+Error RecordLog::undo(Error why) {
+  // Half a record would end every later one for a reader: cut back to the last whole record.
+  if (::ftruncate(fd_, static_cast<off_t>(end_)) != 0 || ::lseek(fd_, static_cast<off_t>(end_), SEEK_SET) < 0) {
+    why.message += "; and it cannot be cut back to its last whole record";
+  }
+  return why;
 }
 
 Expected<RecordLog::Read> RecordLog::read(const std::filesystem::path& path, std::uint64_t max_record) {

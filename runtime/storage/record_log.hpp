@@ -41,9 +41,13 @@ class RecordLog {
 
  private:
   RecordLog(std::filesystem::path path, int fd, bool sync) : path_(std::move(path)), fd_(fd), sync_(sync) {}
+  /// A failed append cut back to end_ (the end of the last whole record).
+  [[nodiscard]] Error undo(Error why);
+
   std::filesystem::path path_;
   int fd_ = -1;
   bool sync_ = true;
+  std::uint64_t end_ = 0;
 };
 
 }  // namespace flotilla

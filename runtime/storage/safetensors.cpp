@@ -118,16 +118,21 @@ Expected<Safetensors> decode(std::span<const std::byte> bytes, const std::string
       return malformed(where, t + " has no data_offsets [begin, end]");
     }
     Entry e{name, *type, {}, (*offsets)[0].get<std::uint64_t>(), (*offsets)[1].get<std::uint64_t>()};
-    // The byte count the shape and dtype imply, without overflow.
+    // The byte count the shape and dtype imply, without overflow; and the strides (products of
+    // the sizes, zeros counted as ones) within what a tensor can index.
     std::uint64_t count = at::elementSize(*type);
+    std::uint64_t strides = 1;
+    constexpr auto kMax = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
     for (const auto& d : *shape) {
       if (!d.is_number_unsigned()) return malformed(where, t + ": a size in its shape is not a count");
       const auto n = d.get<std::uint64_t>();
-      if (n > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) ||
-          (n != 0 && count > std::numeric_limits<std::uint64_t>::max() / n)) {
+      const auto at_least_one = std::max<std::uint64_t>(n, 1);
+      if (n > kMax || (n != 0 && count > std::numeric_limits<std::uint64_t>::max() / n) ||
+          strides > kMax / at_least_one) {
         return malformed(where, t + ": its shape overflows");
       }
       count *= n;
+      strides *= at_least_one;
       e.shape.push_back(static_cast<std::int64_t>(n));
     }
     if (e.begin > e.end || e.end > data.size()) {

@@ -344,3 +344,41 @@ TEST(Checkpoint, AJournalEntryRoundTripsWithAnyPeerId) {
   EXPECT_TRUE(back->accepted.weight_capped);
   expect_same_model(back->tensors, e.tensors);
 }
+
+TEST(Checkpoint, ANewRunIntoADirectoryOfCheckpointsIsRefusedPointingToResume) {
+  const TempDir dir;
+  {
+    Checkpointed c(dir.path, 1);
+    Fleet f(options(ScheduleKind::async, 2), model_of(1), 2, nullptr, c.fresh());
+    answer_all(f, false);
+  }
+  CheckpointOptions o;
+  o.dir = dir.path;
+  auto again = CheckpointStore::open(o);
+  ASSERT_FALSE(again);
+  EXPECT_NE(again.error().message.find("--resume " + dir.path.string()), std::string::npos)
+      << again.error().message;
+  // What the first run left is untouched.
+  EXPECT_TRUE(load_checkpoint(dir.path, 1 << 20));
+}
+
+TEST(Checkpoint, ARunStoppedEarlyIsCheckpointedAsOverAndEndsAtOnceWhenResumed) {
+  const TempDir dir;
+  auto o = options(ScheduleKind::sync, 2);
+  o.rounds = 5;
+  o.max_time = 10s;
+  {
+    Checkpointed c(dir.path, 1);
+    Fleet f(o, model_of(1), 2, nullptr, c.fresh());
+    answer_all(f, false);
+    f.clock.advance(11s);
+    answer_all(f, false);  // round 2 closes past run.max-time: the run is over
+    ASSERT_TRUE(f.schedule->done());
+    ASSERT_EQ(f.schedule->round(), 2u);
+    checkpoint_at_end(*c.store, *f.schedule);  // as the aggregator does when it stops
+  }
+  Checkpointed c(dir.path, 1);
+  Fleet resumed(o, model_of(1), 2, nullptr, c.resume());
+  EXPECT_TRUE(resumed.schedule->done());
+  EXPECT_TRUE(resumed.tasks.empty());
+}

@@ -159,6 +159,9 @@ TEST(Safetensors, BrokenFilesAreRefusedNamingTheProblem) {
   // A shape whose byte count overflows 64 bits.
   EXPECT_NE(refused(hf_file(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})",
                             floats({1, 2}))).find("overflows"), std::string::npos);
+  // No bytes at all, but sizes whose strides overflow: refused, not left to LibTorch to throw.
+  EXPECT_NE(refused(hf_file(R"({"w":{"dtype":"F32","shape":[0,4611686018427387904,4],"data_offsets":[0,0]}})",
+                            "")).find("overflows"), std::string::npos);
   EXPECT_NE(refused(hf_file(R"({"w":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})",
                             floats({1, 2}))).find("C64"), std::string::npos);
   EXPECT_NE(refused(hf_file("[1,2]", "")).find("object"), std::string::npos);
