@@ -237,6 +237,15 @@ int main(int argc, char** argv) {
                     "Serve Prometheus metrics on HOST:PORT (default: metrics.listen; port 0 = any)");
   }
 
+  auto* keygen = app.add_subcommand(
+      "keygen", "Make a CurveZMQ key pair for security.mode = \"curve\": DIR/NAME.key (secret, "
+                "owner-only) and DIR/NAME.pub (to authorize NAME on the aggregator)");
+  std::string key_name, key_dir = "keys";
+  keygen->add_option("NAME", key_name,
+                     "The id the key is for: aggregator, evaluator, client-<id>, or an operator's name")
+      ->required();
+  keygen->add_option("--dir", key_dir, "Where to write the files")->capture_default_str();
+
   auto* plugins = app.add_subcommand("plugins", "Inspect plugins");
   plugins->require_subcommand(1);
   std::string plugin_dir;
@@ -250,7 +259,13 @@ int main(int argc, char** argv) {
       "reload", "Reload the aggregation plugin's file (switches between rounds, keeps its state)");
   auto* adm_status = adm->add_subcommand("status", "Show the run's round, model and plugin");
   double admin_timeout = 10;
+  std::string admin_key, admin_server_key;
   for (auto* sub : {adm_reload, adm_status}) {
+    sub->add_option("--key", admin_key,
+                    "Under security.mode = \"curve\": this operator's key (NAME.key from `flotilla "
+                    "keygen NAME`; NAME.pub must be in the aggregator's security.admins)");
+    sub->add_option("--server-key", admin_server_key,
+                    "Under curve: the aggregator's public key (aggregator.pub)");
     sub->add_option("--connect", connect,
                     "The aggregator's admin endpoint (aggregator.admin-listen), e.g. "
                     "ipc:///run/user/1000/flotilla-admin")
@@ -266,10 +281,45 @@ int main(int argc, char** argv) {
   }
   route_plugin_logs();
   if (*plugins_list) return list_plugins(plugin_dir.empty() ? builtin_plugin_dir() : std::filesystem::path(plugin_dir));
+  if (*keygen) {
+    auto keys = generate_curve_keypair();
+    if (keys) {
+      if (auto ok = write_curve_keypair(key_dir, key_name, *keys); !ok) keys = ok.error();
+    }
+    if (!keys) {
+      std::cerr << "flotilla: " << keys.error().message << std::endl;
+      return 1;
+    }
+    const auto dir = std::filesystem::path(key_dir);
+    std::cout << "wrote " << (dir / (key_name + ".key")).string() << " (secret: keep it on that machine) and "
+              << (dir / (key_name + ".pub")).string() << " (public key " << keys->public_key << ")"
+              << std::endl;
+    return 0;
+  }
   if (*adm) {
     const std::string command = *adm_reload ? "reload" : "status";
+    std::optional<AdminCredentials> credentials;
+    if (!admin_key.empty() || !admin_server_key.empty()) {
+      if (admin_key.empty() || admin_server_key.empty()) {
+        std::cerr << "flotilla: admin over Curve needs both --key and --server-key" << std::endl;
+        return 2;
+      }
+      auto keys = read_curve_secret(admin_key);
+      if (!keys) {
+        std::cerr << "flotilla: " << keys.error().message << std::endl;
+        return 2;
+      }
+      auto server = read_curve_public(admin_server_key);
+      if (!server) {
+        std::cerr << "flotilla: " << server.error().message << std::endl;
+        return 2;
+      }
+      credentials = AdminCredentials{std::filesystem::path(admin_key).stem().string(),
+                                     CurveClient{*keys, *server}};
+    }
     auto reply = send_admin(connect, command, {},
-                            std::chrono::milliseconds(static_cast<long>(admin_timeout * 1000)));
+                            std::chrono::milliseconds(static_cast<long>(admin_timeout * 1000)),
+                            credentials);
     if (!reply) {
       std::cerr << "flotilla: " << reply.error().message << std::endl;
       return 1;

@@ -14,6 +14,7 @@ Expected<void> PeerSetup::connect(const Config& run_config, const std::string& a
   if (!built) return built.error();
   model = std::move(built).value();
   auto options = endpoint_options(config);
+  if (auto ok = secure_client(config, name, options); !ok) return ok.error();
   options.on_failure = Mailbox::failure_handler(mailbox, "the link to the aggregator at " + address);
   auto connected = Endpoint::connect(address, name, Mailbox::handler(mailbox), options);
   if (!connected) return connected.error();

@@ -47,6 +47,7 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
   // per client in ZeroMQ's queues; beyond that the clients' sends wait.
   options.max_in_flight = config.aggregator.max_in_flight;
   options.receive_high_water_mark = kAggregatorQueuePerClient;
+  if (auto ok = secure_server(config, "clients", options); !ok) return ok.error();
   auto endpoint = Endpoint::bind(listen, Mailbox::handler(setup->mailbox), options);
   if (!endpoint) return endpoint.error();
   setup->endpoint = std::shared_ptr<Endpoint>(std::move(endpoint).value());
@@ -63,6 +64,7 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
     };
     options.owner_only = true;
     options.limits.max_message_bytes = 1 << 20;  // commands are small
+    if (auto ok = secure_server(config, "admin", options); !ok) return ok.error();
     auto admin = Endpoint::bind(admin_listen,
                                 Mailbox::handler(setup->mailbox, kAdminChannel), options);
     if (!admin) {
@@ -108,6 +110,11 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
     metrics->add_counter("flotilla_aggregator_sent_bytes_total",
                          "Bytes the aggregator's transport sent (all frames).",
                          [e = setup->endpoint] { return static_cast<double>(e->bytes_sent()); });
+    metrics->add_counter("flotilla_aggregator_peers_refused_total",
+                         "Under security.mode = \"curve\": connections refused at the handshake (a key "
+                         "not authorized, a wrong aggregator key, no encryption) and messages from a "
+                         "peer using another id than its key's.",
+                         [e = setup->endpoint] { return static_cast<double>(e->peers_refused()); });
     metrics->add_counter("flotilla_aggregator_messages_dropped_total",
                          "Messages the aggregator's transport dropped: for a client not connected "
                          "or not reading (its queue full), unencodable, or after a failure.",

@@ -9,11 +9,15 @@
 namespace flotilla {
 
 Expected<AdminReply> send_admin(const std::string& address, const std::string& command,
-                                std::vector<std::string> args, std::chrono::milliseconds timeout) {
+                                std::vector<std::string> args, std::chrono::milliseconds timeout,
+                                const std::optional<AdminCredentials>& credentials) {
   auto reply = std::make_shared<std::promise<Expected<AdminReply>>>();
   auto future = reply->get_future();
   auto answered = std::make_shared<std::once_flag>();
-  const std::string identity = "admin-" + std::to_string(::getpid());
+  // Under Curve the id is the one the key is authorized for.
+  const std::string identity = credentials ? credentials->name : "admin-" + std::to_string(::getpid());
+  EndpointOptions options;
+  if (credentials) options.curve_client = credentials->curve;
   auto endpoint = Endpoint::connect(address, identity, [reply, answered](Inbound in) {
     std::call_once(*answered, [&] {
       if (!in.message) {
@@ -29,7 +33,7 @@ Expected<AdminReply> send_admin(const std::string& address, const std::string& c
                                                     payload_name(in.message->payload) + "' reply"});
       }
     });
-  });
+  }, options);
   if (!endpoint) return endpoint.error();
   Message m;
   m.sender = identity;

@@ -1,6 +1,7 @@
 #include "runtime/net/transport.hpp"
 
 #include "runtime/base/log.hpp"
+#include "runtime/net/context.hpp"
 
 #include <malloc.h>
 #include <sys/eventfd.h>
@@ -11,6 +12,7 @@
 #include <bit>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdint>
 #include <deque>
 #include <limits>
@@ -58,13 +60,7 @@ void tune_malloc() noexcept {
 /// The process-wide context, so that inproc:// works between any two endpoints. Never
 /// destroyed on purpose: zmq_ctx_term blocks until every socket is closed, which would hang
 /// process exit if an endpoint were still alive during static destruction.
-zmq::context_t& context() {
-  static auto* ctx = [] {
-    tune_malloc();
-    return new zmq::context_t(kZmqIoThreads);
-  }();
-  return *ctx;
-}
+zmq::context_t& context() { return detail::zmq_context(); }
 
 /// ZeroMQ's free callback for zero-copy frames: drops one reference to the encoded message's
 /// owner (builder + tensors), which ZeroMQ may do on its own I/O thread long after send().
@@ -117,15 +113,33 @@ struct InFlight {
   bool counted = false;  ///< whether bytes_sent_ includes it
 };
 
+/// Handshake failures ZeroMQ reports on a Curve socket (ZMQ_EVENT_HANDSHAKE_FAILED_*).
+constexpr int kHandshakeEvents =
+    ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
+
+/// Starts reporting `socket`'s handshake failures to a new inproc address, returned.
+std::string monitor(zmq::socket_t& socket) {
+  static std::atomic<std::uint64_t> next{0};
+  const auto address = "inproc://flotilla-monitor-" + std::to_string(next.fetch_add(1));
+  if (zmq_socket_monitor(socket.handle(), address.c_str(), kHandshakeEvents) != 0) {
+    throw zmq::error_t();
+  }
+  return address;
+}
+
 class ZmqEndpoint final : public Endpoint {
  public:
   ZmqEndpoint(zmq::socket_t socket, bool router, std::string address, Handler handler,
-              EndpointOptions options)
+              EndpointOptions options, std::string monitor_address = {})
       : socket_(std::move(socket)),
         router_(router),
         address_(std::move(address)),
         handler_(std::move(handler)),
         options_(options) {
+    if (!monitor_address.empty()) {
+      monitor_.emplace(context(), zmq::socket_type::pair);
+      monitor_->connect(monitor_address);
+    }
     thread_ = std::thread([this] { run(); });
   }
 
@@ -177,6 +191,9 @@ class ZmqEndpoint final : public Endpoint {
     std::lock_guard lock(mutex_);
     return failure_;
   }
+  [[nodiscard]] std::uint64_t peers_refused() const override {
+    return refused_.load(std::memory_order_relaxed);
+  }
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -202,6 +219,10 @@ class ZmqEndpoint final : public Endpoint {
     }
     if (why) fail(*why);
     try {
+      if (monitor_) {
+        zmq_socket_monitor(socket_.handle(), nullptr, 0);
+        monitor_->close();
+      }
       socket_.close();
     } catch (...) {
     }
@@ -253,6 +274,7 @@ class ZmqEndpoint final : public Endpoint {
       zmq::pollitem_t items[] = {
           {socket_.handle(), 0, static_cast<short>(in | (blocked ? ZMQ_POLLOUT : 0)), 0},
           {nullptr, shared_->wake.fd(), ZMQ_POLLIN, 0},
+          {monitor_ ? monitor_->handle() : nullptr, -1, static_cast<short>(monitor_ ? ZMQ_POLLIN : 0), 0},
       };
       long timeout_ms = -1;
       if (deadline) {
@@ -260,8 +282,9 @@ class ZmqEndpoint final : public Endpoint {
                                            *deadline - Clock::now())
                                            .count());
       }
-      zmq::poll(items, 2, std::chrono::milliseconds(timeout_ms));
+      zmq::poll(items, monitor_ ? 3 : 2, std::chrono::milliseconds(timeout_ms));
       if ((items[1].revents & ZMQ_POLLIN) != 0) shared_->wake.clear();
+      if (monitor_ && (items[2].revents & ZMQ_POLLIN) != 0) handshake_failed();
       if ((items[0].revents & ZMQ_POLLIN) != 0) receive_some();
     }
   }
@@ -376,6 +399,7 @@ class ZmqEndpoint final : public Endpoint {
       if (router_) {
         in.peer = parts.front().to_string();
         parts.erase(parts.begin());
+        if (options_.curve_server && !speaks_as_its_key(in.peer, parts)) continue;
       }
       for (const auto& p : parts) in.bytes += p.size();
       bytes_received_.fetch_add(in.bytes, std::memory_order_relaxed);
@@ -389,7 +413,67 @@ class ZmqEndpoint final : public Endpoint {
     }
   }
 
+  /// Under Curve, a peer may only use the id its key is authorized for (the ZAP handler's
+  /// User-Id on its messages): one client cannot send as another. Dropped and counted if not.
+  bool speaks_as_its_key(const std::string& peer, std::vector<zmq::message_t>& parts) {
+    const char* user = parts.empty() ? nullptr : zmq_msg_gets(parts.front().handle(), "User-Id");
+    if (user != nullptr && peer == user) return true;
+    refused_.fetch_add(1, std::memory_order_relaxed);
+    say_refused("endpoint " + address_ + ": a peer authenticated as '" +
+                std::string(user != nullptr ? user : "?") + "' sent a message as '" + peer +
+                "': dropped (an id is bound to its key)");
+    return false;
+  }
+
+  /// A handshake failed (the monitor's event): counted and said, what it most likely means.
+  void handshake_failed() {
+    zmq::message_t event, where;  // the event, then the endpoint's address
+    if (!monitor_->recv(event, zmq::recv_flags::dontwait)) return;
+    if (event.more()) (void)monitor_->recv(where, zmq::recv_flags::dontwait);
+    if (event.size() < 6) return;
+    std::uint16_t id = 0;
+    std::uint32_t value = 0;
+    std::memcpy(&id, event.data(), 2);
+    std::memcpy(&value, static_cast<const char*>(event.data()) + 2, 4);
+    refused_.fetch_add(1, std::memory_order_relaxed);
+    std::string why;
+    if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+      why = router_ ? "a peer's key is not authorized (see the warning before)"
+                    : "the aggregator refused this peer's key (is its .pub in the aggregator's "
+                      "security.authorized directory, under this peer's id?)";
+    } else if (id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL && value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+      why = router_ ? "a peer without Curve encryption tried to connect (its security.mode differs)"
+                    : "the aggregator does not speak Curve (its security.mode differs)";
+    } else if (router_) {
+      why = "a peer failed the Curve handshake (it holds a wrong aggregator public key, or hung up)";
+    } else {
+      why = "the Curve handshake with the aggregator failed (does security.server-key hold the "
+            "aggregator's public key?)";
+    }
+    say_refused((router_ ? "endpoint " : "link to ") + address_ + ": " + why);
+  }
+
+  /// Refusals are logged at most every 5 s per endpoint (a hostile peer retries ten times a
+  /// second), with how many were not.
+  void say_refused(const std::string& what) {
+    const auto now = Clock::now();
+    if (last_refusal_log_ && now - *last_refusal_log_ < std::chrono::seconds(5)) {
+      ++refusals_unsaid_;
+      return;
+    }
+    logger("security")->warn("{}{}", what,
+                             refusals_unsaid_ > 0 ? " (and " + std::to_string(refusals_unsaid_) +
+                                                        " refusals since the last one said)"
+                                                  : "");
+    refusals_unsaid_ = 0;
+    last_refusal_log_ = now;
+  }
+
   zmq::socket_t socket_;
+  std::optional<zmq::socket_t> monitor_;  ///< handshake failures (Curve only)
+  std::atomic<std::uint64_t> refused_{0};
+  std::optional<Clock::time_point> last_refusal_log_;  ///< I/O thread only
+  std::uint64_t refusals_unsaid_ = 0;                  ///< I/O thread only
   const bool router_;
   const std::string address_;
   const Handler handler_;
@@ -442,8 +526,19 @@ Expected<zmq::socket_t> make_socket(zmq::socket_type type, const EndpointOptions
 
 }  // namespace
 
+namespace {
+Expected<void> curve_fits(const std::string& address, const EndpointOptions& options) {
+  if ((options.curve_server || options.curve_client) && address.starts_with("inproc://")) {
+    return Error{Errc::invalid_config, address + ": Curve encryption needs a tcp:// or ipc:// endpoint "
+                                                 "(inproc:// links stay inside one process)"};
+  }
+  return {};
+}
+}  // namespace
+
 Expected<std::unique_ptr<Endpoint>> Endpoint::bind(const std::string& address, Handler handler,
                                                    EndpointOptions options) {
+  if (auto ok = curve_fits(address, options); !ok) return ok.error();
   auto socket = make_socket(zmq::socket_type::router, options, address);
   if (!socket) return socket.error();
   try {
@@ -451,6 +546,12 @@ Expected<std::unique_ptr<Endpoint>> Endpoint::bind(const std::string& address, H
     // of being ignored until the old one times out.
     socket->set(zmq::sockopt::router_handover, 1);
     socket->set(zmq::sockopt::router_mandatory, 1);  // see ZmqEndpoint::send_frames
+    if (const auto& curve = options.curve_server) {
+      detail::authorize_domain(curve->domain, curve->authorized);
+      socket->set(zmq::sockopt::curve_server, 1);
+      socket->set(zmq::sockopt::curve_secretkey, curve->keys.secret_key);
+      socket->set(zmq::sockopt::zap_domain, curve->domain);
+    }
     if (options.owner_only && address.starts_with("ipc://")) {
       // Created owner-only rather than chmod'ed after: no moment when another user may connect.
       // umask is process-wide; binding is done once, at startup, before other files are made.
@@ -474,8 +575,9 @@ Expected<std::unique_ptr<Endpoint>> Endpoint::bind(const std::string& address, H
   }
   std::string bound = socket->get(zmq::sockopt::last_endpoint);
   if (bound.empty()) bound = address;
+  const auto watched = options.curve_server ? monitor(*socket) : std::string();
   return std::unique_ptr<Endpoint>(std::make_unique<ZmqEndpoint>(
-      std::move(*socket), true, std::move(bound), std::move(handler), options));
+      std::move(*socket), true, std::move(bound), std::move(handler), options, watched));
 }
 
 Expected<std::unique_ptr<Endpoint>> Endpoint::connect(const std::string& address,
@@ -485,16 +587,33 @@ Expected<std::unique_ptr<Endpoint>> Endpoint::connect(const std::string& address
     return Error{Errc::invalid_argument,
                  "identity '" + identity + "' must be 1 to 255 bytes and not start with NUL"};
   }
+  if (auto ok = curve_fits(address, options); !ok) return ok.error();
   auto socket = make_socket(zmq::socket_type::dealer, options, address);
   if (!socket) return socket.error();
   try {
     socket->set(zmq::sockopt::routing_id, identity);
+    if (const auto& curve = options.curve_client) {
+      socket->set(zmq::sockopt::curve_serverkey, curve->server_public_key);
+      socket->set(zmq::sockopt::curve_publickey, curve->keys.public_key);
+      socket->set(zmq::sockopt::curve_secretkey, curve->keys.secret_key);
+    }
+    std::string watched = options.curve_client ? monitor(*socket) : std::string();
     socket->connect(address);
+    return std::unique_ptr<Endpoint>(std::make_unique<ZmqEndpoint>(
+        std::move(*socket), false, address, std::move(handler), options, std::move(watched)));
   } catch (const zmq::error_t& e) {
     return Error{Errc::invalid_argument, "cannot connect to " + address + ": " + e.what()};
   }
-  return std::unique_ptr<Endpoint>(std::make_unique<ZmqEndpoint>(
-      std::move(*socket), false, address, std::move(handler), options));
 }
+
+namespace detail {
+zmq::context_t& zmq_context() {
+  static auto* ctx = [] {
+    tune_malloc();
+    return new zmq::context_t(kZmqIoThreads);
+  }();
+  return *ctx;
+}
+}  // namespace detail
 
 }  // namespace flotilla

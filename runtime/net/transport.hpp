@@ -6,6 +6,7 @@
 #include "runtime/base/error.hpp"
 #include "runtime/protocol/message.hpp"
 #include "runtime/protocol/wire.hpp"
+#include "runtime/net/security.hpp"
 
 #include <functional>
 #include <memory>
@@ -48,6 +49,10 @@ struct EndpointOptions {
   /// Called once, on the I/O thread, if it stops on an error (the endpoint then sends and
   /// receives nothing more; send() drops and counts). Keep it short: hand it to the owner.
   std::function<void(const std::string& why)> on_failure;
+  /// CurveZMQ: bind() as this server (its key; who may connect, and under which id), connect()
+  /// as this client (its key, the server's public key). Unset: plaintext.
+  std::optional<CurveServer> curve_server;
+  std::optional<CurveClient> curve_client;
 };
 
 class Endpoint {
@@ -91,6 +96,9 @@ class Endpoint {
   [[nodiscard]] virtual std::size_t pending() const = 0;
   /// Why the I/O thread stopped, if it stopped on an error.
   [[nodiscard]] virtual std::optional<std::string> failure() const = 0;
+  /// Under CurveZMQ: connections whose handshake failed (a key not authorized, a wrong server
+  /// key, a plaintext peer) and messages from a peer using another id than its key's (dropped).
+  [[nodiscard]] virtual std::uint64_t peers_refused() const = 0;
 };
 
 }  // namespace flotilla

@@ -3,6 +3,7 @@
 #include <toml++/toml.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -354,6 +355,20 @@ Config read(const toml::table& root, const std::string& source) {
   r.string("client", "device-class", c.client.device_class);
   r.string("metrics", "listen", c.metrics.listen);
   r.duration("metrics", "hold", c.metrics.hold);
+
+  r.choice("security", "mode", c.security.mode,
+           std::map<std::string, SecuritySection::Mode>{{"none", SecuritySection::Mode::none},
+                                                         {"curve", SecuritySection::Mode::curve}});
+  r.string("security", "key-dir", c.security.key_dir);
+  r.string("security", "server-key", c.security.server_key);
+  r.string("security", "authorized", c.security.authorized);
+  r.string("security", "admins", c.security.admins);
+  const auto in_key_dir = [&](std::string& path, const char* name) {
+    if (path.empty()) path = (std::filesystem::path(c.security.key_dir) / name).string();
+  };
+  in_key_dir(c.security.server_key, "aggregator.pub");
+  in_key_dir(c.security.authorized, "authorized");
+  in_key_dir(c.security.admins, "admins");
 
   r.string("checkpoint", "dir", c.checkpoint.dir);
   r.integer("checkpoint", "every", c.checkpoint.every, 0, 1'000'000'000);

@@ -126,6 +126,21 @@ struct MetricsSection {
   Duration hold{0};
 };
 
+/// CurveZMQ on every link ([security], docs/security.md).
+struct SecuritySection {
+  enum class Mode { none, curve };
+  Mode mode = Mode::none;
+  /// This role's key: <key-dir>/<its id>.key (aggregator.key, client-3.key, evaluator.key).
+  std::string key_dir = "keys";
+  /// The aggregator's public key (peers); default <key-dir>/aggregator.pub.
+  std::string server_key;
+  /// Aggregator: who may connect, as NAME.pub files (NAME: the peer's id); default
+  /// <key-dir>/authorized.
+  std::string authorized;
+  /// Aggregator: who may send admin commands (NAME.pub); default <key-dir>/admins.
+  std::string admins;
+};
+
 /// The aggregator's checkpoints and journal ([checkpoint], docs/reliability.md).
 struct CheckpointSection {
   /// Where they are written; empty = none. `flotilla aggregator --resume DIR` continues there.
@@ -170,6 +185,7 @@ struct Config {
   SimulationSection simulation;
   MetricsSection metrics;
   CheckpointSection checkpoint;
+  SecuritySection security;
   /// Device profiles ([[fleet.profile]]): emulated task times, links, availability, dropouts.
   std::vector<DeviceProfileSpec> fleet;
 };

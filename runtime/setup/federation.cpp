@@ -122,6 +122,32 @@ EndpointOptions endpoint_options(const Config& config) {
   return o;
 }
 
+Expected<void> secure_client(const Config& config, const std::string& name, EndpointOptions& options) {
+  const auto& s = config.security;
+  if (s.mode != SecuritySection::Mode::curve) return {};
+  const auto where = config.source + ": security (curve): ";
+  auto keys = read_curve_secret(std::filesystem::path(s.key_dir) / (name + ".key"));
+  if (!keys) return Error{keys.error().code, where + keys.error().message};
+  auto server = read_curve_public(s.server_key);
+  if (!server) return Error{server.error().code, where + "the aggregator's public key: " + server.error().message};
+  options.curve_client = CurveClient{std::move(keys).value(), std::move(server).value()};
+  return {};
+}
+
+Expected<void> secure_server(const Config& config, const std::string& domain, EndpointOptions& options) {
+  const auto& s = config.security;
+  if (s.mode != SecuritySection::Mode::curve) return {};
+  const auto where = config.source + ": security (curve): ";
+  auto keys = read_curve_secret(std::filesystem::path(s.key_dir) / "aggregator.key");
+  if (!keys) return Error{keys.error().code, where + keys.error().message};
+  auto authorized = AuthorizedKeys::open(domain == "admin" ? s.admins : s.authorized);
+  if (!authorized) return Error{authorized.error().code, where + authorized.error().message};
+  logger("aggregator")->info("{} endpoint: Curve encryption; {} key(s) authorized in {}", domain,
+                             (*authorized)->size(), (*authorized)->dir().string());
+  options.curve_server = CurveServer{std::move(keys).value(), std::move(authorized).value(), domain};
+  return {};
+}
+
 std::string run_id(const Config& config) {
   return config.run.name + "-" + std::to_string(config.run.seed);
 }

@@ -78,6 +78,16 @@ namespace flotilla {
 /// Transport options every role of the run uses (the message size limit).
 [[nodiscard]] EndpointOptions endpoint_options(const Config& config);
 
+/// security.mode = "curve": what peer `name` (its routing id: "client-3", "evaluator") needs
+/// to reach the aggregator: its key <key-dir>/<name>.key and the aggregator's public key.
+/// Nothing under "none". Errc::invalid_config / io naming the file and what is wrong with it.
+[[nodiscard]] Expected<void> secure_client(const Config& config, const std::string& name,
+                                           EndpointOptions& options);
+/// The aggregator's side for its `domain` endpoint: "clients" (security.authorized) or "admin"
+/// (security.admins), with its key <key-dir>/aggregator.key.
+[[nodiscard]] Expected<void> secure_server(const Config& config, const std::string& domain,
+                                           EndpointOptions& options);
+
 /// The schedule's options the config asks for ([aggregator] schedule keys, run.rounds /
 /// versions / max-time / target-accuracy), with versions and evaluate-every derived when unset.
 [[nodiscard]] ScheduleOptions schedule_options(const Config& config);
