@@ -1,6 +1,6 @@
 /// How fast one large update crosses each transport, next to memcpy of the same bytes.
 ///
-/// Usage: transport_bench [--bytes N] [--transport tcp|ipc|inproc|all] [--repeat R]
+/// Usage: transport_bench [--bytes N] [--transport tcp|curve|ipc|inproc|all] [--repeat R]
 ///                       [--chunk-bytes N]
 /// Prints one line per transport, e.g.
 ///   transport tcp bytes=1073741824 chunk=... first_s=.. first_GBps=.. best_s=0.61 GBps=1.76
@@ -9,6 +9,7 @@
 /// transfer (cold: every receive buffer freshly faulted in) and the best of R (steady state, as
 /// for an aggregator receiving many updates) are printed; quote both.
 /// --chunk-bytes N overrides WireLimits::chunk_bytes (to compare chunk sizes).
+/// "curve" is tcp with CurveZMQ (security.mode = "curve"): what encryption costs (not in "all").
 #include "runtime/net/transport.hpp"
 
 #include <ATen/ATen.h>
@@ -38,7 +39,7 @@ struct Options {
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "transport_bench: %s\nusage: transport_bench [--bytes N] "
-               "[--transport tcp|ipc|inproc|all] [--repeat R]\n",
+               "[--transport tcp|curve|ipc|inproc|all] [--repeat R]\n",
                why);
   std::exit(2);
 }
@@ -54,7 +55,7 @@ Options parse(int argc, char** argv) {
       if (o.bytes < 4) usage("--bytes must be at least 4");
     } else if (arg == "--transport") {
       o.transport = value;
-      if (value != "tcp" && value != "ipc" && value != "inproc" && value != "all") {
+      if (value != "tcp" && value != "curve" && value != "ipc" && value != "inproc" && value != "all") {
         usage(("unknown transport " + value).c_str());
       }
     } else if (arg == "--chunk-bytes") {
@@ -92,10 +93,32 @@ struct Timing {
 
 /// First and best seconds over `repeat` sends of `update`; negative values on failure.
 Timing run_transport(const std::string& kind, const flotilla::Message& update,
-                     std::uint64_t bytes, int repeat, const flotilla::EndpointOptions& options) {
+                     std::uint64_t bytes, int repeat, flotilla::EndpointOptions options) {
   std::string address;
   std::string ipc_dir;
-  if (kind == "tcp") {
+  if (kind == "curve") {
+    // The client's key authorized as "bench-client" in a private directory.
+    std::string tmpl = (std::filesystem::temp_directory_path() / "flotilla-bench-XXXXXX").string();
+    ipc_dir = ::mkdtemp(tmpl.data());
+    const auto client = flotilla::generate_curve_keypair().value();
+    const auto server = flotilla::generate_curve_keypair().value();
+    std::filesystem::create_directories(ipc_dir + "/authorized");
+    if (!flotilla::write_curve_keypair(ipc_dir + "/authorized", "bench-client", client)) return {};
+    options.curve_server = flotilla::CurveServer{
+        server, flotilla::AuthorizedKeys::open(ipc_dir + "/authorized").value(), "bench"};
+    options.curve_client = flotilla::CurveClient{client, server.public_key};
+  }
+  const auto bound_options = [&] {
+    auto o = options;
+    o.curve_client.reset();
+    return o;
+  }();
+  const auto client_options = [&] {
+    auto o = options;
+    o.curve_server.reset();
+    return o;
+  }();
+  if (kind == "tcp" || kind == "curve") {
     address = "tcp://127.0.0.1:*";
   } else if (kind == "ipc") {
     std::string tmpl = (std::filesystem::temp_directory_path() / "flotilla-bench-XXXXXX").string();
@@ -124,13 +147,13 @@ Timing run_transport(const std::string& kind, const flotilla::Message& update,
     }
     ++arrivals.count;
     arrivals.cv.notify_all();
-  }, options);
+  }, bound_options);
   if (!server) {
     std::fprintf(stderr, "%s: %s\n", kind.c_str(), server.error().message.c_str());
     return {};
   }
   auto client = flotilla::Endpoint::connect((*server)->address(), "bench-client",
-                                            [](flotilla::Inbound) {}, options);
+                                            [](flotilla::Inbound) {}, client_options);
   if (!client) {
     std::fprintf(stderr, "%s: %s\n", kind.c_str(), client.error().message.c_str());
     return {};

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Flotilla's benchmarks, each printing ratios measured in this one run (the machines are
 # shared and noisy: compare ratios, not absolute numbers across runs).
-#   scripts/bench.sh [fold|transport|e2e|blas|plugins|schedules|async|simulate|churn|metrics|validation|checkpoint ...]   default: all
+#   scripts/bench.sh [fold|transport|e2e|blas|plugins|schedules|async|simulate|churn|metrics|validation|checkpoint|curve ...]   default: all
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async simulate churn metrics validation checkpoint)
+WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async simulate churn metrics validation checkpoint curve)
 bash scripts/install-deps.sh
 bash scripts/build.sh flotilla fold_bench transport_bench baseline_bench blas_bench \
   fold_plugin_bench galore_bench metrics_bench
@@ -53,6 +53,19 @@ plugins)
 fold)
   echo "== aggregation: FedAvg fold vs memcpy (1 thread, 256 MiB model)"
   "$B/fold_bench" --mb 256 --threads 1
+  ;;
+curve)
+  echo "== curve: one 256 MiB update over tcp, plaintext vs CurveZMQ (security.mode = \"curve\")"
+  "$B/transport_bench" --transport tcp --bytes 268435456 --repeat 3 | tee "$OUT/plain.txt"
+  "$B/transport_bench" --transport curve --bytes 268435456 --repeat 3 | tee "$OUT/curve.txt"
+  python3 - "$OUT/plain.txt" "$OUT/curve.txt" <<'PY'
+import re, sys
+def best(path):
+    m = re.search(r" GBps=([\d.]+)", open(path).read().splitlines()[0])
+    return float(m.group(1))
+plain, curve = best(sys.argv[1]), best(sys.argv[2])
+print(f"curve: {curve:.2f} GB/s vs plaintext {plain:.2f} GB/s: curve_vs_plain={curve / plain:.3f}")
+PY
   ;;
 transport)
   echo "== transport: one 1 GiB update, client -> aggregator, vs iperf3 on loopback"

@@ -54,7 +54,8 @@ class AuthorizedKeys {
 
   std::filesystem::path dir_;
   std::mutex mutex_;
-  std::filesystem::file_time_type seen_{};
+  std::string listing_;  ///< the .pub files' names, sizes and times when last read
+  bool loaded_ = false;
   std::map<std::string, std::string> names_;  ///< public key -> id
 };
 

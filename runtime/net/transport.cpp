@@ -19,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -335,7 +336,17 @@ class ZmqEndpoint final : public Endpoint {
   bool send_frames(InFlight& m) {
     const auto& frames = m.encoded.frames;
     if (router_ && !m.peer_sent) {
-      zmq::message_t id(m.peer.data(), m.peer.size());
+      // Under Curve a peer is named by its key: its connection's routing id is looked up.
+      const std::string* route = &m.peer;
+      if (options_.curve_server) {
+        const auto it = route_of_.find(m.peer);
+        if (it == route_of_.end()) {
+          drop_unroutable(m, false);
+          return true;
+        }
+        route = &it->second;
+      }
+      zmq::message_t id(route->data(), route->size());
       // ZMQ_ROUTER_MANDATORY: the first frame says whether the peer can take the message
       // (EAGAIN: its queue is full; EHOSTUNREACH: not connected); later frames always go.
       try {
@@ -399,7 +410,7 @@ class ZmqEndpoint final : public Endpoint {
       if (router_) {
         in.peer = parts.front().to_string();
         parts.erase(parts.begin());
-        if (options_.curve_server && !speaks_as_its_key(in.peer, parts)) continue;
+        if (options_.curve_server && !name_by_key(in.peer, parts)) continue;
       }
       for (const auto& p : parts) in.bytes += p.size();
       bytes_received_.fetch_add(in.bytes, std::memory_order_relaxed);
@@ -413,16 +424,28 @@ class ZmqEndpoint final : public Endpoint {
     }
   }
 
-  /// Under Curve, a peer may only use the id its key is authorized for (the ZAP handler's
-  /// User-Id on its messages): one client cannot send as another. Dropped and counted if not.
-  bool speaks_as_its_key(const std::string& peer, std::vector<zmq::message_t>& parts) {
+  /// Under Curve a peer is the id its key is authorized for (the ZAP handler's User-Id on its
+  /// messages), whatever routing id its connection has: one client can neither send as another
+  /// nor receive what is sent to another. `peer` (the connection's routing id) becomes that
+  /// id, and replies to the id go to the connection it last spoke on. A message without one is
+  /// dropped and counted.
+  bool name_by_key(std::string& peer, std::vector<zmq::message_t>& parts) {
     const char* user = parts.empty() ? nullptr : zmq_msg_gets(parts.front().handle(), "User-Id");
-    if (user != nullptr && peer == user) return true;
-    refused_.fetch_add(1, std::memory_order_relaxed);
-    say_refused("endpoint " + address_ + ": a peer authenticated as '" +
-                std::string(user != nullptr ? user : "?") + "' sent a message as '" + peer +
-                "': dropped (an id is bound to its key)");
-    return false;
+    if (user == nullptr || *user == '\0') {
+      refused_.fetch_add(1, std::memory_order_relaxed);
+      say_refused("endpoint " + address_ + ": a message without an authenticated id: dropped");
+      return false;
+    }
+    std::string name(user);
+    if (peer != name && !peer.empty() && peer.front() != '\0') {
+      // A routing id of its own choosing that is not its key's: said (its messages still
+      // count as its key's).
+      say_refused("endpoint " + address_ + ": a peer authenticated as '" + name +
+                  "' calls its connection '" + peer + "': known as '" + name + "'");
+    }
+    route_of_[name] = std::move(peer);
+    peer = std::move(name);
+    return true;
   }
 
   /// A handshake failed (the monitor's event): counted and said, what it most likely means.
@@ -471,6 +494,8 @@ class ZmqEndpoint final : public Endpoint {
 
   zmq::socket_t socket_;
   std::optional<zmq::socket_t> monitor_;  ///< handshake failures (Curve only)
+  /// Curve server: each authenticated id's latest connection (routing id). I/O thread only.
+  std::unordered_map<std::string, std::string> route_of_;
   std::atomic<std::uint64_t> refused_{0};
   std::optional<Clock::time_point> last_refusal_log_;  ///< I/O thread only
   std::uint64_t refusals_unsaid_ = 0;                  ///< I/O thread only
@@ -544,7 +569,9 @@ Expected<std::unique_ptr<Endpoint>> Endpoint::bind(const std::string& address, H
   try {
     // A client that reconnects under the same identity replaces its stale connection instead
     // of being ignored until the old one times out.
-    socket->set(zmq::sockopt::router_handover, 1);
+    // (Under Curve peers do not choose their routing ids: the ROUTER numbers connections and
+    // a peer is known by its key, so no connection can take over another's id.)
+    socket->set(zmq::sockopt::router_handover, options.curve_server ? 0 : 1);
     socket->set(zmq::sockopt::router_mandatory, 1);  // see ZmqEndpoint::send_frames
     if (const auto& curve = options.curve_server) {
       detail::authorize_domain(curve->domain, curve->authorized);
@@ -573,11 +600,15 @@ Expected<std::unique_ptr<Endpoint>> Endpoint::bind(const std::string& address, H
     }
     return Error{Errc::invalid_argument, "cannot listen on " + address + ": " + e.what()};
   }
-  std::string bound = socket->get(zmq::sockopt::last_endpoint);
-  if (bound.empty()) bound = address;
-  const auto watched = options.curve_server ? monitor(*socket) : std::string();
-  return std::unique_ptr<Endpoint>(std::make_unique<ZmqEndpoint>(
-      std::move(*socket), true, std::move(bound), std::move(handler), options, watched));
+  try {
+    std::string bound = socket->get(zmq::sockopt::last_endpoint);
+    if (bound.empty()) bound = address;
+    const auto watched = options.curve_server ? monitor(*socket) : std::string();
+    return std::unique_ptr<Endpoint>(std::make_unique<ZmqEndpoint>(
+        std::move(*socket), true, std::move(bound), std::move(handler), options, watched));
+  } catch (const zmq::error_t& e) {
+    return Error{Errc::internal, "cannot watch " + address + ": " + e.what()};
+  }
 }
 
 Expected<std::unique_ptr<Endpoint>> Endpoint::connect(const std::string& address,
@@ -591,7 +622,8 @@ Expected<std::unique_ptr<Endpoint>> Endpoint::connect(const std::string& address
   auto socket = make_socket(zmq::socket_type::dealer, options, address);
   if (!socket) return socket.error();
   try {
-    socket->set(zmq::sockopt::routing_id, identity);
+    // Under Curve the aggregator knows a peer by its key, and numbers its connections itself.
+    if (!options.curve_client) socket->set(zmq::sockopt::routing_id, identity);
     if (const auto& curve = options.curve_client) {
       socket->set(zmq::sockopt::curve_serverkey, curve->server_public_key);
       socket->set(zmq::sockopt::curve_publickey, curve->keys.public_key);

@@ -103,6 +103,20 @@ std::vector<Send> Schedule::on_hello(const std::string& peer, const Hello& hello
     out.push_back(error_to(peer, WireErrc::rejected, "only clients and evaluators register"));
     return out;
   }
+  if (options_.ids_from_keys) {
+    const bool fits = hello.role == Role::client ? peer == "client-" + std::to_string(hello.client_id)
+                                                 : peer.rfind("evaluator", 0) == 0;
+    if (!fits) {
+      const std::string why =
+          "the key of '" + peer + "' cannot register as " +
+          (hello.role == Role::client ? "client " + std::to_string(hello.client_id) : std::string("an evaluator")) +
+          " (a key is for one id: client-<id>, or evaluator)";
+      emit(MessageRefused{peer, why});
+      logger("aggregator")->warn("refused {}: {}", peer, why);
+      out.push_back(error_to(peer, WireErrc::rejected, why));
+      return out;
+    }
+  }
   if (registry_.find_any(peer) == nullptr && registry_.known() >= options_.max_clients) {
     const std::string why = "the federation is full: " + std::to_string(registry_.known()) +
                             " peers registered (aggregator.max-clients)";

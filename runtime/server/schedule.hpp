@@ -58,6 +58,10 @@ struct ScheduleOptions {
   /// Peers (clients and evaluators, live or set aside) the registry keeps at most: a Hello
   /// from a new peer beyond it is refused, so strangers cannot grow the aggregator's memory.
   std::uint64_t max_clients = 1'000'000;
+  /// Peers are named by their keys (security.mode = "curve"): a Hello must claim what its name
+  /// says (client-<id> registers as client <id>; an evaluator's name starts with "evaluator"),
+  /// so a key cannot take another client's slot, model or role.
+  bool ids_from_keys = false;
   /// What is checked in an update before the method sees it (NaN/Inf, norm outliers).
   ValidationOptions validation;
   std::uint64_t seed = 0;

@@ -211,6 +211,7 @@ void route_plugin_logs() {
 
 ScheduleOptions schedule_options(const Config& c) {
   ScheduleOptions o;
+  o.ids_from_keys = c.security.mode == SecuritySection::Mode::curve;
   const auto& a = c.aggregator;
   o.kind = a.schedule;
   o.rounds = c.run.rounds;

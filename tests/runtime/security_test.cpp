@@ -141,18 +141,52 @@ TEST(Curve, StrangersWrongServerKeysAndPlaintextPeersAreRefusedAndCounted) {
   EXPECT_EQ(server.inbox.peers(), std::vector<std::string>{"client-1"});
 }
 
-TEST(Curve, AClientCannotSpeakAsAnotherClient) {
+TEST(Curve, AKeyIsItsIdWhateverItsConnectionIsCalled) {
+  const TempDir dir;
+  const auto one = client_key(dir.path, "client-1", "client-1");
+  const auto two = client_key(dir.path, "client-2", "client-2");
+  Server server(dir.path);
+  Inbox to_two;
+  auto real = connect(server, "client-2", two, server.keys.public_key, to_two);
+  real->send("", hello(2));
+  ASSERT_TRUE(server.inbox.wait_for(1));
+  // client-1's key on a raw connection that sets its routing id to "client-2": it is
+  // client-1, and what is sent to client-2 still reaches client-2.
+  zmq::context_t ctx;
+  zmq::socket_t impostor(ctx, zmq::socket_type::dealer);
+  impostor.set(zmq::sockopt::routing_id, "client-2");
+  impostor.set(zmq::sockopt::linger, 0);
+  impostor.set(zmq::sockopt::rcvtimeo, 300);
+  impostor.set(zmq::sockopt::curve_serverkey, server.keys.public_key);
+  impostor.set(zmq::sockopt::curve_publickey, one.public_key);
+  impostor.set(zmq::sockopt::curve_secretkey, one.secret_key);
+  impostor.connect(server.endpoint->address());
+  const auto encoded = encode(hello(2));
+  for (std::size_t i = 0; i < encoded.frames.size(); ++i) {
+    const auto& f = encoded.frames[i];
+    impostor.send(zmq::buffer(f.data(), f.size()),
+                  i + 1 < encoded.frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+  }
+  ASSERT_TRUE(server.inbox.wait_for(2));
+  EXPECT_EQ(server.inbox.peers(), (std::vector<std::string>{"client-2", "client-1"}));
+  server.endpoint->send("client-2", hello(9));
+  ASSERT_TRUE(to_two.wait_for(1));
+  zmq::message_t stolen;
+  EXPECT_FALSE(impostor.recv(stolen)) << "the impostor got what was sent to client-2";
+}
+
+TEST(Curve, AnUnreadableEntryAmongTheAuthorizedKeysDoesNotStopAuthentication) {
   const TempDir dir;
   const auto keys = client_key(dir.path, "client-1", "client-1");
-  (void)client_key(dir.path, "client-2", "client-2");
+  // A FIFO named like a key: reading it must not block the handler (and every handshake).
+  ASSERT_EQ(::mkfifo((dir.path / "authorized" / "evil.pub").c_str(), 0600), 0);
+  fs::create_directory(dir.path / "authorized" / "dir.pub");
   Server server(dir.path);
   Inbox ignored;
-  // client-1's key, client-2's id.
-  auto impostor = connect(server, "client-2", keys, server.keys.public_key, ignored);
-  impostor->send("", hello(2));
-  ASSERT_TRUE(server.refused(1));
-  std::this_thread::sleep_for(100ms);
-  EXPECT_TRUE(server.inbox.peers().empty());
+  auto client = connect(server, "client-1", keys, server.keys.public_key, ignored);
+  client->send("", hello(1));
+  ASSERT_TRUE(server.inbox.wait_for(1));
+  EXPECT_EQ(server.inbox.peers().front(), "client-1");
 }
 
 TEST(Curve, AKeyAuthorizedWhileTheServerRunsIsTakenWithoutARestart) {
@@ -164,7 +198,6 @@ TEST(Curve, AKeyAuthorizedWhileTheServerRunsIsTakenWithoutARestart) {
   early->send("", hello(3));
   ASSERT_TRUE(server.refused(1));
   early->close();
-  std::this_thread::sleep_for(1100ms);  // a new mtime for the directory (1 s resolution at worst)
   fs::copy_file(dir.path / "client-3.pub", dir.path / "authorized" / "client-3.pub");
   auto later = connect(server, "client-3", keys, server.keys.public_key, ignored);
   later->send("", hello(3));
@@ -185,6 +218,12 @@ TEST(CurveKeys, KeygenWritesAnOwnerOnlySecretAndRefusesToOverwrite) {
   ASSERT_FALSE(again);
   EXPECT_NE(again.error().message.find("not overwritten"), std::string::npos);
   EXPECT_FALSE(write_curve_keypair(dir.path, "../escape", keys));
+  // A key file whose public key is not its secret key's.
+  const auto other = generate_curve_keypair().value();
+  ASSERT_TRUE(write_curve_keypair(dir.path / "mixed", "x", CurveKeyPair{other.public_key, keys.secret_key}));
+  auto mixed = read_curve_secret(dir.path / "mixed" / "x.key");
+  ASSERT_FALSE(mixed);
+  EXPECT_NE(mixed.error().message.find("not the secret key's"), std::string::npos);
 }
 
 TEST(CurveKeys, ASecretKeyOthersCanReadIsRefusedWithTheReason) {

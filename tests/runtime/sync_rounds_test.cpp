@@ -592,3 +592,29 @@ TEST(SyncRounds, TasksCarryEachClientsOwnModelAndUpdatesTheirClientId) {
   EXPECT_EQ(records[0].bytes_received, 3U * 4U);
   EXPECT_DOUBLE_EQ(records[0].bytes_per_client(), 4.0);
 }
+
+TEST(SyncRounds, UnderKeysAHelloMustClaimTheIdItsKeyIsFor) {
+  ScheduleOptions o;
+  o.min_clients = 1;
+  o.ids_from_keys = true;
+  o.registration_timeout = std::chrono::hours(1);
+  const TensorList model{{"w", torch::zeros({2})}};
+  ManualClock clock;
+  SyncRounds rounds(o, model, std::make_unique<FedAvg>(model), clock, "run");
+  // client-1's key claiming client 2's slot, or the evaluator's role: refused.
+  auto as_other = rounds.on_hello("client-1", Hello{Role::client, 2, {}, 10});
+  ASSERT_EQ(as_other.size(), 1u);
+  ASSERT_TRUE(std::holds_alternative<ErrorReply>(as_other[0].payload));
+  EXPECT_NE(std::get<ErrorReply>(as_other[0].payload).message.find("cannot register as client 2"),
+            std::string::npos);
+  auto as_evaluator = rounds.on_hello("client-1", Hello{Role::evaluator, 0, {}, 0});
+  ASSERT_TRUE(std::holds_alternative<ErrorReply>(as_evaluator.at(0).payload));
+  EXPECT_EQ(rounds.live_clients(), 0u);
+  EXPECT_EQ(rounds.counters().messages_malformed, 2u);
+  // Its own id: welcome, and the round starts.
+  auto own = rounds.on_hello("client-1", Hello{Role::client, 1, {}, 10});
+  ASSERT_TRUE(std::holds_alternative<Welcome>(own.at(0).payload));
+  EXPECT_EQ(rounds.live_clients(), 1u);
+  auto evaluator = rounds.on_hello("evaluator", Hello{Role::evaluator, 0, {}, 0});
+  ASSERT_TRUE(std::holds_alternative<Welcome>(evaluator.at(0).payload));
+}
