@@ -29,7 +29,9 @@
 # churn's length), CHURN_SCHEDULE (async | buffered), CHURN_CONCURRENCY (max-concurrency; a third
 # of the clients), CHURN_BATCH (10 clients started at once), CHURN_SEED (1), CHURN_REPORT_ONLY (0;
 # 1: print the figures and what would fail, and fail only if the run itself did not complete),
-# CHURN_KEEP (a directory to copy the run's logs, rounds.csv and samples to).
+# CHURN_KEEP (a directory to copy the run's logs, rounds.csv and samples to), CHURN_HOSTILE (0;
+# 1: a hostile peer, tests/protocol/hostile_peer.cpp, sends garbage under a new id every 50 ms
+# all along: the malformed messages must then be counted, and everything else hold the same).
 #   bash tests/slow/churn.sh PATH/TO/flotilla
 source "$(dirname "$0")/../e2e/lib.bash"
 
@@ -40,6 +42,8 @@ CONC=${CHURN_CONCURRENCY:-$(((CLIENTS + 2) / 3))}
 BATCH=${CHURN_BATCH:-10}
 SEED=${CHURN_SEED:-1}
 REPORT_ONLY=${CHURN_REPORT_ONLY:-0}
+HOSTILE=${CHURN_HOSTILE:-0}
+HOSTILE_PID=""
 CALM_SECONDS=10      # the run without churn first: throughput and fds with everyone connected
 MAX_DOWN=10          # clients down (killed, not restarted yet) at most at once
 TASK_DEADLINE=5      # aggregator.task-deadline, s
@@ -109,7 +113,7 @@ trap on_exit EXIT
 now() { NOW=$((${EPOCHREALTIME//[.,]/} / 1000)); }   # ms
 event() { echo "$EPOCHREALTIME $1 $2 $3 $4" >> "$CHURN_LOG"; }
 track() {  # the processes to clean up and to sample: the aggregator, the evaluator, the clients
-  PIDS=("$AGG" "$EVAL" "$SAMPLER" "${CPID[@]}" "${STOPPED[@]:-}")
+  PIDS=("$AGG" "$EVAL" "$SAMPLER" "${CPID[@]}" "${STOPPED[@]:-}" $HOSTILE_PID)
   printf '%s\n' "${CPID[@]}" "${STOPPED[@]:-}" > "$WORK/clients.pids.new"
   mv "$WORK/clients.pids.new" "$WORK/clients.pids"
 }
@@ -203,8 +207,15 @@ EVAL=$!
 : > "$WORK/clients.pids"
 python3 "$WORK/sample.py" "$AGG" "$PORT" "$WORK/clients.pids" "$WORK/samples.txt" "$WORK/pss.txt" &
 SAMPLER=$!
+if [ "$HOSTILE" = 1 ]; then
+  HOSTILE_BIN="$(dirname "$FLOTILLA")/hostile_peer"
+  [ -x "$HOSTILE_BIN" ] || fail "no hostile_peer next to $FLOTILLA"
+  "$HOSTILE_BIN" --connect "$EP" --interval-ms 50 --seed "$SEED" > "$WORK/hostile.out" 2>&1 &
+  HOSTILE_PID=$!
+fi
 track
-echo "churn: $CLIENTS clients, schedule $SCHEDULE, max-concurrency $CONC, on $EP; work dir $WORK"
+echo "churn: $CLIENTS clients, schedule $SCHEDULE, max-concurrency $CONC, on $EP; work dir $WORK" \
+  "$([ "$HOSTILE" = 1 ] && echo "; a hostile peer sends garbage all along")"
 
 # Whether the clients still to start fit in memory, from what the running ones take (PSS: shared
 # pages counted once) and what loading took them above that (VmHWM - VmRSS), plus room for two
@@ -339,6 +350,7 @@ event all-back-settled - - -
 status=0
 deadline=$((SECONDS + RUN_SECONDS + 120))
 while kill -0 "$AGG" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 1; done
+if [ -n "$HOSTILE_PID" ]; then kill -TERM "$HOSTILE_PID" 2>/dev/null || true; wait "$HOSTILE_PID" || true; fi
 kill -0 "$AGG" 2>/dev/null && fail "the aggregator did not finish in time"
 wait "$AGG" || status=$?
 event finished - - -
@@ -359,9 +371,10 @@ done
 wait "$SAMPLER" || true
 
 python3 - "$WORK" "$CLIENTS" "$SCHEDULE" "$CONC" "$TASK_DEADLINE" "$BUFFER" "$REPORT_ONLY" \
-  "$((SECONDS - START_TIME))" <<'PY'
+  "$((SECONDS - START_TIME))" "$HOSTILE" <<'PY'
 import csv, os, re, sys, time
-work, clients, schedule, conc, task_deadline, buffer_size, report_only, wall = sys.argv[1:9]
+work, clients, schedule, conc, task_deadline, buffer_size, report_only, wall, hostile = sys.argv[1:10]
+hostile = hostile == "1"
 clients, conc, task_deadline, buffer_size, wall = int(clients), int(conc), float(task_deadline), int(buffer_size), int(wall)
 report_only = report_only == "1"
 problems = []
@@ -448,7 +461,12 @@ check(len(evals) >= 2 and evals[-1][1] > evals[0][1] + 0.2,
 
 # --- counters add up
 check(failed == 0, f"{failed} versions failed")
-check(malformed == 0, f"{malformed} malformed messages")
+if hostile:
+    sent = open(os.path.join(work, "hostile.out")).read().strip()
+    print(f"hostile: {sent}; the aggregator counted {malformed} malformed messages")
+    check(malformed > 0, "a hostile peer sent garbage all along, and no malformed message was counted")
+else:
+    check(malformed == 0, f"{malformed} malformed messages")
 versions_in_csv = sorted(int(r["model_version"]) for r in vrows)
 check(versions_in_csv == list(range(1, version + 1)),
       f"rounds.csv: versions {versions_in_csv[:3]}...{versions_in_csv[-3:]} ({len(versions_in_csv)}), not 1..{version}")
