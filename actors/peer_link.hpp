@@ -107,7 +107,8 @@ class PeerLink {
 
   [[nodiscard]] const ClientSection& timing() const { return timing_; }
   [[nodiscard]] const std::shared_ptr<spdlog::logger>& log() const { return log_; }
-  void mark_welcomed() { welcomed_ = true; }
+  /// Whether this process has been welcomed by an aggregator (since it started).
+  [[nodiscard]] bool welcomed() const { return welcomed_; }
   /// Whether the aggregator's notRegistered should lead to a Hello now: not while one is
   /// scheduled, nor while the last one sent may still be answered (within its backoff).
   [[nodiscard]] bool should_register();
@@ -167,7 +168,15 @@ void route_peer_message(Self* self, PeerLink& link, const Inbound& in, Fn&& work
     case PeerLink::Next::not_mine: break;
   }
   if (const auto* w = std::get_if<Work>(&m.payload)) {
-    link.mark_welcomed();
+    if (!link.welcomed()) {
+      // The aggregator sends a Welcome before any work, on the same connection: work that
+      // comes first was meant for the process that held this id before (a ROUTER hands a
+      // routing id over to the newest connection). The aggregator gives this one its own work
+      // once it registers (the old task is then lost, or sent again).
+      link.log()->info("ignored a '{}' sent before this process registered (for the previous "
+                       "process under this id)", payload_name(m.payload));
+      return;
+    }
     work(m, *w);
   } else {
     link.log()->warn("ignored a '{}' message", payload_name(m.payload));

@@ -1,0 +1,93 @@
+// A client process (actor, transport, training together) against a scripted aggregator: work
+// that reaches a new process before it registered was meant for the process that held its id
+// before (ROUTER handover); it is not trained, and the work sent after its Welcome is.
+#include "actors/roles.hpp"
+#include "runtime/net/transport.hpp"
+#include "runtime/setup/federation.hpp"
+
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <deque>
+#include <thread>
+
+using namespace flotilla;
+using namespace std::chrono_literals;
+
+namespace {
+
+class Received {
+ public:
+  Endpoint::Handler handler() {
+    return [this](Inbound in) {
+      std::lock_guard lock(mutex_);
+      if (in.message) queue_.push_back(std::move(in.message).value());
+      cv_.notify_all();
+    };
+  }
+  template <class T>
+  std::optional<T> next(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+      while (!queue_.empty()) {
+        Message m = std::move(queue_.front());
+        queue_.pop_front();
+        if (auto* p = std::get_if<T>(&m.payload)) return *p;
+      }
+      if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) return std::nullopt;
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Message> queue_;
+};
+
+Message from_aggregator(Payload p, const std::string& run) {
+  Message m;
+  m.run_id = run;
+  m.sender = "aggregator";
+  m.payload = std::move(p);
+  return m;
+}
+
+}  // namespace
+
+TEST(ClientActor, WorkBeforeItsWelcomeIsNotTrainedWorkAfterItIs) {
+  auto config = parse_config(R"(
+[run]
+name = "handover"
+[data]
+clients = 20
+[model]
+name = "mlp"
+hidden = 16
+[training]
+local-steps = 1
+batch-size = 8
+[client]
+connect-timeout = "60s"
+heartbeat-interval = "200ms"
+)", "test.toml");
+  ASSERT_TRUE(config) << config.error().message;
+  Received received;
+  auto aggregator = Endpoint::bind("tcp://127.0.0.1:*", received.handler()).value();
+  const auto model = build_model(*config).value()->state();
+  actors::RoleResult result;
+  std::thread client([&] { result = actors::run_client(*config, 3, aggregator->address(), nullptr); });
+
+  ASSERT_TRUE(received.next<Hello>(60s).has_value()) << "no Hello from the client";
+  // A task for whoever held "client-3" before this process (not welcomed yet).
+  aggregator->send("client-3", from_aggregator(Task{7, 2, model, config->training}, ""));
+  EXPECT_FALSE(received.next<Update>(1500ms).has_value()) << "trained a task sent before it registered";
+  aggregator->send("client-3", from_aggregator(Welcome{"handover-0", 2}, "handover-0"));
+  aggregator->send("client-3", from_aggregator(Task{8, 2, model, config->training}, "handover-0"));
+  const auto update = received.next<Update>(30s);
+  ASSERT_TRUE(update.has_value()) << "the task sent after the Welcome was not trained";
+  EXPECT_EQ(update->round, 8u);
+  aggregator->send("client-3", from_aggregator(Shutdown{"done"}, "handover-0"));
+  client.join();
+  EXPECT_EQ(result.code, 0) << result.message;
+}
