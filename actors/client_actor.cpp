@@ -81,8 +81,8 @@ void train(Self* self, const Message& m, const Task& task) {
     emulate(s, plan.compute_seconds - result->stats.seconds);
     emulate(s, s.device->upload_seconds(total_bytes(result->update.tensors)));
   }
-  link.log()->debug("task {}: {} steps, loss {:.4f}, {:.2f} s", task.round, result->stats.steps,
-                    result->stats.loss, result->stats.seconds);
+  link.log()->debug("task {}: model version {}, {} steps, loss {:.4f}, {:.2f} s", task.round,
+                    task.model_version, result->stats.steps, result->stats.loss, result->stats.seconds);
   ++counters.tasks_completed;
   counters.training_seconds += result->stats.seconds;
   counters.examples += result->stats.examples_seen;
