@@ -6,49 +6,19 @@
 #include "runtime/net/transport.hpp"
 #include "runtime/protocol/wire.hpp"
 
+#include "inbox.hpp"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include <condition_variable>
-#include <deque>
 #include <thread>
 #include <unistd.h>
 
 using namespace flotilla;
 using namespace std::chrono_literals;
+using flotilla::testing::Inbox;
 
 namespace {
-
-/// Messages an endpoint received, waited for with a timeout (no sleeps).
-class Inbox {
- public:
-  Endpoint::Handler handler() {
-    return [this](Inbound in) {
-      std::lock_guard lock(mutex_);
-      if (in.message) queue_.push_back(std::move(in.message).value());
-      cv_.notify_all();
-    };
-  }
-  /// The next message whose payload is a T (others before it are skipped).
-  template <class T>
-  std::optional<T> next(std::chrono::seconds timeout = 30s) {
-    std::unique_lock lock(mutex_);
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (true) {
-      while (!queue_.empty()) {
-        Message m = std::move(queue_.front());
-        queue_.pop_front();
-        if (auto* p = std::get_if<T>(&m.payload)) return *p;
-      }
-      if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) return std::nullopt;
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::deque<Message> queue_;
-};
 
 Message wrap(Payload p, const std::string& sender) {
   Message m;

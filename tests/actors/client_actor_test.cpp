@@ -5,45 +5,17 @@
 #include "runtime/net/transport.hpp"
 #include "runtime/setup/federation.hpp"
 
+#include "inbox.hpp"
+
 #include <gtest/gtest.h>
 
-#include <condition_variable>
-#include <deque>
 #include <thread>
 
 using namespace flotilla;
 using namespace std::chrono_literals;
+using flotilla::testing::Inbox;
 
 namespace {
-
-class Received {
- public:
-  Endpoint::Handler handler() {
-    return [this](Inbound in) {
-      std::lock_guard lock(mutex_);
-      if (in.message) queue_.push_back(std::move(in.message).value());
-      cv_.notify_all();
-    };
-  }
-  template <class T>
-  std::optional<T> next(std::chrono::milliseconds timeout) {
-    std::unique_lock lock(mutex_);
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (true) {
-      while (!queue_.empty()) {
-        Message m = std::move(queue_.front());
-        queue_.pop_front();
-        if (auto* p = std::get_if<T>(&m.payload)) return *p;
-      }
-      if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) return std::nullopt;
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::deque<Message> queue_;
-};
 
 Message from_aggregator(Payload p, const std::string& run) {
   Message m;
@@ -72,7 +44,7 @@ connect-timeout = "60s"
 heartbeat-interval = "200ms"
 )", "test.toml");
   ASSERT_TRUE(config) << config.error().message;
-  Received received;
+  Inbox received;
   auto aggregator = Endpoint::bind("tcp://127.0.0.1:*", received.handler()).value();
   const auto model = build_model(*config).value()->state();
   actors::RoleResult result;
