@@ -10,7 +10,7 @@ using Self = caf::stateful_actor<EvaluatorState>;
 void score(Self* self, const Message& m, const EvaluationRequest& req) {
   auto& s = *self->state.setup;
   auto& link = *self->state.link;
-  if (auto ok = s.model->load_state(req.tensors); !ok) {
+  if (auto ok = s.model->load_tensors(req.tensors); !ok) {
     link.log()->error("cannot evaluate version {}: {}", req.model_version, ok.error().message);
     link.send(ErrorReply{WireErrc::rejected, ok.error().message}, m.message_id);
     return;

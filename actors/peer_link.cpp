@@ -10,15 +10,21 @@ namespace flotilla::actors {
 Expected<void> PeerSetup::connect(const Config& run_config, const std::string& address,
                                   const std::string& name, std::optional<std::uint32_t> client_id) {
   config = run_config;
-  auto built = client_id ? build_client_model(config, *client_id) : build_model(config);
-  if (!built) return built.error();
-  model = std::move(built).value();
+  this->client_id = client_id;
+  if (auto ok = rebuild_model(); !ok) return ok.error();
   auto options = endpoint_options(config);
   if (auto ok = secure_client(config, name, options); !ok) return ok.error();
   options.on_failure = Mailbox::failure_handler(mailbox, "the link to the aggregator at " + address);
   auto connected = Endpoint::connect(address, name, Mailbox::handler(mailbox), options);
   if (!connected) return connected.error();
   endpoint = std::shared_ptr<Endpoint>(std::move(connected).value());
+  return {};
+}
+
+Expected<void> PeerSetup::rebuild_model() {
+  auto built = client_id ? build_client_model(config, *client_id) : build_model(config);
+  if (!built) return built.error();
+  model = std::move(built).value();
   return {};
 }
 
@@ -115,6 +121,7 @@ PeerLink::Next PeerLink::handle_common(const Message& m) {
   }
   if (const auto* w = std::get_if<Welcome>(&m.payload)) {
     const bool again = welcomed_ || unanswered_hellos_ > 0;
+    new_run_ = welcomed_ && w->model_version == 0;
     welcomed_ = true;
     unanswered_hellos_ = 0;
     hello_sent_at_.reset();

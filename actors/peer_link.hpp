@@ -12,6 +12,7 @@
 #include <optional>
 #include <random>
 #include <semaphore>
+#include <utility>
 
 namespace flotilla::actors {
 
@@ -55,6 +56,10 @@ struct PeerSetup {
   [[nodiscard]] Expected<void> connect(const Config& run_config, const std::string& address,
                                        const std::string& name,
                                        std::optional<std::uint32_t> client_id = std::nullopt);
+  /// Builds the model again from the config (a new run: tensors a task does not carry must
+  /// hold the run's initial values, and tensors kept on the client start afresh).
+  [[nodiscard]] Expected<void> rebuild_model();
+  std::optional<std::uint32_t> client_id;  ///< set by connect for a client
   /// Sets the thread count and holds a compute slot for one computation.
   [[nodiscard]] ComputeSlot compute() const;
 };
@@ -109,6 +114,9 @@ class PeerLink {
   [[nodiscard]] const std::shared_ptr<spdlog::logger>& log() const { return log_; }
   /// Whether this process has been welcomed by an aggregator (since it started).
   [[nodiscard]] bool welcomed() const { return welcomed_; }
+  /// True once after a Welcome into a run at model version 0 when this process had been
+  /// welcomed before (a new run, not a resumed one): the peer's model must start afresh.
+  [[nodiscard]] bool take_new_run() { return std::exchange(new_run_, false); }
   /// Whether the aggregator's notRegistered should lead to a Hello now: not while one is
   /// scheduled, nor while the last one sent may still be answered (within its backoff).
   [[nodiscard]] bool should_register();
@@ -124,6 +132,7 @@ class PeerLink {
   std::string run_id_;
   std::uint64_t next_message_id_ = 1;
   bool welcomed_ = false;
+  bool new_run_ = false;
   std::optional<Hello> hello_;
   /// Since when heartbeats have gone unanswered (the first one sent after the aggregator was
   /// last heard from); none while it answers. A long task is not silence.
@@ -157,7 +166,16 @@ void route_peer_message(Self* self, PeerLink& link, const Inbound& in, Fn&& work
   }
   const Message& m = in.message.value();
   switch (link.handle_common(m)) {
-    case PeerLink::Next::handled: return;
+    case PeerLink::Next::handled:
+      if (link.take_new_run()) {
+        if (auto ok = self->state.setup->rebuild_model(); !ok) {
+          link.fail("cannot start the new run's model afresh: " + ok.error().message);
+          self->quit();
+          return;
+        }
+        link.log()->info("a new run: the model starts again from its initial weights");
+      }
+      return;
     case PeerLink::Next::stop: self->quit(); return;
     case PeerLink::Next::register_again:
       if (link.should_register()) {

@@ -10,7 +10,7 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("flotilla::schema");
 
 const protocolMajor :UInt16 = 1;
-const protocolMinor :UInt16 = 4;
+const protocolMinor :UInt16 = 5;
 
 enum DType {
   f32 @0;
@@ -77,6 +77,8 @@ struct Task {
   tensors @2 :List(Tensor);
   config @3 :TrainingConfig;
   sendDelta @4 :Bool;        # since 1.2: answer with trained - received (FedBuff), not weights
+  keepLocal @5 :List(Text);  # since 1.5: names of tensors the client trains but keeps: never
+                             # sent in its update, never carried by a task (e.g. FedSA-LoRA's B)
 }
 
 # What a client has done since it started, reported in its heartbeats and updates (since 1.3)

@@ -25,6 +25,7 @@ namespace lora = flotilla::sdk::lora;
 class FedIt final : public flotilla::sdk::Aggregator {
  public:
   static constexpr bool kPerClient = false;
+  static constexpr std::uint32_t kFlags = FLOTILLA_AGG_LORA_ADAPTERS;
 
   FedIt(const Host& host, const Options&, const NamedTensors& global)
       : layers_(lora::layers(global, host, "fedit")), mean_(host) {
@@ -41,30 +42,7 @@ class FedIt final : public flotilla::sdk::Aggregator {
   void check(const NamedTensors& update, const flotilla_update_info& info) override {
     if (!(info.weight > 0)) throw Rejected("update weight must be > 0");
     if (update.empty()) throw Rejected("update has no tensors");
-    for (const auto& u : update) {
-      const auto parsed = lora::parse(u.name);
-      if (!parsed) {
-        throw Rejected("fedit averages LoRA adapters only, and the update carries '" + u.name +
-                       "' (a base weight): clients must train with lora.rank > 0 and send only "
-                       "\"*.lora_A.weight\" and \"*.lora_B.weight\"");
-      }
-      const lora::Layer* layer = &layers_[lora::adapted_layer(layers_, parsed->layer, u.name)];
-      const auto rank = lora::rank_of(parsed->part, u.tensor);
-      if (rank != rank_) {
-        throw Rejected("fedit needs every client at the global model's LoRA rank " +
-                       std::to_string(rank_) + ", and '" + u.name + "' " +
-                       (rank < 0 ? "is not a matrix" : "has rank " + std::to_string(rank)) +
-                       " (mixed ranks: use flexlora)");
-      }
-      const std::vector<std::int64_t> expected =
-          parsed->part == lora::Part::A ? std::vector<std::int64_t>{rank_, layer->in}
-                                        : std::vector<std::int64_t>{layer->out, rank_};
-      if (!u.tensor.sizes().equals(expected) || !at::isFloatingType(u.tensor.scalar_type())) {
-        throw Rejected("tensor '" + u.name + "' is " + lora::describe(u.tensor) +
-                       ", expected a floating tensor of shape [" + std::to_string(expected[0]) +
-                       ", " + std::to_string(expected[1]) + "]");
-      }
-    }
+    for (const auto& u : update) (void)lora::expect_adapter(layers_, u, "fedit");
     mean_.check_same(update);
   }
 

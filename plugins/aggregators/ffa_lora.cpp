@@ -24,6 +24,7 @@ namespace lora = flotilla::sdk::lora;
 class FfaLora final : public flotilla::sdk::Aggregator {
  public:
   static constexpr bool kPerClient = false;
+  static constexpr std::uint32_t kFlags = FLOTILLA_AGG_LORA_ADAPTERS | FLOTILLA_AGG_LORA_FROZEN_A;
 
   FfaLora(const Host& host, const Options&, const NamedTensors& global)
       : layers_(lora::layers(global, host, "ffa-lora")), mean_(host) {}

@@ -11,8 +11,7 @@
 //   client k, through client_model:     the same at r_k.
 // Before the first version a client gets the global adapters cut or padded to its rank (B is
 // zero then, so nothing changes; padded rows of A are drawn like LoRA's init from a fixed seed).
-// alpha must be the clients' lora.alpha (the runtime passes it unless [aggregator.options]
-// sets it).
+// alpha is the run's lora.alpha, which the host passes (flotilla_host.lora_alpha, ABI 1.2).
 #include "flotilla/lora.hpp"
 #include "flotilla/plugin.hpp"
 
@@ -36,18 +35,14 @@ class FlexLora final : public flotilla::sdk::Aggregator {
  public:
   static constexpr bool kPerClient = true;
   /// An SVD of the aggregated product per version: meant for a cohort, not every update.
-  static constexpr std::uint32_t kFlags = FLOTILLA_AGG_NEEDS_COHORT;
+  static constexpr std::uint32_t kFlags = FLOTILLA_AGG_NEEDS_COHORT | FLOTILLA_AGG_LORA_ADAPTERS;
 
-  FlexLora(const Host& host, const Options& options, const NamedTensors& global)
+  FlexLora(const Host& host, const Options&, const NamedTensors& global)
       : host_(host),
-        alpha_(options.real("alpha", 16.0)),
+        alpha_(lora::host_alpha(host, "flexlora")),
         layers_(lora::layers(global, host, "flexlora")),
-        sums_(layers_.size()),
-        svd_(layers_.size()) {
-    if (!(alpha_ > 0) || !std::isfinite(alpha_)) {
-      throw Invalid("flexlora: option 'alpha' must be > 0, got " + std::to_string(alpha_));
-    }
-  }
+        mean_(host, layers_.size(), alpha_),
+        svd_(layers_.size()) {}
 
   void check(const NamedTensors& update, const flotilla_update_info& info) override {
     if (!(info.weight > 0)) throw Rejected("update weight must be > 0");
@@ -55,25 +50,12 @@ class FlexLora final : public flotilla::sdk::Aggregator {
   }
 
   void accept(const NamedTensors& update, const flotilla_update_info& info) override {
-    const auto found = pairs(update);
-    const bool init = total_ == 0;
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-      const auto a = found[l].a->to(host_.device(), at::kFloat);
-      const auto b = found[l].b->to(host_.device(), at::kFloat);
-      const double scale = alpha_ / static_cast<double>(a.size(0));
-      auto product = at::mm(b, a).mul_(scale * info.weight);
-      if (init) {
-        sums_[l] = std::move(product);
-      } else {
-        sums_[l].add_(product);
-      }
-    }
-    total_ += info.weight;
+    mean_.add(pairs(update), info.weight);
   }
 
   void finalize(flotilla_output* out) override {
     for (std::size_t l = 0; l < layers_.size(); ++l) {
-      const auto m = sums_[l].mul_(1.0 / total_);
+      const auto m = mean_.mean(l);
       auto [u, s, vh] = at::linalg_svd(m, /*full_matrices=*/false);
       svd_[l] = Svd{u, s, vh};
       const auto& layer = layers_[l];
@@ -84,33 +66,15 @@ class FlexLora final : public flotilla::sdk::Aggregator {
     discard();
   }
 
-  void discard() override {
-    for (auto& s : sums_) s = at::Tensor();
-    total_ = 0;
-  }
+  void discard() override { mean_.clear(); }
 
   /// Client `client`'s adapters at the ranks its template has, from the latest SVD.
   void client_model(std::uint32_t client, const NamedTensors& tmpl, flotilla_output* out) override {
     for (const auto& t : tmpl) {
-      const auto parsed = lora::parse(t.name);
-      if (!parsed) continue;  // not an adapter: the client keeps the global model's value
-      const auto l = lora::index_of(layers_, parsed->layer);
-      if (l < 0) {
-        throw Invalid("client " + std::to_string(client) + "'s model has '" + t.name +
-                      "', but the global model has no adapter on '" + parsed->layer + "'");
-      }
-      const auto& layer = layers_[static_cast<std::size_t>(l)];
-      const auto rank = lora::rank_of(parsed->part, t.tensor);
-      const std::vector<std::int64_t> expected =
-          parsed->part == lora::Part::A ? std::vector<std::int64_t>{rank, layer.in}
-                                        : std::vector<std::int64_t>{layer.out, rank};
-      if (rank < 1 || !t.tensor.sizes().equals(expected)) {
-        throw Invalid("client " + std::to_string(client) + "'s '" + t.name + "' is " +
-                      lora::describe(t.tensor) + ", which does not fit layer '" + layer.name +
-                      "' (" + std::to_string(layer.out) + " x " + std::to_string(layer.in) + ")");
-      }
-      const auto [a, b] = factors(static_cast<std::size_t>(l), rank);
-      const auto& value = parsed->part == lora::Part::A ? a : b;
+      const auto adapter = lora::template_adapter(layers_, t, client);
+      if (!adapter) continue;  // not an adapter: the client keeps the global model's value
+      const auto [a, b] = factors(adapter->layer, adapter->rank);
+      const auto& value = adapter->part == lora::Part::A ? a : b;
       host_.emit(out, t.name, value.to(t.tensor.scalar_type()));
     }
   }
@@ -141,49 +105,9 @@ class FlexLora final : public flotilla::sdk::Aggregator {
   struct Svd {
     at::Tensor u, s, vh;
   };
-  struct Pair {
-    const at::Tensor* a = nullptr;
-    const at::Tensor* b = nullptr;
-  };
-
-
   /// Each adapted layer's A and B in `update` (any rank, the same for A and B), checked.
-  std::vector<Pair> pairs(const NamedTensors& update) const {
-    if (update.empty()) throw Rejected("update has no tensors");
-    std::vector<Pair> found(layers_.size());
-    for (const auto& u : update) {
-      const auto parsed = lora::parse(u.name);
-      if (!parsed) {
-        throw Rejected("flexlora averages LoRA adapters only, and the update carries '" + u.name +
-                       "' (a base weight): clients must train with lora.rank > 0 and send only "
-                       "\"*.lora_A.weight\" and \"*.lora_B.weight\"");
-      }
-      const auto l = lora::adapted_layer(layers_, parsed->layer, u.name);
-      auto& slot = parsed->part == lora::Part::A ? found[l].a : found[l].b;
-      if (slot != nullptr) throw Rejected("update carries '" + u.name + "' twice");
-      if (!at::isFloatingType(u.tensor.scalar_type())) {
-        throw Rejected("tensor '" + u.name + "' is " + lora::describe(u.tensor) +
-                       ", expected a floating tensor");
-      }
-      slot = &u.tensor;
-    }
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-      const auto& layer = layers_[l];
-      if (found[l].a == nullptr || found[l].b == nullptr) {
-        throw Rejected("flexlora needs A and B of every adapted layer, and the update lacks '" +
-                       (found[l].a == nullptr ? lora::a_name(layer.name) : lora::b_name(layer.name)) +
-                       "' (with lora.freeze-a, use ffa-lora)");
-      }
-      const auto& a = *found[l].a;
-      const auto& b = *found[l].b;
-      if (a.dim() != 2 || b.dim() != 2 || a.size(0) < 1 || a.size(0) != b.size(1) ||
-          a.size(1) != layer.in || b.size(0) != layer.out) {
-        throw Rejected("layer '" + layer.name + "': A is " + lora::describe(a) + " and B is " +
-                       lora::describe(b) + "; expected A [r, " + std::to_string(layer.in) +
-                       "] and B [" + std::to_string(layer.out) + ", r] with the same r >= 1");
-      }
-    }
-    return found;
+  std::vector<lora::Pair> pairs(const NamedTensors& update) const {
+    return lora::pairs(layers_, update, "flexlora");
   }
 
   /// Layer l's A (rank × in) and B (out × rank), float32 on the host's device: from the latest
@@ -228,20 +152,15 @@ class FlexLora final : public flotilla::sdk::Aggregator {
   Host host_;
   double alpha_;
   std::vector<lora::Layer> layers_;
-  std::vector<at::Tensor> sums_;  ///< Σ_k w_k (alpha/r_k) B_k A_k per layer this version
-  std::vector<Svd> svd_;          ///< the latest version's SVD per layer
-  double total_ = 0;
+  lora::ProductMean mean_;  ///< Σ_k p_k (alpha/r_k) B_k A_k per layer this version
+  std::vector<Svd> svd_;    ///< the latest version's SVD per layer
 };
 
-const flotilla_option_spec kOptions[] = {
-    {"alpha", "float", "16",
-     "the clients' LoRA alpha (adapter scale alpha/r); the runtime passes lora.alpha unless set "
-     "here"},
-};
+const flotilla_option_spec kOptions[] = {{nullptr, nullptr, nullptr, nullptr}};
 
 }  // namespace
 
-FLOTILLA_AGGREGATOR_PLUGIN(FlexLora, "flexlora", "1.0.0",
+FLOTILLA_AGGREGATOR_PLUGIN(FlexLora, "flexlora", "1.1.0",
                            "FlexLoRA (Bai et al. 2024): the example-weighted mean of the clients' "
                            "full-size updates (alpha/r_k)·B_k·A_k, one SVD, each client served at "
                            "its own rank",

@@ -1,5 +1,8 @@
 #include "runtime/base/tensor.hpp"
 
+#include <string_view>
+#include <unordered_map>
+
 namespace flotilla {
 
 std::string shape_string(at::IntArrayRef shape) {
@@ -9,6 +12,50 @@ std::string shape_string(at::IntArrayRef shape) {
     out += std::to_string(shape[i]);
   }
   return out + "]";
+}
+
+namespace {
+
+/// `candidate`'s dtype against `reference`'s per `dtypes`: "" when it fits, else why not.
+std::string dtype_problem(const at::Tensor& reference, const at::Tensor& candidate, DtypeMatch dtypes) {
+  const auto want = reference.scalar_type();
+  const auto got = candidate.scalar_type();
+  const bool ok = dtypes == DtypeMatch::exact ? want == got
+                                              : at::isFloatingType(want) == at::isFloatingType(got);
+  if (ok) return "";
+  return "expected dtype " + std::string(c10::toString(want)) + ", got " + c10::toString(got);
+}
+
+}  // namespace
+
+Expected<std::vector<std::size_t>> match_subset(const TensorList& reference, const TensorList& candidate,
+                                                DtypeMatch dtypes) {
+  std::unordered_map<std::string_view, std::size_t> index;
+  index.reserve(reference.size());
+  for (std::size_t i = 0; i < reference.size(); ++i) index.emplace(reference[i].name, i);
+  std::vector<std::size_t> at(candidate.size());
+  std::vector<bool> seen(reference.size(), false);
+  for (std::size_t k = 0; k < candidate.size(); ++k) {
+    const auto& c = candidate[k];
+    const auto it = index.find(c.name);
+    if (it == index.end()) {
+      return Error{Errc::rejected, "tensor '" + c.name + "' is not a tensor of this model"};
+    }
+    const auto& r = reference[it->second];
+    const std::string where = "tensor '" + r.name + "'";
+    if (seen[it->second]) return Error{Errc::rejected, where + " comes twice"};
+    seen[it->second] = true;
+    if (!c.tensor.defined()) return Error{Errc::rejected, where + ": undefined tensor"};
+    if (r.tensor.sizes() != c.tensor.sizes()) {
+      return Error{Errc::rejected, where + ": expected shape " + shape_string(r.tensor.sizes()) +
+                                       ", got " + shape_string(c.tensor.sizes())};
+    }
+    if (auto why = dtype_problem(r.tensor, c.tensor, dtypes); !why.empty()) {
+      return Error{Errc::rejected, where + ": " + why};
+    }
+    at[k] = it->second;
+  }
+  return at;
 }
 
 Expected<void> check_compatible(const TensorList& reference, const TensorList& candidate,
@@ -27,14 +74,8 @@ Expected<void> check_compatible(const TensorList& reference, const TensorList& c
       return Error{Errc::rejected, where + ": expected shape " + shape_string(r.tensor.sizes()) +
                                        ", got " + shape_string(c.tensor.sizes())};
     }
-    const auto want = r.tensor.scalar_type();
-    const auto got = c.tensor.scalar_type();
-    const bool ok = dtypes == DtypeMatch::exact
-                        ? want == got
-                        : at::isFloatingType(want) == at::isFloatingType(got);
-    if (!ok) {
-      return Error{Errc::rejected, where + ": expected dtype " + std::string(c10::toString(want)) +
-                                       ", got " + c10::toString(got)};
+    if (auto why = dtype_problem(r.tensor, c.tensor, dtypes); !why.empty()) {
+      return Error{Errc::rejected, where + ": " + why};
     }
   }
   return {};

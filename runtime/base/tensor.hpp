@@ -34,6 +34,13 @@ enum class DtypeMatch {
                                               const TensorList& candidate,
                                               DtypeMatch dtypes = DtypeMatch::exact);
 
+/// Checks that every tensor of `candidate` (any order, each name once) is a tensor of
+/// `reference` with its shape and a dtype per `dtypes`; returns, for each, its position in
+/// `reference`. The first problem is Errc::rejected, named.
+[[nodiscard]] Expected<std::vector<std::size_t>> match_subset(const TensorList& reference,
+                                                              const TensorList& candidate,
+                                                              DtypeMatch dtypes = DtypeMatch::exact);
+
 /// Sum of the tensors' byte sizes.
 [[nodiscard]] std::uint64_t total_bytes(const TensorList& tensors);
 

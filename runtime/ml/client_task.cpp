@@ -24,10 +24,29 @@ Expected<TensorList> delta_against(const TensorList& trained, const TensorList& 
   return out;
 }
 
+namespace {
+bool named(const NamedTensor& t, const std::vector<std::string>& names) {
+  return std::find(names.begin(), names.end(), t.name) != names.end();
+}
+}  // namespace
+
+TensorList shared_part(TensorList trained, const std::vector<std::string>& keep_local) {
+  if (keep_local.empty()) return trained;
+  std::erase_if(trained, [&](const NamedTensor& t) { return named(t, keep_local); });
+  return trained;
+}
+
+TensorList local_part(TensorList trained, const std::vector<std::string>& keep_local) {
+  std::erase_if(trained, [&](const NamedTensor& t) { return !named(t, keep_local); });
+  return trained;
+}
+
 Expected<TaskResult> run_task(Model& model, const Dataset& data, const Task& task,
                               std::shared_ptr<PluginLibrary> optimizer_plugin,
                               const PluginOptions& optimizer_options, const std::string& where) {
-  if (auto ok = model.load_state(task.tensors); !ok) {
+  // A task carries what changed since the run's initial model and what this client trains;
+  // the rest keep their value (the initial one, or this client's own: keep_local).
+  if (auto ok = model.load_tensors(task.tensors); !ok) {
     return Error{Errc::rejected, "cannot use the model of task " + std::to_string(task.round) + ": " +
                                      ok.error().message};
   }
@@ -43,8 +62,9 @@ Expected<TaskResult> run_task(Model& model, const Dataset& data, const Task& tas
                {"accuracy", result.stats.accuracy},
                {"seconds", result.stats.seconds},
                {"steps", static_cast<double>(result.stats.steps)}};
-  // Exactly what was trained: the full weights, or only the LoRA adapters.
-  u.tensors = model.trainable_state();
+  // Exactly what was trained (the full weights, or only the LoRA adapters), less what the
+  // method keeps on the client.
+  u.tensors = shared_part(model.trainable_state(), task.keep_local);
   if (task.send_delta) {
     auto delta = delta_against(u.tensors, task.tensors);
     if (!delta) return delta.error();

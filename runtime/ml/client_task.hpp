@@ -26,6 +26,11 @@ struct TaskResult {
                                             const PluginOptions& optimizer_options,
                                             const std::string& where = "training.options");
 
+/// `trained` without the tensors named in `keep_local` (what a client sends).
+[[nodiscard]] TensorList shared_part(TensorList trained, const std::vector<std::string>& keep_local);
+/// Only the tensors of `trained` named in `keep_local` (what a client keeps to itself).
+[[nodiscard]] TensorList local_part(TensorList trained, const std::vector<std::string>& keep_local);
+
 /// `trained` minus the tensors of the same names in `received` (floating tensors; others are
 /// sent as they are). Errc::internal if `received` lacks one of them.
 [[nodiscard]] Expected<TensorList> delta_against(const TensorList& trained, const TensorList& received);

@@ -210,6 +210,15 @@ class TorchModel final : public Model {
     return {};
   }
 
+  [[nodiscard]] Expected<void> load_tensors(const TensorList& tensors) override {
+    const auto targets = named_state(*net_);
+    auto at = match_subset(targets, tensors, DtypeMatch::same_kind);
+    if (!at) return at.error();
+    torch::NoGradGuard no_grad;
+    for (std::size_t k = 0; k < tensors.size(); ++k) targets[(*at)[k]].tensor.copy_(tensors[k].tensor);
+    return {};
+  }
+
   [[nodiscard]] at::Tensor forward(const at::Tensor& inputs) override {
     return net_->forward(inputs.to(device_));
   }

@@ -59,6 +59,10 @@ class Model {
   /// mismatch), nothing is changed if they do not. A model with LoRA at rank r takes a state
   /// whose adapters have rank r.
   [[nodiscard]] virtual Expected<void> load_state(const TensorList& state) = 0;
+  /// Loads some of the model's tensors, by name, in any order (what a task carries: the rest
+  /// keep their value). Errc::rejected names the first that is not a tensor of the model or has
+  /// another shape; nothing is changed then.
+  [[nodiscard]] virtual Expected<void> load_tensors(const TensorList& tensors) = 0;
   /// Forward pass (inputs on any device; moved to the model's).
   [[nodiscard]] virtual at::Tensor forward(const at::Tensor& inputs) = 0;
   [[nodiscard]] virtual c10::Device device() const = 0;

@@ -31,6 +31,19 @@ struct AggregationTraits {
   /// It keeps the global model between versions and steps it itself (server optimizers):
   /// refused where the schedule moves the model on its own (async mixing, a buffered η_g ≠ 1).
   bool tracks_global = false;
+  /// Since ABI 1.2, what a LoRA method needs (FLOTILLA_AGG_LORA_*): it aggregates adapters
+  /// (the run's model must have them)...
+  bool lora_adapters = false;
+  /// ... keeps A frozen at its shared initialisation (clients train and send only B) ...
+  bool lora_frozen_a = false;
+  /// ... leaves B with each client (clients keep theirs and send only A).
+  bool lora_local_b = false;
+  /// It may write into tensors clients do not train (e.g. fold a residual into base weights).
+  bool writes_base = false;
+  /// It serves each client a model of its own (client_model: e.g. at the client's LoRA rank).
+  bool per_client = false;
+  /// Every update must carry every tensor of the global model (the built-in FedAvg fold).
+  bool full_model = false;
 };
 
 class Aggregation {

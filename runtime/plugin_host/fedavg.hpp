@@ -20,6 +20,12 @@ class FedAvg final : public Aggregation {
   [[nodiscard]] TensorList finalize() override;
   void discard() override;
   [[nodiscard]] std::string describe() const override { return "fedavg (built in)"; }
+  /// Every update carries the whole model: no LoRA (clients with adapters send only those).
+  [[nodiscard]] AggregationTraits traits() const override {
+    AggregationTraits t;
+    t.full_model = true;
+    return t;
+  }
 
   /// Total weight accepted since the last finalize.
   [[nodiscard]] double total_weight() const { return total_weight_; }

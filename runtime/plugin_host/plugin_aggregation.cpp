@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 namespace flotilla {
 namespace {
@@ -115,6 +116,7 @@ Expected<void> PluginAggregation::accept(const WeightedUpdate& update) {
     return ok;
   }
   ++accepted_;
+  for (const auto& t : *update.tensors) carried_.insert(t.name);
   return {};
 }
 
@@ -135,8 +137,15 @@ TensorList PluginAggregation::finalize() {
     throw Failure(ok.error());
   }
   // Overlay what the plugin emitted on the current global model; what it did not emit stays.
+  const auto carried = std::exchange(carried_, {});
+  const bool writes_base = traits().writes_base;
   TensorList next = global_;
   for (auto& t : out.tensors) {
+    if (!writes_base && carried.count(t.name) == 0) {
+      throw Failure(Errc::internal, "plugin '" + plugin_name() + "' finalize emitted '" + t.name +
+                                        "', which no update carried: a method that writes into "
+                                        "tensors clients do not send declares FLOTILLA_AGG_WRITES_BASE");
+    }
     auto it = std::find_if(next.begin(), next.end(), [&](const NamedTensor& g) { return g.name == t.name; });
     if (it == next.end()) {
       throw Failure(Errc::internal, "plugin '" + plugin_name() + "' finalize emitted '" + t.name +
@@ -156,6 +165,7 @@ TensorList PluginAggregation::finalize() {
 
 void PluginAggregation::discard() {
   accepted_ = 0;
+  carried_.clear();
   if (auto ok = library_->call("discard", [&] { return api().discard(state_); }); !ok) {
     plugin_log(FLOTILLA_LOG_ERROR, plugin_name(), ok.error().message);
   }
@@ -186,7 +196,15 @@ std::string PluginAggregation::describe() const {
 
 AggregationTraits traits_of(const PluginInfo& info) {
   const auto flags = info.aggregator_flags;
-  return {(flags & FLOTILLA_AGG_NEEDS_COHORT) != 0, (flags & FLOTILLA_AGG_TRACKS_GLOBAL) != 0};
+  AggregationTraits t;
+  t.needs_cohort = (flags & FLOTILLA_AGG_NEEDS_COHORT) != 0;
+  t.tracks_global = (flags & FLOTILLA_AGG_TRACKS_GLOBAL) != 0;
+  t.lora_frozen_a = (flags & FLOTILLA_AGG_LORA_FROZEN_A) != 0;
+  t.lora_local_b = (flags & FLOTILLA_AGG_LORA_LOCAL_B) != 0;
+  t.lora_adapters = (flags & FLOTILLA_AGG_LORA_ADAPTERS) != 0 || t.lora_frozen_a || t.lora_local_b;
+  t.writes_base = (flags & FLOTILLA_AGG_WRITES_BASE) != 0;
+  t.per_client = info.per_client;
+  return t;
 }
 
 AggregationTraits PluginAggregation::traits() const { return traits_of(library_->info()); }

@@ -5,6 +5,7 @@
 #include "runtime/plugin_host/plugin_host.hpp"
 
 #include <memory>
+#include <set>
 #include <optional>
 
 namespace flotilla {
@@ -58,6 +59,9 @@ class PluginAggregation final : public Aggregation {
   TensorList global_;  ///< the current global model (shares storage with the round logic's)
   void* state_ = nullptr;
   std::size_t accepted_ = 0;
+  /// Names the updates accepted since the last finalize carried: what a method that does not
+  /// declare FLOTILLA_AGG_WRITES_BASE may emit.
+  std::set<std::string> carried_;
 };
 
 }  // namespace flotilla

@@ -229,7 +229,8 @@ Error PluginLibrary::failed(const char* what, int status, const std::string& mes
 }
 
 Expected<std::shared_ptr<PluginLibrary>> PluginLibrary::open(const fs::path& path,
-                                                             c10::Device device) {
+                                                             c10::Device device,
+                                                             const PluginHostFacts& facts) {
   auto refuse = [&](const std::string& why) {
     return Error{Errc::invalid_argument, "plugin '" + path.string() + "': " + why};
   };
@@ -274,6 +275,7 @@ Expected<std::shared_ptr<PluginLibrary>> PluginLibrary::open(const fs::path& pat
   lib->host_.lend_tensor = &host_lend_tensor;
   lib->host_.emit_lent = &host_emit_lent;
   lib->host_.release_lent = &host_release_lent;
+  lib->host_.lora_alpha = facts.lora_alpha;
 
   const flotilla_plugin* plugin = nullptr;
   lib->info_.name = path.stem().string();  // until the plugin says its name
@@ -400,8 +402,9 @@ Expected<void> PluginLibrary::check_options(const PluginOptions& options,
   return {};
 }
 
-PluginRegistry::PluginRegistry(std::vector<fs::path> search_path, c10::Device device)
-    : path_(std::move(search_path)), device_(device) {
+PluginRegistry::PluginRegistry(std::vector<fs::path> search_path, c10::Device device,
+                               PluginHostFacts facts)
+    : path_(std::move(search_path)), device_(device), facts_(facts) {
   if (const char* env = std::getenv("FLOTILLA_PLUGIN_PATH"); env != nullptr) {
     std::stringstream in(env);
     std::string dir;
@@ -443,7 +446,7 @@ Expected<std::shared_ptr<PluginLibrary>> PluginRegistry::load(const std::string&
 
 Expected<std::shared_ptr<PluginLibrary>> PluginRegistry::load_file(const fs::path& file,
                                                                    flotilla_plugin_kind kind) {
-  auto lib = PluginLibrary::open(file, device_);
+  auto lib = PluginLibrary::open(file, device_, facts_);
   if (!lib) return lib.error();
   const auto& info = (*lib)->info();
   if (info.kind != kind) {
@@ -478,7 +481,7 @@ Expected<std::shared_ptr<PluginLibrary>> PluginRegistry::reload(const std::strin
     if (it == loaded_.end()) return Error{Errc::invalid_argument, "plugin '" + name + "' is not loaded"};
     file = it->second;
   }
-  auto lib = PluginLibrary::open(file, device_);
+  auto lib = PluginLibrary::open(file, device_, facts_);
   if (!lib) return lib.error();
   if ((*lib)->info().name != name) {
     return Error{Errc::invalid_argument, "the new '" + file.string() + "' declares the name '" +

@@ -25,6 +25,11 @@
 
 namespace flotilla {
 
+/// What the host tells every plugin about the run (flotilla_host's fields beyond the device).
+struct PluginHostFacts {
+  double lora_alpha = 0;  ///< the run's lora.alpha; 0 when its model has no adapters
+};
+
 struct PluginOptionSpec {
   std::string key, type, default_value, help;
 };
@@ -63,11 +68,11 @@ void plugin_log(flotilla_log_level level, const std::string& plugin, const std::
 /// reference for that reason).
 class PluginLibrary {
  public:
-  /// Loads `path` on `device`. Errc::invalid_argument for a missing file, a file that is not a
+  /// Loads `path` on `device`, telling it `facts`. Errc::invalid_argument for a missing file, a file that is not a
   /// loadable library, a missing entry point, another ABI major, a too-small struct, a kind
   /// without its function table, or an entry point that fails (with the plugin's message).
   [[nodiscard]] static Expected<std::shared_ptr<PluginLibrary>> open(
-      const std::filesystem::path& path, c10::Device device);
+      const std::filesystem::path& path, c10::Device device, const PluginHostFacts& facts = {});
   ~PluginLibrary();
   PluginLibrary(const PluginLibrary&) = delete;
   PluginLibrary& operator=(const PluginLibrary&) = delete;
@@ -124,7 +129,8 @@ class PluginRegistry {
  public:
   /// `search_path`: directories tried in order, then $FLOTILLA_PLUGIN_PATH (':'-separated),
   /// then the built-in plugins' directory.
-  PluginRegistry(std::vector<std::filesystem::path> search_path, c10::Device device);
+  PluginRegistry(std::vector<std::filesystem::path> search_path, c10::Device device,
+                 PluginHostFacts facts = {});
 
   /// The file plugin `name` is loaded from: the first `<dir>/flotilla-<name>.so` or
   /// `<dir>/<name>.so` on the search path. Errc::invalid_argument listing the directories
@@ -155,6 +161,7 @@ class PluginRegistry {
  private:
   std::vector<std::filesystem::path> path_;
   c10::Device device_;
+  PluginHostFacts facts_;
   std::mutex mutex_;
   std::map<std::string, std::filesystem::path> loaded_;  ///< name -> file
 };

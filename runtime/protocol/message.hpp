@@ -15,7 +15,9 @@ inline constexpr std::uint16_t kProtocolMajor = 1;
 /// 1.1: admin commands. 1.2: delta updates (Task.sendDelta, Update.isDelta). 1.3: clients
 /// report their counters (Heartbeat.stats, Update.stats). 1.4: the aggregator answers
 /// heartbeats; ErrorCode notRegistered tells a peer to register again (the aggregator restarted).
-inline constexpr std::uint16_t kProtocolMinor = 4;
+/// 1.5: Task.keepLocal; a task or evaluation request carries only the tensors that changed
+/// since the run's initial model and those the client trains (the rest keep their value).
+inline constexpr std::uint16_t kProtocolMinor = 5;
 
 enum class Role : std::uint8_t { client, evaluator, aggregator, admin };
 
@@ -63,6 +65,9 @@ struct Task {
   TrainingConfig config;
   /// Send the update as a delta (trained − received) instead of the trained weights (FedBuff).
   bool send_delta = false;
+  /// Tensors the client trains but keeps (since 1.5): left out of `tensors` and of its update,
+  /// so each client's own value carries on from task to task (FedSA-LoRA's B).
+  std::vector<std::string> keep_local;
 };
 
 /// The longest device class the aggregator keeps (longer ones are cut).

@@ -267,6 +267,10 @@ void encode_payload(s::Envelope::Payload::Builder out, const Payload& payload, E
           c.setWeightDecay(p.config.weight_decay);
           c.setSeed(p.config.seed);
           t.setSendDelta(p.send_delta);
+          if (!p.keep_local.empty()) {
+            auto keep = t.initKeepLocal(list_size(p.keep_local.size(), "keep-local names"));
+            for (unsigned i = 0; i < p.keep_local.size(); ++i) keep.set(i, text(p.keep_local[i]));
+          }
           enc.encode_tensors(t.initTensors(list_size(p.tensors.size(), "tensors")), p.tensors);
         } else if constexpr (std::is_same_v<T, Update>) {
           auto u = out.initUpdate();
@@ -617,6 +621,9 @@ struct Decoder {
         p.config.weight_decay = c.getWeightDecay();
         p.config.seed = c.getSeed();
         p.send_delta = t.getSendDelta();
+        const auto keep = t.getKeepLocal();
+        p.keep_local.reserve(bounded(keep.size(), message_words, "keep-local names"));
+        for (auto name : keep) p.keep_local.push_back(str(name));
         p.tensors = decode_tensors(t.getTensors());
         return p;
       }

@@ -201,6 +201,7 @@ void AsyncSchedule::make_version(Label what, double factor, std::vector<Send>& o
       auto it = std::find_if(model_.begin(), model_.end(),
                              [&](const NamedTensor& g) { return g.name == t.name; });
       if (it == model_.end() || !at::isFloatingType(t.tensor.scalar_type())) continue;
+      if (t.tensor.is_same(it->tensor)) continue;  // the method left it (a frozen base weight)
       // w + f·(w_method − w), in the model's dtype.
       t.tensor = at::lerp(it->tensor, t.tensor.to(it->tensor.scalar_type()), factor);
     }

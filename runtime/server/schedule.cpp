@@ -22,6 +22,7 @@ Schedule::Schedule(ScheduleOptions options, TensorList initial_model,
                    std::unique_ptr<Aggregation> aggregation, const Clock& clock, std::string run_id)
     : options_(std::move(options)),
       model_(std::move(initial_model)),
+      changed_(model_.size(), false),
       aggregation_(std::move(aggregation)),
       clock_(clock),
       run_id_(std::move(run_id)),
@@ -384,6 +385,10 @@ Expected<void> Schedule::resume(const Resumption& from) {
   std::istringstream rng(s.rng);
   rng >> rng_;
   if (rng.fail()) return Error{Errc::malformed, "the checkpoint's random engine state does not read"};
+  // What differs from the initial model is sent from now on (compared once, here).
+  for (std::size_t i = 0; i < model_.size(); ++i) {
+    changed_[i] = !at::equal(model_[i].tensor, s.model[i].tensor);
+  }
   model_ = s.model;
   version_ = s.version;
   aggregation_->set_global(model_);
@@ -446,6 +451,19 @@ void Schedule::apply_pending_reload() {
                              version_, before, aggregation_->describe());
 }
 
+TensorList Schedule::shared_model(const TensorList& trained) const {
+  const auto& keep = options_.keep_local;
+  TensorList out;
+  for (std::size_t i = 0; i < model_.size(); ++i) {
+    const auto& name = model_[i].name;
+    const bool kept = std::find(keep.begin(), keep.end(), name) != keep.end();
+    const bool trains = std::any_of(trained.begin(), trained.end(),
+                                    [&](const NamedTensor& t) { return t.name == name; });
+    if (!kept && (changed_[i] || trains)) out.push_back(model_[i]);
+  }
+  return out;
+}
+
 TensorList Schedule::model_for(std::uint32_t client_id) {
   const TensorList tmpl = options_.client_template ? options_.client_template(client_id) : model_;
   std::optional<TensorList> own;
@@ -456,8 +474,9 @@ TensorList Schedule::model_for(std::uint32_t client_id) {
     logger("aggregator")->error("version {}: no model of its own for client {}: {}", version_,
                                 client_id, f.what());
   }
-  if (!own) return model_;
-  TensorList tensors = model_;
+  // What the client trains and what changed since the initial model; never what it keeps.
+  TensorList tensors = shared_model(tmpl);
+  if (!own) return tensors;
   for (auto& t : *own) {
     auto it = std::find_if(tensors.begin(), tensors.end(),
                            [&](const NamedTensor& g) { return g.name == t.name; });
@@ -476,6 +495,7 @@ Send Schedule::task_for(const std::string& peer, std::uint64_t round, bool delta
   Task task{round, version_, model_for(id),
             selection_->configure(id, round, options_.training, options_.seed)};
   task.send_delta = delta;
+  task.keep_local = options_.keep_local;
   emit(TaskSent{peer, id, round, version_});
   return Send{peer, std::move(task)};
 }
@@ -533,6 +553,12 @@ std::optional<TensorList> Schedule::finalize_aggregation(Label what) {
 
 void Schedule::produce_version(TensorList next, std::uint64_t round, bool final,
                                std::vector<Send>& out) {
+  for (std::size_t i = 0; i < model_.size() && i < next.size(); ++i) {
+    // A tensor the method did not emit is the same tensor as before: not compared.
+    if (!changed_[i] && !next[i].tensor.is_same(model_[i].tensor)) {
+      changed_[i] = !at::equal(next[i].tensor, model_[i].tensor);
+    }
+  }
   model_ = std::move(next);
   ++version_;
   emit(VersionProduced{version_, round});
@@ -542,7 +568,8 @@ void Schedule::produce_version(TensorList next, std::uint64_t round, bool final,
 void Schedule::request_evaluation(std::vector<Send>& out, std::uint64_t version, std::uint64_t round) {
   auto ev = registry_.evaluator();
   if (!ev) return;
-  out.push_back(Send{*ev, EvaluationRequest{round, version, model_}});
+  // The evaluator trains nothing: it gets what changed since the initial model.
+  out.push_back(Send{*ev, EvaluationRequest{round, version, shared_model({})}});
   ledger_.sent(version, round);
   emit(EvaluationRequested{version, round});
 }

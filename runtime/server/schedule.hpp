@@ -87,6 +87,9 @@ struct ScheduleOptions {
   /// its own LoRA rank), for the aggregation's per-client models (Aggregation::client_model).
   /// Unset: every client trains the global model's tensors.
   std::function<TensorList(std::uint32_t)> client_template;
+  /// Tensors clients train but keep (Task::keep_local): never carried by a task, never sent
+  /// back (the method declares FLOTILLA_AGG_LORA_LOCAL_B: every adapter's B).
+  std::vector<std::string> keep_local;
 };
 /// The options were first the synchronous rounds' only.
 using SyncOptions = ScheduleOptions;
@@ -249,6 +252,9 @@ class Schedule {
   /// What client `client_id` is sent: the global model, with the aggregation's per-client
   /// tensors (if it has any) in place of the global ones of the same names.
   [[nodiscard]] TensorList model_for(std::uint32_t client_id);
+  /// The tensors of the global model a peer training `trained` receives: those, and every
+  /// one that changed since the initial model, never a kept-local one.
+  [[nodiscard]] TensorList shared_model(const TensorList& trained) const;
   /// A task for `peer` with the current model.
   [[nodiscard]] Send task_for(const std::string& peer, std::uint64_t round, bool delta);
   void reject(std::vector<Send>& out, const std::string& peer, const Update& update,
@@ -284,6 +290,9 @@ class Schedule {
 
   ScheduleOptions options_;
   TensorList model_;
+  /// Per tensor of model_: whether it has changed since the run's initial model (every peer
+  /// builds that one from the config, so a tensor that has not changed is not sent).
+  std::vector<bool> changed_;
   std::unique_ptr<Aggregation> aggregation_;
   const Clock& clock_;
   std::string run_id_;

@@ -453,26 +453,6 @@ Config read(const toml::table& root, const std::string& source) {
     fail(source + ": lora.targets is empty; name the layers to adapt, e.g. [\"fc1\", \"fc2\"]");
   }
   if (c.lora.freeze_a && c.lora.rank == 0) fail(source + ": lora.freeze-a needs lora.rank > 0");
-  const auto& strategy = c.aggregator.strategy;
-  if ((strategy == "fedit" || strategy == "ffa-lora" || strategy == "flexlora") && c.lora.rank == 0) {
-    fail(source + ": aggregator.strategy \"" + strategy +
-         "\" averages LoRA adapters, but lora.rank is 0 (no adapters); set [lora] rank and targets");
-  }
-  if (strategy == "ffa-lora" && !c.lora.freeze_a) {
-    fail(source + ": aggregator.strategy \"ffa-lora\" trains only B: set lora.freeze-a = true");
-  }
-  if (strategy == "fedit" && !c.lora.ranks.empty()) {
-    for (auto r : c.lora.ranks) {
-      if (r != c.lora.rank) {
-        fail(source + ": aggregator.strategy \"fedit\" averages A and B of one rank, but lora.ranks "
-                      "differ from lora.rank; use \"flexlora\" for clients of different ranks");
-      }
-    }
-  }
-  if (c.lora.rank > 0 && c.aggregator.strategy == "builtin") {
-    fail(source + ": aggregator.strategy \"builtin\" averages full models, but with lora.rank > 0 "
-                  "clients send only adapters; use \"fedit\", \"ffa-lora\", \"flexlora\" or \"fedavg\"");
-  }
   if (auto d = resolve_device(c.run.device); !d) fail(source + ": key 'run.device': " + d.error().message);
   if (c.aggregator.schedule != ScheduleKind::sync) {
     if (c.aggregator.max_concurrency > static_cast<std::uint32_t>(c.data.clients)) {

@@ -107,12 +107,49 @@ std::function<TensorList(std::uint32_t)> client_templates(const Config& config) 
   };
 }
 
+PluginHostFacts plugin_host_facts(const Config& config) {
+  PluginHostFacts facts;
+  facts.lora_alpha = config.lora.rank > 0 ? config.lora.alpha : 0.0;
+  return facts;
+}
+
 PluginOptions lora_plugin_options(const Config& config, const PluginLibrary& library) {
   PluginOptions options = config.aggregator.options;
-  if (library.info().option("alpha") != nullptr && !options.contains("alpha")) {
+  // Plugins built before ABI 1.2 learnt lora.alpha only as an option of theirs named "alpha".
+  const bool before_host_alpha = library.info().abi_minor < 2;
+  if (before_host_alpha && library.info().option("alpha") != nullptr && !options.contains("alpha")) {
     options["alpha"] = fmt::format("{}", config.lora.alpha);
   }
   return options;
+}
+
+Expected<void> check_method_needs(const Config& c, const AggregationTraits& t, const std::string& method) {
+  auto refuse = [&](const std::string& why) {
+    return Error{Errc::invalid_config, c.source + ": aggregator.strategy \"" + method + "\" " + why};
+  };
+  if (t.full_model && c.lora.rank > 0) {
+    return refuse("averages full models, but with lora.rank > 0 clients send only adapters; use a "
+                  "method that aggregates adapters (e.g. \"fedit\") or the \"fedavg\" plugin");
+  }
+  if (t.lora_adapters && c.lora.rank == 0) {
+    return refuse("aggregates LoRA adapters, but lora.rank is 0 (no adapters); set [lora] rank and targets");
+  }
+  if (t.lora_frozen_a && !c.lora.freeze_a) {
+    return refuse("keeps A frozen at its shared initialisation and trains only B: set lora.freeze-a = true");
+  }
+  if (t.lora_local_b && c.lora.freeze_a) {
+    return refuse("shares only A (each client keeps its B), so A must train: set lora.freeze-a = false");
+  }
+  if (!t.per_client) {
+    for (auto r : c.lora.ranks) {
+      if (r != c.lora.rank) {
+        return refuse("serves every client the same model, at lora.rank " + std::to_string(c.lora.rank) +
+                      ", but lora.ranks gives clients other ranks; use a method that serves each "
+                      "client its own rank (e.g. \"flexlora\", \"flora\")");
+      }
+    }
+  }
+  return {};
 }
 
 EndpointOptions endpoint_options(const Config& config) {
@@ -176,19 +213,25 @@ Expected<std::unique_ptr<PluginRegistry>> plugin_registry(const Config& config) 
   auto device = resolve_device(config.run.device);
   if (!device) return device.error();
   std::vector<std::filesystem::path> path(config.run.plugin_path.begin(), config.run.plugin_path.end());
-  return std::make_unique<PluginRegistry>(std::move(path), *device);
+  return std::make_unique<PluginRegistry>(std::move(path), *device, plugin_host_facts(config));
 }
 
 Expected<std::unique_ptr<Aggregation>> build_aggregation(const Config& config,
                                                          PluginRegistry& registry,
                                                          const TensorList& initial) {
   const auto& name = config.aggregator.strategy;
-  if (name == "builtin") return std::unique_ptr<Aggregation>(std::make_unique<FedAvg>(initial));
+  if (name == "builtin") {
+    auto fedavg = std::make_unique<FedAvg>(initial);
+    if (auto ok = check_method_needs(config, fedavg->traits(), name); !ok) return ok.error();
+    return std::unique_ptr<Aggregation>(std::move(fedavg));
+  }
   auto library = registry.load_spec(name, FLOTILLA_KIND_AGGREGATOR);
   if (!library) {
     return Error{library.error().code,
                  config.source + ": aggregator.strategy \"" + name + "\": " + library.error().message};
   }
+  // What the plugin declares, checked before it sees the model.
+  if (auto ok = check_method_needs(config, traits_of((*library)->info()), name); !ok) return ok.error();
   auto agg = PluginAggregation::create(*library, lora_plugin_options(config, **library), initial);
   if (!agg) {
     return Error{agg.error().code, config.source + ": " + agg.error().message};
@@ -275,6 +318,11 @@ Expected<std::unique_ptr<Schedule>> make_schedule(const Config& config, TensorLi
                                                   std::unique_ptr<Aggregation> aggregation,
                                                   const Clock& clock) {
   auto options = schedule_options(config);
+  if (aggregation->traits().lora_local_b) {
+    for (const auto& t : initial) {
+      if (t.name.ends_with(".lora_B.weight")) options.keep_local.push_back(t.name);
+    }
+  }
   if (options.kind == ScheduleKind::sync) {
     return std::unique_ptr<Schedule>(std::make_unique<SyncRounds>(
         std::move(options), std::move(initial), std::move(aggregation), clock, run_id(config)));

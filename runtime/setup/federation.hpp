@@ -70,10 +70,20 @@ namespace flotilla {
 /// function; for the aggregator's per-client models (Aggregation::client_model).
 [[nodiscard]] std::function<TensorList(std::uint32_t)> client_templates(const Config& config);
 
-/// Options the config passes to an aggregation plugin on top of [aggregator.options]: when
-/// the plugin declares an option "alpha" that the user did not set, lora.alpha (the LoRA
-/// methods need the adapters' scale alpha/r). Returns [aggregator.options] with those added.
+/// What the host tells every plugin of the run (flotilla_host.lora_alpha: the adapters' scale
+/// alpha/r needs alpha; 0 without adapters).
+[[nodiscard]] PluginHostFacts plugin_host_facts(const Config& config);
+
+/// Options the config passes to an aggregation plugin on top of [aggregator.options]: for a
+/// plugin built before ABI 1.2 (which has no flotilla_host.lora_alpha) that declares an option
+/// "alpha" the user did not set, lora.alpha. Returns [aggregator.options] with those added.
 [[nodiscard]] PluginOptions lora_plugin_options(const Config& config, const PluginLibrary& library);
+
+/// Whether the run's config gives the method what it declares it needs (AggregationTraits:
+/// adapters, a frozen A, a trainable A, one rank for all clients, full models), whatever the
+/// method is called. Errc::invalid_config naming the config file, the method and the fix.
+[[nodiscard]] Expected<void> check_method_needs(const Config& config, const AggregationTraits& traits,
+                                                const std::string& method);
 
 /// Transport options every role of the run uses (the message size limit).
 [[nodiscard]] EndpointOptions endpoint_options(const Config& config);

@@ -53,6 +53,8 @@ class VirtualClock final : public Clock {
 /// (keyed by LoRA rank: clients of one rank train the same shapes) and for evaluation.
 struct WorkerModels {
   std::map<std::int64_t, std::unique_ptr<Model>> by_rank;
+  /// What each model trains, as built (the value a client's kept-local tensors start from).
+  std::map<std::int64_t, TensorList> initial_by_rank;
   std::unique_ptr<Model> evaluation;
 };
 
@@ -125,6 +127,7 @@ class Workers {
 
 struct Trained {
   Expected<TaskResult> result = Error{Errc::internal, "not trained"};
+  TensorList local;  ///< the client's kept-local tensors after the task (Task::keep_local)
   double seconds = 0;  ///< wall time of the training itself
 };
 
@@ -145,6 +148,9 @@ struct SimClient {
   bool busy = false;  ///< a task is on the device (training, uploading, or abandoned mid-way)
   double last_beat = 0;
   DeviceEmulator device;
+  /// The tensors the method keeps on the client (Task::keep_local), as its last task left them;
+  /// the workers' models are shared by all clients of a rank, so they are kept here.
+  TensorList local;
 };
 
 /// A task on its way through a device.
@@ -420,7 +426,7 @@ void Simulation::start_task(std::uint32_t id, Task task) {
   const double done = arrives + plan.compute_seconds;
   auto library = optimizer_->library();
   std::function<Trained(WorkerModels&)> job =
-      [this, id, library, task = std::move(task)](WorkerModels& models) -> Trained {
+      [this, id, library, local = c.local, task = std::move(task)](WorkerModels& models) -> Trained {
     Trained out;
     try {
       const auto rank = client_lora_rank(config_, id);
@@ -432,6 +438,15 @@ void Simulation::start_task(std::uint32_t id, Task task) {
           return out;
         }
         model = std::move(built).value();
+        models.initial_by_rank[rank] = model->trainable_state();
+      }
+      if (!task.keep_local.empty()) {
+        // This client's own values, or the initial ones before its first task.
+        const auto& own = local.empty() ? models.initial_by_rank[rank] : local;
+        if (auto ok = model->load_tensors(local_part(own, task.keep_local)); !ok) {
+          out.result = ok.error();
+          return out;
+        }
       }
       const auto& c = clients_[id];
       std::vector<std::int64_t> rows(c.indices.get(), c.indices.get() + c.examples);
@@ -440,6 +455,7 @@ void Simulation::start_task(std::uint32_t id, Task task) {
       out.result = run_task(*model, data, task, library, config_.optimizer.options,
                             config_.source + ": training.options");
       out.seconds = since(start);
+      if (!task.keep_local.empty()) out.local = local_part(model->trainable_state(), task.keep_local);
     } catch (const std::exception& e) {
       out.result = Error{Errc::internal, e.what()};
     }
@@ -460,6 +476,7 @@ void Simulation::compute_done(std::uint32_t id) {
     return;
   }
   ++report_.tasks_trained;
+  if (!trained.local.empty()) clients_[id].local = std::move(trained.local);
   f.update = std::move(trained.result->update);
   push(now_ + clients_[id].device.upload_seconds(total_bytes(f.update.tensors)),
        Kind::update_arrives, id);
@@ -505,7 +522,7 @@ void Simulation::start_evaluation(EvaluationRequest request) {
         }
         models.evaluation = std::move(built).value();
       }
-      if (auto ok = models.evaluation->load_state(tensors); !ok) {
+      if (auto ok = models.evaluation->load_tensors(tensors); !ok) {
         out.error = ok.error().message;
         return out;
       }

@@ -63,3 +63,58 @@ heartbeat-interval = "200ms"
   client.join();
   EXPECT_EQ(result.code, 0) << result.message;
 }
+
+TEST(ClientActor, ANewRunStartsItsModelAfreshAResumedOneKeepsIt) {
+  // A task carries only what the client trains and what changed since the initial model, so a
+  // tensor it leaves out must hold the run's initial value, not what an earlier run left.
+  auto config = parse_config(R"(
+[run]
+name = "afresh"
+[data]
+clients = 4
+[model]
+name = "mlp"
+hidden = 16
+[training]
+local-steps = 1
+batch-size = 8
+learning-rate = 1e-12  # a step too small to matter: the update shows what was loaded
+[client]
+connect-timeout = "60s"
+heartbeat-interval = "200ms"
+)", "test.toml");
+  ASSERT_TRUE(config) << config.error().message;
+  Inbox received;
+  auto aggregator = Endpoint::bind("tcp://127.0.0.1:*", received.handler()).value();
+  const auto initial = build_model(*config).value()->state();
+  auto changed = initial;
+  changed[0].tensor = at::full_like(initial[0].tensor, 5.0);  // fc1.weight, changed by a run
+  const TensorList without_first(initial.begin() + 1, initial.end());
+  actors::RoleResult result;
+  std::thread client([&] { result = actors::run_client(*config, 1, aggregator->address(), nullptr); });
+  ASSERT_TRUE(received.next<Hello>(60s).has_value()) << "no Hello from the client";
+  auto first_of = [&](const std::string& run, std::uint64_t version, std::uint64_t task,
+                      const TensorList& tensors) -> at::Tensor {
+    aggregator->send("client-1", from_aggregator(Task{task, version, tensors, config->training}, run));
+    auto update = received.next<Update>(30s);
+    if (!update || update->tensors.empty() || update->tensors[0].name != initial[0].name) return {};
+    return update->tensors[0].tensor;
+  };
+  aggregator->send("client-1", from_aggregator(Welcome{"run-a", 0}, "run-a"));
+  auto w = first_of("run-a", 0, 1, changed);
+  ASSERT_TRUE(w.defined());
+  EXPECT_TRUE(at::allclose(w, changed[0].tensor, 0, 1e-6)) << "the task's value is what the client trained from";
+  // The aggregator restarted with --resume (version 3): the model carries on.
+  aggregator->send("client-1", from_aggregator(Welcome{"run-a", 3}, "run-a"));
+  w = first_of("run-a", 3, 2, without_first);
+  ASSERT_TRUE(w.defined());
+  EXPECT_TRUE(at::allclose(w, changed[0].tensor, 0, 1e-6)) << "a resumed run keeps what the client had";
+  // A new run (version 0): what the task leaves out is the initial model's again.
+  aggregator->send("client-1", from_aggregator(Welcome{"run-b", 0}, "run-b"));
+  w = first_of("run-b", 0, 1, without_first);
+  ASSERT_TRUE(w.defined());
+  EXPECT_TRUE(at::allclose(w, initial[0].tensor, 0, 1e-6)) << "a new run kept the old run's fc1.weight";
+  aggregator->send("client-1", from_aggregator(Shutdown{"done"}, "run-b"));
+  client.join();
+  EXPECT_EQ(result.code, 0) << result.message;
+}

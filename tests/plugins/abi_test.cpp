@@ -255,3 +255,30 @@ TEST(PluginAbi, WatchedPluginFollowsItsFile) {
 }
 
 }  // namespace
+
+TEST(PluginAbi, WritingATensorNoUpdateCarriedNeedsTheDeclaration) {
+  // The model's first tensor is what clients send; its second, what they do not (a base weight).
+  const auto model = small_model();
+  const TensorList update = {model[0]};
+  for (const bool declared : {false, true}) {
+    auto lib = PluginLibrary::open(fixture(declared ? "base-writer" : "base-writer-undeclared"),
+                                   c10::Device(c10::kCPU));
+    ASSERT_TRUE(lib) << lib.error().message;
+    auto agg = PluginAggregation::create(*lib, {}, model);
+    ASSERT_TRUE(agg) << agg.error().message;
+    EXPECT_EQ((*agg)->traits().writes_base, declared);
+    ASSERT_TRUE((*agg)->accept(WeightedUpdate{&update, 1.0, 0, 0}));
+    if (declared) {
+      const auto next = (*agg)->finalize();
+      EXPECT_TRUE(at::equal(next[1].tensor, model[1].tensor + 1)) << "the written tensor is taken";
+    } else {
+      try {
+        (void)(*agg)->finalize();
+        ADD_FAILURE() << "an undeclared write into '" << model[1].name << "' was taken";
+      } catch (const Failure& f) {
+        EXPECT_THAT(f.what(), HasSubstr("which no update carried"));
+        EXPECT_THAT(f.what(), HasSubstr("FLOTILLA_AGG_WRITES_BASE"));
+      }
+    }
+  }
+}

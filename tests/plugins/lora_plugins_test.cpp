@@ -1,6 +1,7 @@
-// The LoRA aggregation plugins (fedit, ffa-lora, flexlora) against references computed here in
-// float64: separate means and FedIT's cross term, FFA-LoRA's untouched A, FlexLoRA's SVD
-// truncation at every client's rank.
+// The LoRA aggregation plugins against references computed here in float64: separate means
+// and FedIT's cross term, FFA-LoRA's untouched A, FlexLoRA's SVD truncation at every client's
+// rank, FedEx-LoRA's exact aggregate, FLoRA's stacking, FedSA-LoRA's shared A; and what each
+// declares to the host.
 #include "plugin_testing.hpp"
 
 #include <cmath>
@@ -197,7 +198,7 @@ TensorList client_template(std::int64_t rank) {
 TEST(FlexLoraPlugin, GlobalModelIsTheTruncatedSvdOfTheAveragedProduct) {
   const std::vector<TensorList> updates = {adapters(4, 1), adapters(8, 2), adapters(16, 3)};
   const std::vector<double> weights = {200, 300, 500};
-  auto agg = aggregation("flexlora", global_model(8), {{"alpha", "16"}});
+  auto agg = aggregation("flexlora", global_model(8));
   const auto out = aggregate(*agg, updates, weights);
   for (const std::string layer : {"fc1", "fc2"}) {
     const auto m = averaged_product(updates, weights, layer);
@@ -222,7 +223,7 @@ TEST(FlexLoraPlugin, ServesEveryClientItsOwnRank) {
   std::vector<TensorList> updates;
   for (std::size_t k = 0; k < ranks.size(); ++k) updates.push_back(adapters(ranks[k], 20 + int(k)));
   const std::vector<double> weights = {1, 1, 2};
-  auto agg = aggregation("flexlora", global_model(8), {{"alpha", "16"}});
+  auto agg = aggregation("flexlora", global_model(8));
 
   // Before any version: each client gets the global adapters at its rank, B zero.
   for (std::size_t k = 0; k < ranks.size(); ++k) {
@@ -263,13 +264,15 @@ TEST(FlexLoraPlugin, ServesEveryClientItsOwnRank) {
   EXPECT_GT(tail(m2, 8), tail(m2, 16));
 }
 
-TEST(FlexLoraPlugin, DeclaresAlphaAndRefusesIncompleteUpdates) {
+TEST(FlexLoraPlugin, TakesAlphaFromTheHostAndRefusesIncompleteUpdates) {
   auto lib = load_builtin("flexlora", FLOTILLA_KIND_AGGREGATOR);
-  ASSERT_EQ(lib->info().options.size(), 1U);
-  EXPECT_EQ(lib->info().options[0].key, "alpha");
-  EXPECT_EQ(lib->info().options[0].type, "float");
-  EXPECT_EQ(lib->info().options[0].default_value, "16");
+  EXPECT_TRUE(lib->info().options.empty()) << "alpha comes from the host, not an option";
   EXPECT_TRUE(lib->info().per_client);
+  // Without the run's alpha (a model without adapters) it cannot work, and says why.
+  auto none = PluginAggregation::create(load_builtin("flexlora", FLOTILLA_KIND_AGGREGATOR, {0.0}), {},
+                                        global_model(8));
+  ASSERT_FALSE(none);
+  EXPECT_TRUE(contains(none.error().message, "lora_alpha")) << none.error().message;
   auto agg = aggregation("flexlora", global_model(8));
   auto m = refusal(*agg, only_b(adapters(8, 1)));
   EXPECT_TRUE(contains(m, "lacks 'fc1.lora_A.weight'")) << m;
@@ -281,8 +284,8 @@ TEST(FlexLoraPlugin, DeclaresAlphaAndRefusesIncompleteUpdates) {
   EXPECT_TRUE(contains(m, "base weight")) << m;
   // Another alpha scales B: (alpha/r)·B·A is what is approximated.
   const std::vector<TensorList> updates = {adapters(8, 1)};
-  auto a16 = aggregation("flexlora", global_model(8), {{"alpha", "16"}});
-  auto a32 = aggregation("flexlora", global_model(8), {{"alpha", "32"}});
+  auto a16 = aggregation("flexlora", global_model(8));
+  auto a32 = aggregation("flexlora", global_model(8), {}, {32.0});
   const auto o16 = aggregate(*a16, updates, {1});
   const auto o32 = aggregate(*a32, updates, {1});
   // A single client at the global rank: the model is its own adapters' product again.
@@ -291,6 +294,166 @@ TEST(FlexLoraPlugin, DeclaresAlphaAndRefusesIncompleteUpdates) {
   const auto own = f64(find(updates[0], "fc1.lora_B.weight")).mm(f64(find(updates[0], "fc1.lora_A.weight")));
   EXPECT_TRUE(at::allclose(p16, own, 1e-4, 1e-3));
   EXPECT_TRUE(at::allclose(p32, own, 1e-4, 1e-3));
+}
+
+// ---- fedex-lora ----------------------------------------------------------------------------
+
+/// Σ_k p_k (W + (alpha/r)·B_k·A_k) for `layer`: the mean of the clients' merged weights, float64.
+at::Tensor mean_merged(const at::Tensor& w, const std::vector<TensorList>& updates,
+                       const std::vector<double>& weights, const std::string& layer) {
+  return f64(w) + averaged_product(updates, weights, layer);
+}
+
+TEST(FedExLoraPlugin, GlobalModelEqualsTheMeanOfTheClientsMergedWeights) {
+  auto global = global_model(8, 7);
+  const std::vector<TensorList> updates = {adapters(8, 31), adapters(8, 32), adapters(8, 33)};
+  const std::vector<double> weights = {100, 300, 600};
+  auto agg = aggregation("fedex-lora", global);
+  auto out = aggregate(*agg, updates, weights);
+  for (const std::string layer : {"fc1", "fc2"}) {
+    const auto a = f64(find(out, layer + ".lora_A.weight"));
+    const auto b = f64(find(out, layer + ".lora_B.weight"));
+    const auto w = f64(find(out, layer + ".weight"));
+    const auto expected = mean_merged(find(global, layer + ".weight"), updates, weights, layer);
+    const auto effective = w + (kAlpha / 8.0) * b.mm(a);
+    EXPECT_TRUE(at::allclose(effective, expected, 1e-4, 1e-4)) << layer;
+    // A and B are FedIT's means; the base weight took the residual (not zero: clients differ).
+    auto mean_a = at::zeros_like(a);
+    for (std::size_t k = 0; k < updates.size(); ++k) {
+      mean_a += f64(find(updates[k], layer + ".lora_A.weight")) * (weights[k] / 1000.0);
+    }
+    EXPECT_TRUE(at::allclose(a, mean_a, 1e-6, 1e-6)) << layer;
+    EXPECT_GT((w - f64(find(global, layer + ".weight"))).norm().item<double>(), 0.1) << layer;
+  }
+  EXPECT_TRUE(at::equal(find(out, "fc3.weight"), find(global, "fc3.weight"))) << "fc3 has no adapter";
+  EXPECT_TRUE(at::equal(find(out, "fc1.bias"), find(global, "fc1.bias")));
+
+  // The next version folds into the base weight it produced, not the initial one.
+  const std::vector<TensorList> second = {adapters(8, 41), adapters(8, 42)};
+  const auto out2 = aggregate(*agg, second, {1, 1});
+  const auto effective2 = f64(find(out2, "fc1.weight")) +
+                          (kAlpha / 8.0) * f64(find(out2, "fc1.lora_B.weight")).mm(f64(find(out2, "fc1.lora_A.weight")));
+  EXPECT_TRUE(at::allclose(effective2, mean_merged(find(out, "fc1.weight"), second, {1, 1}, "fc1"), 1e-4, 1e-4));
+}
+
+TEST(FedExLoraPlugin, ItsBaseWeightsSurviveACheckpoint) {
+  const auto global = global_model(8, 7);
+  auto agg = aggregation("fedex-lora", global);
+  (void)aggregate(*agg, {adapters(8, 51), adapters(8, 52)}, {1, 2});
+  auto saved = agg->export_state();
+  ASSERT_TRUE(saved) << saved.error().message;
+  // A new process: built from the initial model, then the saved state.
+  auto resumed = aggregation("fedex-lora", global);
+  ASSERT_TRUE(resumed->import_state(*saved));
+  const std::vector<TensorList> next = {adapters(8, 53), adapters(8, 54)};
+  const auto a = aggregate(*agg, next, {1, 1});
+  const auto b = aggregate(*resumed, next, {1, 1});
+  EXPECT_TRUE(at::allclose(find(a, "fc1.weight"), find(b, "fc1.weight"), 1e-6, 1e-6));
+  EXPECT_TRUE(at::allclose(find(a, "fc2.weight"), find(b, "fc2.weight"), 1e-6, 1e-6));
+}
+
+TEST(FedExLoraPlugin, RefusesMixedRanksAndHalfAdapters) {
+  auto agg = aggregation("fedex-lora", global_model(8));
+  auto m = refusal(*agg, adapters(4, 1));
+  EXPECT_TRUE(contains(m, "rank 8") && contains(m, "has rank 4")) << m;
+  m = refusal(*agg, only_b(adapters(8, 1)));
+  EXPECT_TRUE(contains(m, "lacks 'fc1.lora_A.weight'")) << m;
+  // A model whose adapted layer has no base weight of the right shape cannot use it.
+  auto global = global_model(8);
+  global.erase(global.begin());  // fc1.weight
+  auto r = PluginAggregation::create(load_builtin("fedex-lora", FLOTILLA_KIND_AGGREGATOR), {}, global);
+  ASSERT_FALSE(r);
+  EXPECT_TRUE(contains(r.error().message, "no 'fc1.weight'")) << r.error().message;
+}
+
+// ---- flora ---------------------------------------------------------------------------------
+
+TEST(FloraPlugin, MergesTheStackedAdaptersOfEveryRankExactly) {
+  const auto global = global_model(8, 9);
+  const std::vector<std::int64_t> ranks = {4, 8, 16};
+  std::vector<TensorList> updates;
+  for (std::size_t k = 0; k < ranks.size(); ++k) updates.push_back(adapters(ranks[k], 60 + int(k)));
+  const std::vector<double> weights = {200, 300, 500};
+  auto agg = aggregation("flora", global);
+  const auto out = aggregate(*agg, updates, weights);
+  for (const std::string layer : {"fc1", "fc2"}) {
+    // The stack, built explicitly: B_stack = [p_k s_k B_k], A_stack = [A_k].
+    std::vector<at::Tensor> bs, as;
+    for (std::size_t k = 0; k < updates.size(); ++k) {
+      const double scale = kAlpha / static_cast<double>(ranks[k]);
+      bs.push_back(f64(find(updates[k], layer + ".lora_B.weight")) * (weights[k] / 1000.0 * scale));
+      as.push_back(f64(find(updates[k], layer + ".lora_A.weight")));
+    }
+    const auto stacked = at::cat(bs, 1).mm(at::cat(as, 0));
+    EXPECT_EQ(at::cat(as, 0).size(0), 28) << "ranks 4 + 8 + 16 stacked";
+    const auto expected = f64(find(global, layer + ".weight")) + stacked;
+    EXPECT_TRUE(at::allclose(f64(find(out, layer + ".weight")), expected, 1e-4, 1e-4)) << layer;
+    // Fresh adapters for the next round: B zero, so the model is exactly the merged weight.
+    EXPECT_TRUE(at::equal(find(out, layer + ".lora_B.weight"), at::zeros_like(find(out, layer + ".lora_B.weight"))));
+  }
+}
+
+TEST(FloraPlugin, ServesEveryClientFreshAdaptersAtItsRank) {
+  auto agg = aggregation("flora", global_model(8, 9));
+  auto a_at = [&](std::int64_t rank) {
+    const auto mine = agg->client_model(0, client_template(rank));
+    EXPECT_TRUE(mine);
+    EXPECT_TRUE(at::equal(find(*mine, "fc1.lora_B.weight"), at::zeros({kOut1, rank})));
+    return find(*mine, "fc1.lora_A.weight").clone();
+  };
+  const auto a4 = a_at(4), a16 = a_at(16);
+  ASSERT_EQ(a16.sizes(), (std::vector<std::int64_t>{16, kIn1}));
+  EXPECT_TRUE(at::equal(a4, a16.narrow(0, 0, 4))) << "a lower rank's A is the first rows of a higher rank's";
+  const double bound = 1.0 / std::sqrt(static_cast<double>(kIn1));
+  EXPECT_LE(a16.abs().max().item<double>(), bound);
+  (void)aggregate(*agg, {adapters(8, 70)}, {1});
+  EXPECT_FALSE(at::equal(a_at(16), a16)) << "every round starts from new adapters";
+}
+
+// ---- fedsa-lora ----------------------------------------------------------------------------
+
+TEST(FedSaLoraPlugin, AveragesOnlyA) {
+  auto global = global_model(8, 11, /*zero_b=*/false);
+  auto agg = aggregation("fedsa-lora", global);
+  auto only_a = [](const TensorList& t) {
+    TensorList out;
+    for (const auto& x : t) {
+      if (x.name.find("lora_A") != std::string::npos) out.push_back(x);
+    }
+    return out;
+  };
+  const std::vector<TensorList> updates = {only_a(adapters(8, 81)), only_a(adapters(8, 82))};
+  const auto out = aggregate(*agg, updates, {1, 3});
+  for (const auto& name : {"fc1.lora_A.weight", "fc2.lora_A.weight"}) {
+    const auto expected = 0.25 * f64(find(updates[0], name)) + 0.75 * f64(find(updates[1], name));
+    EXPECT_TRUE(at::allclose(f64(find(out, name)), expected, 1e-6, 1e-6)) << name;
+  }
+  for (const auto& name : {"fc1.lora_B.weight", "fc2.lora_B.weight", "fc1.weight"}) {
+    EXPECT_TRUE(at::equal(find(out, name), find(global, name))) << name << " is never aggregated";
+  }
+  const auto m = refusal(*agg, adapters(8, 83));
+  EXPECT_TRUE(contains(m, "keeps its B") && contains(m, "fc1.lora_B.weight")) << m;
+}
+
+// ---- what each declares ----------------------------------------------------------------------
+
+TEST(LoraPlugins, DeclareWhatTheyNeedRatherThanBeingKnownByName) {
+  auto flags = [](const std::string& name) {
+    return load_builtin(name, FLOTILLA_KIND_AGGREGATOR)->info().aggregator_flags;
+  };
+  auto traits = [](const std::string& name) {
+    return traits_of(load_builtin(name, FLOTILLA_KIND_AGGREGATOR)->info());
+  };
+  for (const auto* name : {"fedit", "ffa-lora", "flexlora", "fedex-lora", "flora", "fedsa-lora"}) {
+    EXPECT_TRUE(flags(name) & FLOTILLA_AGG_LORA_ADAPTERS) << name;
+  }
+  EXPECT_TRUE(traits("ffa-lora").lora_frozen_a);
+  EXPECT_TRUE(traits("fedsa-lora").lora_local_b);
+  EXPECT_FALSE(traits("fedit").lora_frozen_a || traits("fedit").lora_local_b || traits("fedit").writes_base);
+  EXPECT_TRUE(traits("fedex-lora").writes_base && traits("flora").writes_base);
+  EXPECT_TRUE(traits("flexlora").per_client && traits("flora").per_client);
+  EXPECT_FALSE(traits("fedit").per_client || traits("fedex-lora").per_client);
+  EXPECT_FALSE(traits("fedavg").lora_adapters) << "fedavg averages whatever clients send";
 }
 
 }  // namespace

@@ -22,13 +22,16 @@ inline c10::Device test_device() {
   return d != nullptr && *d != '\0' ? c10::Device(d) : c10::Device(c10::kCPU);
 }
 
-inline PluginRegistry builtin_registry() {
-  return PluginRegistry({FLOTILLA_PLUGIN_DIR}, test_device());
+/// The LoRA alpha the plugin tests' host passes (flotilla_host.lora_alpha).
+inline constexpr double kTestLoraAlpha = 16;
+
+inline PluginRegistry builtin_registry(PluginHostFacts facts = {kTestLoraAlpha}) {
+  return PluginRegistry({FLOTILLA_PLUGIN_DIR}, test_device(), facts);
 }
 
-inline std::shared_ptr<PluginLibrary> load_builtin(const std::string& name,
-                                                   flotilla_plugin_kind kind) {
-  auto registry = builtin_registry();
+inline std::shared_ptr<PluginLibrary> load_builtin(const std::string& name, flotilla_plugin_kind kind,
+                                                   PluginHostFacts facts = {kTestLoraAlpha}) {
+  auto registry = builtin_registry(facts);
   auto lib = registry.load(name, kind);
   if (!lib) throw Failure(lib.error());
   return *lib;
@@ -36,8 +39,9 @@ inline std::shared_ptr<PluginLibrary> load_builtin(const std::string& name,
 
 inline std::unique_ptr<PluginAggregation> aggregation(const std::string& name,
                                                       const TensorList& global,
-                                                      PluginOptions options = {}) {
-  auto agg = PluginAggregation::create(load_builtin(name, FLOTILLA_KIND_AGGREGATOR),
+                                                      PluginOptions options = {},
+                                                      PluginHostFacts facts = {kTestLoraAlpha}) {
+  auto agg = PluginAggregation::create(load_builtin(name, FLOTILLA_KIND_AGGREGATOR, facts),
                                        std::move(options), global);
   if (!agg) throw Failure(agg.error());
   return std::move(agg).value();

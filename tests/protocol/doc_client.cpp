@@ -4,9 +4,10 @@
 //
 //   doc_client --connect ENDPOINT --id N [--examples K] [--peer-timeout SECONDS]
 //
-// It speaks protocol 1.4. It registers as client N (routing id `client-N`), answers every Task
-// by "training": each f32 element is multiplied by 0.999, other dtypes are left unchanged (with
-// sendDelta, it sends trained minus received), reports loss 1.0 and accuracy 0.5 for K examples
+// It speaks protocol 1.5. It registers as client N (routing id `client-N`), answers every Task
+// by "training" what the task carries (a model without LoRA: every tensor, so keepLocal is
+// always empty for it): each f32 element is multiplied by 0.999, other dtypes are left
+// unchanged (with sendDelta, it sends trained minus received), reports loss 1.0 and accuracy 0.5 for K examples
 // (default 500), heartbeats every 2 s once welcomed, and logs every Error to stderr.
 // The aggregator (1.4 or later) answers each heartbeat: when heartbeats have gone unanswered for
 // the peer timeout (default 30 s, the aggregator's default peer-timeout) it warns once on stderr

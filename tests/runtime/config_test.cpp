@@ -1,5 +1,6 @@
 #include "runtime/setup/config.hpp"
 #include "runtime/setup/federation.hpp"
+#include "runtime/plugin_host/plugin_aggregation.hpp"
 
 #include <gtest/gtest.h>
 
@@ -192,17 +193,61 @@ alpha = 32.0
   }
 }
 
-TEST(Config, LoraAlphaReachesPluginsThatDeclareIt) {
+TEST(Config, LoraAlphaReachesPluginsThroughTheHost) {
   auto c = parse_config("[lora]\nrank = 8\nalpha = 32.0\n", "lora.toml");
   ASSERT_TRUE(c) << c.error().message;
+  EXPECT_DOUBLE_EQ(plugin_host_facts(*c).lora_alpha, 32.0);
+  auto plain = parse_config("[lora]\nalpha = 32.0\n", "plain.toml");
+  ASSERT_TRUE(plain) << plain.error().message;
+  EXPECT_DOUBLE_EQ(plugin_host_facts(*plain).lora_alpha, 0.0) << "no adapters, no alpha";
   PluginRegistry registry({}, c10::Device(c10::kCPU));
   auto flex = registry.load("flexlora", FLOTILLA_KIND_AGGREGATOR);
-  auto fedit = registry.load("fedit", FLOTILLA_KIND_AGGREGATOR);
-  if (!flex || !fedit) GTEST_SKIP() << "the built-in plugins are not built";
-  EXPECT_EQ(lora_plugin_options(*c, **flex), (PluginOptions{{"alpha", "32"}}));
-  EXPECT_TRUE(lora_plugin_options(*c, **fedit).empty()) << "fedit declares no alpha";
-  c->aggregator.options["alpha"] = "8";
-  EXPECT_EQ(lora_plugin_options(*c, **flex).at("alpha"), "8") << "the user's value wins";
+  if (!flex) GTEST_SKIP() << "the built-in plugins are not built";
+  EXPECT_TRUE(lora_plugin_options(*c, **flex).empty()) << "an ABI 1.2 plugin gets no injected option";
+}
+
+namespace {
+AggregationTraits declared(std::uint32_t flags, bool per_client = false) {
+  PluginInfo info;
+  info.aggregator_flags = flags;
+  info.per_client = per_client;
+  return traits_of(info);
+}
+std::string needs_problem(const std::string& toml, const AggregationTraits& t) {
+  auto c = parse_config(toml, "run.toml");
+  if (!c) return "config: " + c.error().message;
+  auto ok = check_method_needs(*c, t, "my-method");
+  return ok ? "" : ok.error().message;
+}
+}  // namespace
+
+TEST(Config, AMethodGetsWhatItDeclaresItNeedsWhateverItsName) {
+  const std::string lora = "[lora]\nrank = 8\ntargets = [\"fc1\"]\n";
+  // Adapters: refused without them, with the fix.
+  auto m = needs_problem("", declared(FLOTILLA_AGG_LORA_ADAPTERS));
+  EXPECT_NE(m.find("run.toml: aggregator.strategy \"my-method\" aggregates LoRA adapters, but "
+                   "lora.rank is 0"), std::string::npos) << m;
+  EXPECT_EQ(needs_problem(lora, declared(FLOTILLA_AGG_LORA_ADAPTERS)), "");
+  // A frozen A needs freeze-a; a local B needs A to train.
+  m = needs_problem(lora, declared(FLOTILLA_AGG_LORA_FROZEN_A));
+  EXPECT_NE(m.find("set lora.freeze-a = true"), std::string::npos) << m;
+  EXPECT_EQ(needs_problem(lora + "freeze-a = true\n", declared(FLOTILLA_AGG_LORA_FROZEN_A)), "");
+  m = needs_problem(lora + "freeze-a = true\n", declared(FLOTILLA_AGG_LORA_LOCAL_B));
+  EXPECT_NE(m.find("set lora.freeze-a = false"), std::string::npos) << m;
+  m = needs_problem("", declared(FLOTILLA_AGG_LORA_LOCAL_B));
+  EXPECT_NE(m.find("lora.rank is 0"), std::string::npos) << "a local B implies adapters: " << m;
+  // Per-client ranks need a method that serves them.
+  const std::string ranks = "[data]\nclients = 3\n" + lora + "ranks = [4, 8, 16]\n";
+  m = needs_problem(ranks, declared(FLOTILLA_AGG_LORA_ADAPTERS));
+  EXPECT_NE(m.find("serves every client the same model"), std::string::npos) << m;
+  EXPECT_EQ(needs_problem(ranks, declared(FLOTILLA_AGG_LORA_ADAPTERS, /*per_client=*/true)), "");
+  // The built-in fold needs full models.
+  AggregationTraits full;
+  full.full_model = true;
+  m = needs_problem(lora, full);
+  EXPECT_NE(m.find("averages full models"), std::string::npos) << m;
+  // A method that declares nothing takes what it gets.
+  EXPECT_EQ(needs_problem(ranks, declared(0, true)), "");
 }
 
 TEST(Config, ScheduleKeysAndTheirDerivedDefaults) {

@@ -406,5 +406,33 @@ TEST(Lora, LoadsAStateAtItsOwnRank) {
   EXPECT_EQ(r.error().message, "tensor 2 'fc1.lora_A.weight': expected shape [4, 784], got [8, 784]");
 }
 
+TEST(Lora, LoadsSomeTensorsByNameAndLeavesTheRest) {
+  auto model = make_lora("mlp", 4, 1);
+  const auto before = model->state();
+  auto other = make_lora("mlp", 4, 2);
+  // Any order, a subset: what a task carries.
+  const TensorList part = {{"fc2.lora_A.weight", get(other->state(), "fc2.lora_A.weight")},
+                           {"fc1.weight", get(other->state(), "fc1.weight")}};
+  ASSERT_TRUE(model->load_tensors(part));
+  const auto after = model->state();
+  for (std::size_t i = 0; i < after.size(); ++i) {
+    const bool loaded = after[i].name == "fc2.lora_A.weight" || after[i].name == "fc1.weight";
+    EXPECT_TRUE(torch::equal(after[i].tensor, loaded ? get(other->state(), after[i].name) : before[i].tensor))
+        << after[i].name;
+  }
+  // A tensor the model lacks, or of another shape, is refused, and nothing is loaded.
+  const auto unchanged = model->state();
+  auto r = model->load_tensors({{"fc1.weight", torch::zeros({32, 784})}, {"fc9.weight", torch::zeros({1})}});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message, "tensor 'fc9.weight' is not a tensor of this model");
+  r = model->load_tensors({{"fc1.weight", torch::zeros({32, 784})}, {"fc1.lora_A.weight", torch::zeros({8, 784})}});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message, "tensor 'fc1.lora_A.weight': expected shape [4, 784], got [8, 784]");
+  r = model->load_tensors({{"fc1.bias", torch::zeros({32})}, {"fc1.bias", torch::zeros({32})}});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message, "tensor 'fc1.bias' comes twice");
+  EXPECT_TRUE(states_equal(model->state(), unchanged));
+}
+
 }  // namespace
 }  // namespace flotilla

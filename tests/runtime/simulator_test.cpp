@@ -196,3 +196,18 @@ TEST(Simulator, ConfigErrorsNameTheKey) {
   EXPECT_NE(report.error().message.find("simulation.tick"), std::string::npos)
       << report.error().message;
 }
+
+TEST(Simulator, EachClientKeepsItsOwnBUnderFedSaLora) {
+  // The workers' models are shared by every client of a rank: a client's B must be kept for it,
+  // or one client would start from another's B, and the run would depend on which worker ran
+  // which task.
+  const std::string keys = "strategy = \"fedsa-lora\"\nmin-clients = 6";
+  const std::string lora = "[lora]\nrank = 4\nalpha = 8.0\ntargets = [\"fc1\", \"fc2\"]\n";
+  const auto one = simulate_config(parse(base_config(keys, lora, 6, 1)));
+  const auto two = simulate_config(parse(base_config(keys, lora, 6, 2)));
+  ASSERT_EQ(one.version, 3U);
+  EXPECT_EQ(rows(one), rows(two)) << "one worker thread or two";
+  // The clients' own models learn round after round (the global B never trains).
+  ASSERT_EQ(one.records.size(), 4U);
+  EXPECT_GT(one.records.back().train_accuracy, one.records[1].train_accuracy);
+}

@@ -618,3 +618,114 @@ TEST(SyncRounds, UnderKeysAHelloMustClaimTheIdItsKeyIsFor) {
   auto evaluator = rounds.on_hello("evaluator", Hello{Role::evaluator, 0, {}, 0});
   ASSERT_TRUE(std::holds_alternative<Welcome>(evaluator.at(0).payload));
 }
+
+namespace {
+
+/// A method over a model {"base", "x.lora_A.weight", "x.lora_B.weight"} whose clients train the
+/// adapters: each version adds one to A, and the second one also writes into the base (as
+/// FedEx-LoRA or FLoRA do). B is left alone, as FedSA-LoRA leaves it.
+class AdapterMethod final : public Aggregation {
+ public:
+  explicit AdapterMethod(TensorList global) : global_(std::move(global)) {}
+  Expected<void> check(const WeightedUpdate&) const override { return {}; }
+  Expected<void> accept(const WeightedUpdate&) override {
+    ++accepted_;
+    return {};
+  }
+  Expected<void> accept_batch(std::span<const WeightedUpdate> us) override {
+    accepted_ += us.size();
+    return {};
+  }
+  std::size_t accepted() const override { return accepted_; }
+  TensorList finalize() override {
+    accepted_ = 0;
+    ++versions_;
+    TensorList next = global_;  // shares what does not change, as the plugin host's overlay does
+    next[1].tensor = global_[1].tensor + 1;
+    if (versions_ == 2) next[0].tensor = global_[0].tensor + 1;
+    global_ = next;
+    return next;
+  }
+  void discard() override { accepted_ = 0; }
+  std::string describe() const override { return "adapter test method"; }
+
+ private:
+  TensorList global_;
+  std::size_t accepted_ = 0;
+  int versions_ = 0;
+};
+
+std::vector<std::string> names_of(const TensorList& tensors) {
+  std::vector<std::string> names;
+  for (const auto& t : tensors) names.push_back(t.name);
+  return names;
+}
+
+}  // namespace
+
+TEST(SyncRounds, TasksCarryWhatClientsTrainAndWhatChangedNeverWhatTheyKeep) {
+  const TensorList initial = {{"base", torch::zeros({4})},
+                              {"x.lora_A.weight", torch::zeros({2})},
+                              {"x.lora_B.weight", torch::zeros({2})}};
+  auto o = options(3, 0, 1, 2);
+  o.client_template = [](std::uint32_t) {
+    const auto meta = torch::TensorOptions().device(torch::kMeta);
+    return TensorList{{"x.lora_A.weight", torch::empty({2}, meta)},
+                      {"x.lora_B.weight", torch::empty({2}, meta)}};
+  };
+  o.keep_local = {"x.lora_B.weight"};
+  ManualClock clock;
+  SyncRounds rounds(o, initial, std::make_unique<AdapterMethod>(initial), clock, "run-1");
+  auto out = rounds.on_hello("evaluator-0", Hello{Role::evaluator, 0, {}, 0});
+  auto evals = sent<EvaluationRequest>(out);
+  ASSERT_EQ(evals.size(), 1U);
+  EXPECT_TRUE(evals[0].second.tensors.empty()) << "the evaluator has the initial model already";
+  (void)rounds.on_evaluation("evaluator-0", EvaluationResult{0, 0, 10, 2.3, 0.1, {}});
+  for (std::uint32_t i = 0; i < 2; ++i) {
+    auto o2 = rounds.on_hello("client-" + std::to_string(i), Hello{Role::client, i, {}, 100});
+    out.insert(out.end(), o2.begin(), o2.end());
+  }
+  // Each round: what the tasks carried, and what the evaluator got for the version it made.
+  struct Seen {
+    std::vector<std::vector<std::string>> tasks;
+    std::vector<std::string> keep_local;
+    std::vector<std::string> evaluated;
+  };
+  auto play_round = [&]() {
+    Seen seen;
+    const auto tasks = sent<Task>(out);
+    std::vector<Send> next;
+    for (const auto& [peer, task] : tasks) {
+      seen.tasks.push_back(names_of(task.tensors));
+      seen.keep_local = task.keep_local;
+      Update u;
+      u.round = task.round;
+      u.base_model_version = task.model_version;
+      u.num_examples = 100;
+      u.tensors = {{"x.lora_A.weight", torch::ones({2})}};
+      auto o3 = rounds.on_update(peer, u);
+      next.insert(next.end(), o3.begin(), o3.end());
+    }
+    for (const auto& [peer, request] : sent<EvaluationRequest>(next)) {
+      seen.evaluated = names_of(request.tensors);
+      auto o4 = rounds.on_evaluation(peer, EvaluationResult{request.round, request.model_version, 10, 1, 0.5, {}});
+      next.insert(next.end(), o4.begin(), o4.end());
+    }
+    out = std::move(next);
+    return seen;
+  };
+  const std::vector<std::string> a = {"x.lora_A.weight"}, base_a = {"base", "x.lora_A.weight"};
+  // Round 1: what the clients train, less B (theirs); the unchanged base is not sent.
+  auto r1 = play_round();
+  EXPECT_EQ(r1.tasks, (std::vector<std::vector<std::string>>{a, a}));
+  EXPECT_EQ(r1.keep_local, std::vector<std::string>{"x.lora_B.weight"});
+  EXPECT_EQ(r1.evaluated, a) << "version 1 changed A only";
+  // Round 2: the same; its version writes into the base.
+  auto r2 = play_round();
+  EXPECT_EQ(r2.tasks, (std::vector<std::vector<std::string>>{a, a}));
+  EXPECT_EQ(r2.evaluated, base_a);
+  // Round 3: the base changed, so it travels from now on.
+  auto r3 = play_round();
+  EXPECT_EQ(r3.tasks, (std::vector<std::vector<std::string>>{base_a, base_a}));
+  EXPECT_TRUE(torch::equal(rounds.model()[2].tensor, torch::zeros({2}))) << "B was never aggregated";
+}

@@ -1,4 +1,5 @@
 #include "runtime/ml/trainer.hpp"
+#include "runtime/ml/client_task.hpp"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -291,6 +292,45 @@ TEST(OptimizerOptions, PluginRefusalsAreErrors) {
   auto unknown = make_optimizer(plugin("sgd"), {{"betas", "1"}}, config, *model, "run.toml: training.options");
   ASSERT_FALSE(unknown);
   EXPECT_THAT(unknown.error().message, ::testing::HasSubstr("run.toml: training.options: unknown option 'betas'"));
+}
+
+TEST_F(Trainer, ATaskKeepsTheTensorsItNamesOnTheClientFromTaskToTask) {
+  ModelSpec spec;
+  spec.name = "mlp";
+  spec.hidden = 32;
+  spec.lora.rank = 4;
+  spec.lora.targets = {"fc1", "fc2"};
+  auto model = Model::create(spec, kCpu, 1).value();
+  auto get = [](const TensorList& s, const std::string& name) {
+    for (const auto& t : s) {
+      if (t.name == name) return t.tensor;
+    }
+    throw std::out_of_range(name);
+  };
+  Task task;
+  task.round = 1;
+  task.config.local_steps = 20;
+  task.config.learning_rate = 0.05F;
+  task.keep_local = {"fc1.lora_B.weight", "fc2.lora_B.weight"};
+  // What a FedSA-LoRA task carries: A, no B.
+  for (const auto& t : model->trainable_state()) {
+    if (t.name.find("lora_A") != std::string::npos) task.tensors.push_back(t);
+  }
+  auto first = run_task(*model, *train_, task, plugin("sgd"), {});
+  ASSERT_TRUE(first) << first.error().message;
+  std::vector<std::string> sent;
+  for (const auto& t : first->update.tensors) sent.push_back(t.name);
+  EXPECT_EQ(sent, (std::vector<std::string>{"fc1.lora_A.weight", "fc2.lora_A.weight"})) << "B never leaves";
+  const auto b_after_first = get(model->state(), "fc1.lora_B.weight");
+  EXPECT_GT(b_after_first.abs().sum().item<double>(), 0) << "B trained";
+  // The next task starts from this client's own B, not from zeros.
+  task.round = 2;
+  task.config.local_steps = 1;
+  task.config.learning_rate = 1e-12F;  // a step too small to matter: B stays what it was
+  auto second = run_task(*model, *train_, task, plugin("sgd"), {});
+  ASSERT_TRUE(second) << second.error().message;
+  EXPECT_TRUE(torch::allclose(get(model->state(), "fc1.lora_B.weight"), b_after_first, 0, 1e-9))
+      << "the second task started from zeros, not from this client's B";
 }
 
 }  // namespace

@@ -586,8 +586,6 @@ TEST_F(WireHandBuilt, OverflowingShapeIsMalformed) {
   expect_error(decode_built(), Errc::malformed);
 }
 
-}  // namespace
-}  // namespace flotilla
 
 namespace flotilla {
 namespace {
@@ -608,6 +606,31 @@ TEST(Wire, AMessageWithMoreTensorsThanTheLimitIsRefusedBeforeReserving) {
       << r.error().message;
   limits.max_tensors = 11;
   EXPECT_TRUE(round_trip(update_with(many), limits).has_value());
+}
+
+}  // namespace
+}  // namespace flotilla
+
+Message task_message(Task t) {
+  Message m;
+  m.sender = "aggregator";
+  m.payload = std::move(t);
+  return m;
+}
+
+TEST(Wire, ATaskNamesTheTensorsTheClientKeeps) {
+  Task t{3, 4, {{"fc1.lora_A.weight", at::ones({2, 3})}}, {}};
+  t.keep_local = {"fc1.lora_B.weight", "fc2.lora_B.weight"};
+  auto r = round_trip(task_message(t));
+  ASSERT_TRUE(r) << r.error().message;
+  const auto& got = std::get<Task>(r->payload);
+  EXPECT_EQ(got.keep_local, t.keep_local);
+  EXPECT_EQ(got.tensors.size(), 1U);
+  // A task without any (every method but FedSA-LoRA's kind) decodes with none.
+  Task plain{3, 4, {}, {}};
+  auto p = round_trip(task_message(plain));
+  ASSERT_TRUE(p) << p.error().message;
+  EXPECT_TRUE(std::get<Task>(p->payload).keep_local.empty());
 }
 
 }  // namespace

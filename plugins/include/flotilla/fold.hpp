@@ -146,14 +146,25 @@ class WeightedMean {
   [[nodiscard]] bool empty() const { return sums_.empty(); }
   [[nodiscard]] const std::vector<std::string>& names() const { return names_; }
 
-  /// The means, in the updates' order, computed in place (the sums' memory becomes the means).
-  /// Call once per version, then clear(). Where the host lends memory (ABI 1.1) they are views
-  /// of it, valid until emit() or clear(): clone what must outlive the version.
+  /// The means, in the updates' order, computed in place the first time (the sums' memory
+  /// becomes the means). Where the host lends memory (ABI 1.1) they are views of it, valid
+  /// until emit() or clear(): clone what must outlive the version.
   std::vector<at::Tensor>& means() {
-    for (auto& s : sums_) {
-      if (at::isFloatingType(s.scalar_type())) s.mul_(1.0 / total_);
+    if (!averaged_) {
+      for (auto& s : sums_) {
+        if (s.defined() && at::isFloatingType(s.scalar_type())) s.mul_(1.0 / total_);
+      }
+      averaged_ = true;
     }
     return sums_;
+  }
+  /// The mean of the tensor called `name` (see means()); nullptr if the updates lack it.
+  const at::Tensor* mean(const std::string& name) {
+    auto& m = means();
+    for (std::size_t i = 0; i < names_.size(); ++i) {
+      if (names_[i] == name) return &m[i];
+    }
+    return nullptr;
   }
 
   /// Emits every mean under its update name (the host's lent memory itself where it lent it:
@@ -176,6 +187,7 @@ class WeightedMean {
     sums_.clear();
     lent_.clear();
     total_ = 0;
+    averaged_ = false;
   }
 
  private:
@@ -184,6 +196,7 @@ class WeightedMean {
   std::vector<at::Tensor> sums_;
   std::vector<Lent> lent_;  ///< per sum: the host's memory it lives in, where the host lends
   double total_ = 0;
+  bool averaged_ = false;  ///< means() has divided the sums by total_
 };
 
 }  // namespace flotilla::sdk

@@ -42,7 +42,9 @@ extern "C" {
 #endif
 
 #define FLOTILLA_PLUGIN_ABI_MAJOR 1
-#define FLOTILLA_PLUGIN_ABI_MINOR 1 /* 1.1: aggregator_flags; host lend_tensor/emit_lent */
+#define FLOTILLA_PLUGIN_ABI_MINOR 2
+/* 1.1: aggregator_flags; host lend_tensor/emit_lent.
+ * 1.2: the LoRA flags (FLOTILLA_AGG_LORA_*, FLOTILLA_AGG_WRITES_BASE); host lora_alpha. */
 /* The entry point's name for this ABI major. */
 #define FLOTILLA_PLUGIN_ENTRY_NAME "flotilla_plugin_v1"
 
@@ -135,6 +137,9 @@ typedef struct flotilla_host {
                      DLDevice device, DLTensor* result, void** handle);
   int (*emit_lent)(void* context, flotilla_output* out, const char* name, void* handle);
   void (*release_lent)(void* context, void* handle);
+  /* Since ABI 1.2 (present when struct_size covers it): the run's LoRA alpha (adapters scale
+   * their output by lora_alpha / rank), 0 when the run's model has no adapters. */
+  double lora_alpha;
 } flotilla_host;
 
 /* What the host knows about one update. */
@@ -155,7 +160,22 @@ typedef enum flotilla_aggregator_flag {
   /* It keeps the global model between versions and steps it itself (server optimizers):
    * refused where the schedule moves the model on its own (async mixing, buffered with a
    * server learning rate other than 1). */
-  FLOTILLA_AGG_TRACKS_GLOBAL = 1u << 1
+  FLOTILLA_AGG_TRACKS_GLOBAL = 1u << 1,
+  /* Since ABI 1.2: what a LoRA method needs, so that the host configures clients for it and
+   * refuses a run that cannot work, whatever the method's name.
+   * It aggregates LoRA adapters ("<layer>.lora_A.weight", "<layer>.lora_B.weight"): the run's
+   * model must have them (lora.rank > 0); clients send adapters, not base weights. */
+  FLOTILLA_AGG_LORA_ADAPTERS = 1u << 2,
+  /* A stays at its initialisation, drawn from a seed every client shares; clients train and
+   * send only B (the host requires lora.freeze-a = true). */
+  FLOTILLA_AGG_LORA_FROZEN_A = 1u << 3,
+  /* B is each client's own: clients keep their B from task to task and send only A; tasks
+   * carry no B (FedSA-LoRA). */
+  FLOTILLA_AGG_LORA_LOCAL_B = 1u << 4,
+  /* finalize may emit tensors clients do not train (e.g. frozen base weights a method folds
+   * a residual or merged adapters into); tasks then carry them. Without this flag such an
+   * output fails the version. */
+  FLOTILLA_AGG_WRITES_BASE = 1u << 5
 } flotilla_aggregator_flag;
 
 /* Kind FLOTILLA_KIND_AGGREGATOR. The host calls one state from one thread at a time. */

@@ -307,6 +307,13 @@ class Host {
     if (src.numel() > 0) view(dst).copy_(src);
   }
   [[nodiscard]] const flotilla_host* raw() const { return host_; }
+  /// The run's LoRA alpha (adapters scale their output by alpha / rank); 0 when the run's
+  /// model has no adapters or the host predates ABI 1.2.
+  [[nodiscard]] double lora_alpha() const {
+    return host_->struct_size >= offsetof(flotilla_host, lora_alpha) + sizeof(double)
+               ? host_->lora_alpha
+               : 0.0;
+  }
 
   /// Whether the host lends memory (ABI 1.1 hosts do; older ones do not).
   [[nodiscard]] bool can_lend() const {
