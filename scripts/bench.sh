@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Flotilla's benchmarks, each printing ratios measured in this one run (the machines are
 # shared and noisy: compare ratios, not absolute numbers across runs).
-#   scripts/bench.sh [fold|transport|e2e|blas|plugins|schedules|async|simulate|churn|metrics|validation|checkpoint|curve ...]   default: all
+#   scripts/bench.sh [fold|transport|e2e|blas|plugins|schedules|async|simulate|churn|metrics|validation|checkpoint|curve|lm ...]   default: all
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async simulate churn metrics validation checkpoint curve)
+WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async simulate churn metrics validation checkpoint curve lm)
 bash scripts/install-deps.sh
 bash scripts/build.sh flotilla fold_bench transport_bench baseline_bench blas_bench \
-  fold_plugin_bench galore_bench metrics_bench
+  fold_plugin_bench galore_bench metrics_bench lm_bench
 B=${FLOTILLA_BUILD_DIR:-build}/bin
 OUT=$(mktemp -d /tmp/flotilla-bench.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 
 for w in "${WHICH[@]}"; do
 case "$w" in
+lm)
+  echo "== lm: tokens/s of local training of the LLaMA-layout LM (4 layers, hidden 128, 128-token sequences), Flotilla's trainer vs a bare LibTorch loop"
+  "$B/lm_bench" --repeats 3
+  ;;
 metrics)
   echo "== metrics: updates/s on the aggregation hot path (FedAsync, one version per update) with metrics on vs off"
   "$B/metrics_bench" --kib 204 --updates 8000 --repeats 8   # the quick start's CNN

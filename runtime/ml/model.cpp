@@ -1,7 +1,13 @@
 #include "runtime/ml/model.hpp"
 
+#include "runtime/ml/layers.hpp"
+#include "runtime/ml/llama.hpp"
+#include "runtime/storage/safetensors.hpp"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
+
+#include <fnmatch.h>
 
 #include <algorithm>
 #include <cctype>
@@ -12,78 +18,8 @@
 namespace flotilla {
 namespace {
 
-/// A linear layer that can carry a LoRA adapter. Without one it is exactly torch::nn::Linear
-/// (same parameters "weight" and "bias", same initialisation draws from the global generator).
-struct LoraLinear : torch::nn::Module {
-  LoraLinear(std::int64_t in, std::int64_t out) : in_features(in), out_features(out) {
-    torch::nn::Linear base(in, out);  // draws its init exactly as a plain Linear layer would
-    weight = register_parameter("weight", base->weight);
-    bias = register_parameter("bias", base->bias);
-  }
-
-  /// Adds A (rank×in, kaiming-uniform with a = sqrt(5) as PEFT does, i.e. U(-1/sqrt(in),
-  /// 1/sqrt(in)), drawn from `seed` row by row so a lower rank's A is the first rows of a higher
-  /// rank's) and B (out×rank, zeros).
-  void add_adapter(const LoraSpec& spec, std::uint64_t seed) {
-    rank = spec.rank;
-    scale = spec.scale();
-    dropout = spec.dropout;
-    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-    const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
-    auto a = torch::empty({rank, in_features}).uniform_(-bound, bound, gen);
-    auto b = torch::zeros({out_features, rank});
-    lora_a_module = register_module("lora_A", std::make_shared<torch::nn::Module>());
-    lora_b_module = register_module("lora_B", std::make_shared<torch::nn::Module>());
-    lora_a = lora_a_module->register_parameter("weight", a, !spec.freeze_a);
-    lora_b = lora_b_module->register_parameter("weight", b, true);
-  }
-
-  [[nodiscard]] torch::Tensor delta() const { return scale * lora_b.mm(lora_a); }
-
-  torch::Tensor forward(const torch::Tensor& x) {
-    auto y = torch::nn::functional::linear(x, weight, bias);
-    if (rank > 0 && !merged) {
-      const auto h = dropout > 0 ? torch::dropout(x, dropout, is_training()) : x;
-      y = y + scale * torch::nn::functional::linear(torch::nn::functional::linear(h, lora_a), lora_b);
-    }
-    return y;
-  }
-
-  void merge() {
-    if (rank == 0 || merged) return;
-    torch::NoGradGuard no_grad;
-    weight.add_(delta());
-    merged = true;
-  }
-  void unmerge() {
-    if (rank == 0 || !merged) return;
-    torch::NoGradGuard no_grad;
-    weight.sub_(delta());
-    merged = false;
-  }
-
-  std::int64_t in_features, out_features;
-  torch::Tensor weight, bias, lora_a, lora_b;
-  std::shared_ptr<torch::nn::Module> lora_a_module, lora_b_module;
-  std::int64_t rank = 0;
-  double scale = 0;
-  double dropout = 0;
-  bool merged = false;
-};
-
-/// A network with a forward pass, so one wrapper serves every architecture.
-struct Net : torch::nn::Module {
-  virtual torch::Tensor forward(const torch::Tensor& x) = 0;
-  /// The linear layers LoRA can target, by name, in registration order.
-  std::vector<std::pair<std::string, std::shared_ptr<LoraLinear>>> linear_layers;
-
- protected:
-  std::shared_ptr<LoraLinear> linear(const std::string& name, std::int64_t in, std::int64_t out) {
-    auto layer = register_module(name, std::make_shared<LoraLinear>(in, out));
-    linear_layers.emplace_back(name, layer);
-    return layer;
-  }
-};
+using detail::LoraLinear;
+using detail::Net;
 
 /// flatten -> hidden -> ReLU -> hidden -> ReLU -> classes.
 struct Mlp : Net {
@@ -141,23 +77,51 @@ std::uint64_t adapter_seed(std::uint64_t seed, const std::string& name) {
   return z ^ (z >> 31);
 }
 
+/// Whether lora.targets entry `target` names linear layer `layer` (its full dotted name): the
+/// name itself, its last components ("up_proj" names every "model.layers.N.mlp.up_proj"), or
+/// a glob ("model.layers.1*.mlp.*").
+bool target_matches(const std::string& target, const std::string& layer) {
+  if (target == layer) return true;
+  if (target.find_first_of("*?[") != std::string::npos) return ::fnmatch(target.c_str(), layer.c_str(), 0) == 0;
+  return layer.size() > target.size() && layer.compare(layer.size() - target.size(), target.size(), target) == 0 &&
+         layer[layer.size() - target.size() - 1] == '.';
+}
+
+/// The linear layers of `net` for an error message: every name, or for a deep model the
+/// distinct last components ("q_proj, k_proj, ...") and how many layers there are.
+std::string known_layers(const Net& net) {
+  std::vector<std::string> names;
+  for (const auto& l : net.linear_layers) names.push_back(l.first);
+  if (names.size() > 12) {
+    std::vector<std::string> shorts;
+    for (const auto& n : names) {
+      const auto last = n.substr(n.rfind('.') + 1);
+      if (std::find(shorts.begin(), shorts.end(), last) == shorts.end()) shorts.push_back(last);
+    }
+    names = shorts;
+  }
+  std::string known;
+  for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+  return known;
+}
+
 /// Adds adapters to `net`'s targets and freezes everything else. Errc::invalid_config for a
-/// target that is not one of its linear layers.
+/// target that names none of its linear layers.
 Expected<void> add_adapters(Net& net, const ModelSpec& spec, std::uint64_t seed) {
   const auto& lora = spec.lora;
   std::set<std::string> done;
   for (const auto& target : lora.targets) {
-    auto it = std::find_if(net.linear_layers.begin(), net.linear_layers.end(),
-                           [&](const auto& l) { return l.first == target; });
-    if (it == net.linear_layers.end()) {
-      std::string known;
-      for (const auto& l : net.linear_layers) known += (known.empty() ? "" : ", ") + l.first;
-      return Error{Errc::invalid_config, "lora.targets: '" + target +
-                                             "' is not a linear layer of model '" + spec.name +
-                                             "' (its linear layers: " + known + ")"};
+    bool any = false;
+    for (auto& [name, layer] : net.linear_layers) {
+      if (!target_matches(target, name)) continue;
+      any = true;
+      if (!done.insert(name).second) continue;
+      layer->add_adapter(lora, adapter_seed(seed, name));
     }
-    if (!done.insert(target).second) continue;
-    it->second->add_adapter(lora, adapter_seed(seed, target));
+    if (!any) {
+      return Error{Errc::invalid_config, "lora.targets: '" + target + "' names no linear layer of model '" +
+                                             spec.name + "' (its linear layers: " + known_layers(net) + ")"};
+    }
   }
   for (auto& p : net.named_parameters(true)) {
     const auto& name = p.key();
@@ -290,11 +254,13 @@ Expected<c10::Device> resolve_device(const std::string& name) {
 
 Expected<std::unique_ptr<Model>> Model::create(const ModelSpec& spec, c10::Device device,
                                                std::uint64_t seed) {
-  if (spec.name != "mlp" && spec.name != "cnn") {
+  if (spec.name != "mlp" && spec.name != "cnn" && spec.name != "llama") {
     return Error{Errc::invalid_config,
-                 "unknown model '" + spec.name + "': expected \"mlp\" or \"cnn\""};
+                 "unknown model '" + spec.name + "': expected \"mlp\", \"cnn\" or \"llama\""};
   }
-  if (spec.hidden < 1 || spec.num_classes < 1 || spec.input_channels < 1 ||
+  if (spec.name == "llama") {
+    if (auto ok = check_lm_spec(spec.lm); !ok) return ok.error();
+  } else if (spec.hidden < 1 || spec.num_classes < 1 || spec.input_channels < 1 ||
       spec.input_size < (spec.name == "cnn" ? 4 : 1)) {
     return Error{Errc::invalid_config,
                  "model '" + spec.name + "' needs positive sizes, got hidden=" +
@@ -327,8 +293,10 @@ Expected<std::unique_ptr<Model>> Model::create(const ModelSpec& spec, c10::Devic
     torch::manual_seed(seed);
     if (spec.name == "mlp") {
       net = std::make_shared<Mlp>(spec);
-    } else {
+    } else if (spec.name == "cnn") {
       net = std::make_shared<Cnn>(spec);
+    } else {
+      net = detail::make_llama(spec.lm);
     }
   }
   // Adapters draw from their own generators (adapter_seed), not the global one: the base
@@ -337,7 +305,58 @@ Expected<std::unique_ptr<Model>> Model::create(const ModelSpec& spec, c10::Devic
     if (auto ok = add_adapters(*net, spec, seed); !ok) return ok.error();
   }
   net->to(device);
-  return std::unique_ptr<Model>(std::make_unique<TorchModel>(std::move(net), device, spec));
+  auto model = std::unique_ptr<Model>(std::make_unique<TorchModel>(std::move(net), device, spec));
+  if (!spec.checkpoint.empty()) {
+    if (auto ok = load_checkpoint_weights(*model, spec.checkpoint); !ok) return ok.error();
+  }
+  return model;
+}
+
+Expected<void> load_checkpoint_weights(Model& model, const std::filesystem::path& where) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> files;
+  std::error_code ec;
+  if (fs::is_directory(where, ec)) {
+    for (const auto& e : fs::directory_iterator(where, ec)) {
+      if (e.path().extension() == ".safetensors") files.push_back(e.path());
+    }
+    std::sort(files.begin(), files.end());
+    if (files.empty()) {
+      return Error{Errc::invalid_config, "model.checkpoint: '" + where.string() + "' has no *.safetensors file"};
+    }
+  } else {
+    files.push_back(where);
+  }
+  const bool tied = model.spec().name == "llama" && model.spec().lm.tie_embeddings;
+  TensorList weights;
+  std::vector<Safetensors> keep;  // the tensors view the files' mappings until loaded
+  for (const auto& file : files) {
+    auto read = read_safetensors(file);
+    if (!read) return Error{Errc::invalid_config, "model.checkpoint: " + read.error().message};
+    for (auto& t : read->tensors) {
+      // Not weights: old transformers checkpoints stored the rotary frequencies; a tied model's
+      // output projection is the embedding.
+      if (t.name.ends_with("rotary_emb.inv_freq") || (tied && t.name == "lm_head.weight")) continue;
+      weights.push_back(t);
+    }
+    keep.push_back(std::move(read).value());
+  }
+  std::vector<std::string> missing;
+  for (const auto& t : model.state()) {
+    const bool adapter = t.name.find(".lora_A.") != std::string::npos || t.name.find(".lora_B.") != std::string::npos;
+    if (adapter) continue;
+    const bool found = std::any_of(weights.begin(), weights.end(), [&](const NamedTensor& w) { return w.name == t.name; });
+    if (!found) missing.push_back(t.name);
+  }
+  if (!missing.empty()) {
+    return Error{Errc::invalid_config, "model.checkpoint: '" + where.string() + "' lacks '" + missing.front() + "'" +
+                                           (missing.size() > 1 ? " and " + std::to_string(missing.size() - 1) + " more" : "") +
+                                           " of the model's tensors (is the [model] config the checkpoint's?)"};
+  }
+  if (auto ok = model.load_tensors(weights); !ok) {
+    return Error{Errc::invalid_config, "model.checkpoint: '" + where.string() + "': " + ok.error().message};
+  }
+  return {};
 }
 
 }  // namespace flotilla

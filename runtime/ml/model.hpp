@@ -6,6 +6,7 @@
 #include <c10/core/Device.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,13 +29,50 @@ struct LoraSpec {
   [[nodiscard]] double scale() const { return rank > 0 ? alpha / static_cast<double>(rank) : 0; }
 };
 
+/// A decoder-only language model in the LLaMA layout (ModelSpec::name "llama"): RMSNorm,
+/// rotary positions, grouped-query attention, a SwiGLU MLP, tied or untied embeddings, with
+/// Hugging Face's parameter names ("model.layers.0.mlp.up_proj.weight"). Sizes as a
+/// transformers LlamaConfig names them (runtime/ml/llama.hpp reads its config.json).
+struct LmSpec {
+  std::int64_t vocab_size = 256;
+  std::int64_t hidden_size = 64;
+  std::int64_t intermediate_size = 172;
+  std::int64_t num_layers = 2;
+  std::int64_t num_heads = 4;
+  std::int64_t num_kv_heads = 2;  ///< grouped-query attention: num_heads is a multiple of it
+  std::int64_t max_positions = 256;
+  double rope_theta = 10000;
+  double rms_norm_eps = 1e-5;
+  bool tie_embeddings = true;  ///< the output projection is the embedding's transpose
+  double initializer_range = 0.02;
+  [[nodiscard]] std::int64_t head_dim() const { return hidden_size / num_heads; }
+};
+
+/// What a model's outputs mean, and so how it is trained and scored.
+enum class Objective {
+  classify,   ///< logits [N, classes] against labels [N]; accuracy per example
+  causal_lm,  ///< logits [N, T, vocab]; token t predicts labels[t + 1] (kIgnoreLabel: not
+              ///< scored, e.g. padding or the prompt); accuracy per predicted token
+};
+
+/// A label a causal LM does not score (padding, the prompt): as Hugging Face's -100.
+inline constexpr std::int64_t kIgnoreLabel = -100;
+
 struct ModelSpec {
-  std::string name = "cnn";  ///< "mlp" or "cnn"
+  std::string name = "cnn";  ///< "mlp", "cnn" or "llama"
   std::int64_t hidden = 128; ///< width of the hidden layer(s)
   std::int64_t input_channels = 1;
   std::int64_t input_size = 28;  ///< square inputs
   std::int64_t num_classes = 10;
   LoraSpec lora;  ///< set from the config's [lora] (federation.hpp build_model), not [model]
+  LmSpec lm;      ///< "llama"'s sizes
+  /// Weights to start from instead of the seeded initialisation: a safetensors file, or a
+  /// directory of them (a Hugging Face checkpoint), matched to the model's tensors by name.
+  std::string checkpoint;
+
+  [[nodiscard]] Objective objective() const {
+    return name == "llama" ? Objective::causal_lm : Objective::classify;
+  }
 };
 
 /// Resolves "cpu", "cuda", "cuda:N" or "auto" (cuda:0 when a GPU is present, else cpu).
@@ -63,7 +101,8 @@ class Model {
   /// keep their value). Errc::rejected names the first that is not a tensor of the model or has
   /// another shape; nothing is changed then.
   [[nodiscard]] virtual Expected<void> load_tensors(const TensorList& tensors) = 0;
-  /// Forward pass (inputs on any device; moved to the model's).
+  /// Forward pass (inputs on any device; moved to the model's): images [N, C, H, W] to logits
+  /// [N, classes], or token ids [N, T] (int64) to logits [N, T, vocab].
   [[nodiscard]] virtual at::Tensor forward(const at::Tensor& inputs) = 0;
   [[nodiscard]] virtual c10::Device device() const = 0;
   [[nodiscard]] virtual std::int64_t num_parameters() const = 0;
@@ -78,5 +117,12 @@ class Model {
   /// The underlying torch::nn::Module (a torch::nn::Module*), for trainers.
   [[nodiscard]] virtual void* module() = 0;
 };
+
+/// Loads a checkpoint's weights into `model` by name: a safetensors file, or a directory of
+/// them (a Hugging Face model's). Every tensor of the model but its LoRA adapters must be in it,
+/// with its shape (floating dtypes convert: bf16 and f16 load into a float32 model). Errc::
+/// invalid_config names the file and the first missing, unknown or misshapen tensor; nothing is
+/// loaded then.
+[[nodiscard]] Expected<void> load_checkpoint_weights(Model& model, const std::filesystem::path& where);
 
 }  // namespace flotilla

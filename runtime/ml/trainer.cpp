@@ -47,6 +47,26 @@ std::string shown(double v) {
 
 }  // namespace
 
+BatchScore score_batch(const at::Tensor& logits, const at::Tensor& labels, Objective objective) {
+  namespace F = torch::nn::functional;
+  at::Tensor flat_logits = logits, flat_labels = labels;
+  if (objective == Objective::causal_lm) {
+    // Token t predicts token t + 1: the last position predicts nothing, the first is not predicted.
+    const auto t = logits.size(1);
+    flat_logits = logits.narrow(1, 0, t - 1).reshape({-1, logits.size(2)});
+    flat_labels = labels.narrow(1, 1, t - 1).reshape({-1});
+  }
+  const auto sum = F::cross_entropy(flat_logits, flat_labels,
+                                    F::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(kIgnoreLabel));
+  const auto scored = flat_labels.ne(kIgnoreLabel);
+  BatchScore out;
+  out.counted = scored.sum();
+  out.loss_sum = sum;
+  out.loss = sum / out.counted.clamp_min(1);
+  out.correct = flat_logits.detach().argmax(1).eq(flat_labels).logical_and(scored).sum();
+  return out;
+}
+
 TensorList trainable_parameters(Model& model) {
   TensorList out;
   for (const auto& p : as_module(model).named_parameters(/*recurse=*/true)) {
@@ -121,7 +141,9 @@ TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& 
   // Summed on the device and read once at the end: a per-step .item() would sync a GPU.
   auto loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device));
   auto correct = torch::zeros({}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  auto counted = torch::zeros({}, torch::TensorOptions().dtype(torch::kInt64).device(device));
   std::int64_t seen = 0;
+  const auto objective = model.spec().objective();
 
   for (std::int64_t step = 0; step < total_steps; ++step) {
     if (pos >= n) {
@@ -139,12 +161,13 @@ TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& 
 
     for (const auto& p : optimizer.params()) p.tensor.mutable_grad().reset();
     const auto logits = model.forward(x);
-    auto loss = torch::nn::functional::cross_entropy(logits, y);
-    loss.backward();
+    auto score = score_batch(logits, y, objective);
+    score.loss.backward();
     if (auto ok = optimizer.step(); !ok) throw Failure(ok.error());
 
-    loss_sum += loss.detach().to(torch::kFloat64);
-    correct += logits.detach().argmax(1).eq(y).sum();
+    loss_sum += score.loss.detach().to(torch::kFloat64);
+    correct += score.correct;
+    counted += score.counted;
     seen += len;
   }
   stats.steps = static_cast<std::uint64_t>(total_steps);
@@ -152,7 +175,8 @@ TrainStats train_local(Model& model, const Dataset& data, const TrainingConfig& 
   if (auto bytes = optimizer.state_bytes()) stats.optimizer_state_bytes = *bytes;
   if (total_steps > 0) {
     stats.loss = loss_sum.item<double>() / static_cast<double>(total_steps);
-    stats.accuracy = static_cast<double>(correct.item<std::int64_t>()) / static_cast<double>(seen);
+    stats.accuracy = static_cast<double>(correct.item<std::int64_t>()) /
+                     static_cast<double>(std::max<std::int64_t>(1, counted.item<std::int64_t>()));
   }
   stats.seconds = seconds_since(start);
   return stats;
@@ -174,18 +198,22 @@ EvalStats evaluate(Model& model, const Dataset& data, std::int64_t batch_size) {
   const auto device = model.device();
   auto loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device));
   auto correct = torch::zeros({}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  auto counted = torch::zeros({}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  const auto objective = model.spec().objective();
   for (std::int64_t begin = 0; begin < n; begin += batch_size) {
     const std::int64_t len = std::min(batch_size, n - begin);
     const auto logits = model.forward(data.inputs.narrow(0, begin, len));
     const auto y = data.labels.narrow(0, begin, len).to(device);
-    loss_sum +=
-        torch::nn::functional::cross_entropy(
-            logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-            .to(torch::kFloat64);
-    correct += logits.argmax(1).eq(y).sum();
+    const auto score = score_batch(logits, y, objective);
+    loss_sum += score.loss_sum.to(torch::kFloat64);
+    correct += score.correct;
+    counted += score.counted;
   }
-  stats.loss = loss_sum.item<double>() / static_cast<double>(n);
-  stats.accuracy = static_cast<double>(correct.item<std::int64_t>()) / static_cast<double>(n);
+  // Per example (classification) or per predicted token (a language model: exp(loss) is the
+  // held-out perplexity).
+  const auto scored = static_cast<double>(std::max<std::int64_t>(1, counted.item<std::int64_t>()));
+  stats.loss = loss_sum.item<double>() / scored;
+  stats.accuracy = static_cast<double>(correct.item<std::int64_t>()) / scored;
   stats.seconds = seconds_since(start);
   return stats;
 }

@@ -15,10 +15,21 @@ struct TrainStats {
   std::uint64_t steps = 0;
   std::uint64_t examples_seen = 0;  ///< examples the steps trained on (steps x batch size)
   std::uint64_t optimizer_state_bytes = 0;  ///< the optimizer's state after the last step
-  double loss = 0;      ///< mean training loss over the steps
-  double accuracy = 0;  ///< training accuracy over the steps
+  double loss = 0;      ///< mean training loss over the steps (per example, or per token)
+  double accuracy = 0;  ///< training accuracy over the steps (of examples, or of next tokens)
   double seconds = 0;
 };
+
+/// One batch's loss as the model's objective defines it (ModelSpec::objective): cross-entropy of
+/// logits [N, classes] against labels [N], or of a language model's logits [N, T, vocab] at
+/// positions 0..T-2 against labels 1..T-1, skipping kIgnoreLabel.
+struct BatchScore {
+  at::Tensor loss;      ///< the mean over what is scored (0 when nothing is), with its graph
+  at::Tensor loss_sum;  ///< the sum
+  at::Tensor correct;   ///< argmax hits among what is scored (int64)
+  at::Tensor counted;   ///< examples or tokens scored (int64)
+};
+[[nodiscard]] BatchScore score_batch(const at::Tensor& logits, const at::Tensor& labels, Objective objective);
 
 /// The parameters an optimizer steps: `model`'s parameters that require gradients, by name
 /// (frozen ones, e.g. LoRA's base weights, are left out).

@@ -1,5 +1,7 @@
 #include "runtime/setup/config.hpp"
 
+#include "runtime/ml/llama.hpp"
+
 #include <toml++/toml.h>
 
 #include <cmath>
@@ -284,8 +286,28 @@ Config read(const toml::table& root, const std::string& source) {
   r.integer("data", "examples-per-client", c.data.examples_per_client, 1, 1'000'000'000);
 
   r.choice("model", "name", c.model.name,
-           std::map<std::string, std::string>{{"mlp", "mlp"}, {"cnn", "cnn"}});
+           std::map<std::string, std::string>{{"mlp", "mlp"}, {"cnn", "cnn"}, {"llama", "llama"}});
   r.integer("model", "hidden", c.model.hidden, 1, 1 << 20);
+  // "llama": sizes from a transformers config.json, then any of the keys below over them.
+  std::string lm_json;
+  r.string("model", "config-json", lm_json);
+  if (!lm_json.empty()) {
+    auto lm = read_llama_config(lm_json);
+    if (!lm) fail(source + ": key 'model.config-json': " + lm.error().message);
+    c.model.lm = *lm;
+  }
+  auto& lm = c.model.lm;
+  r.integer("model", "vocab-size", lm.vocab_size, 1, 1 << 22);
+  r.integer("model", "hidden-size", lm.hidden_size, 1, 1 << 16);
+  r.integer("model", "intermediate-size", lm.intermediate_size, 1, 1 << 18);
+  r.integer("model", "layers", lm.num_layers, 1, 1024);
+  r.integer("model", "heads", lm.num_heads, 1, 1024);
+  r.integer("model", "kv-heads", lm.num_kv_heads, 1, 1024);
+  r.integer("model", "max-positions", lm.max_positions, 1, 1 << 20);
+  r.real("model", "rope-theta", lm.rope_theta, 1e-6, 1e12, "a positive number");
+  r.real("model", "rms-norm-eps", lm.rms_norm_eps, 1e-12, 0.5, "a number in (0, 0.5]");
+  r.boolean("model", "tie-embeddings", lm.tie_embeddings);
+  r.string("model", "checkpoint", c.model.checkpoint);
 
   r.integer("training", "local-steps", c.training.local_steps, 0, 1'000'000'000);
   r.integer("training", "local-epochs", c.training.local_epochs, 0, 1'000'000);
@@ -403,6 +425,12 @@ Config read(const toml::table& root, const std::string& source) {
     fail(source + ": key 'data.dataset' is \"" + c.data.dataset +
          "\", expected \"fashion-mnist\" (the only dataset this version ships)");
   }
+  if (c.model.name == "llama") {
+    // The language model is built, trained and loaded from checkpoints by the library (and
+    // its tests); federations need text data, which this version does not read yet.
+    fail(source + ": model.name \"llama\" needs a text dataset, and data.dataset \"" + c.data.dataset +
+         "\" is images; federated runs of the language model are not available in this version");
+  }
   const auto k = c.aggregator.clients_per_round;
   if (k != 0 && k > static_cast<std::uint32_t>(c.data.clients)) {
     fail(source + ": aggregator.clients-per-round (" + std::to_string(k) +
@@ -453,6 +481,9 @@ Config read(const toml::table& root, const std::string& source) {
     fail(source + ": lora.targets is empty; name the layers to adapt, e.g. [\"fc1\", \"fc2\"]");
   }
   if (c.lora.freeze_a && c.lora.rank == 0) fail(source + ": lora.freeze-a needs lora.rank > 0");
+  if (c.model.name == "llama") {
+    if (auto ok = check_lm_spec(c.model.lm); !ok) fail(source + ": [model]: " + ok.error().message);
+  }
   if (auto d = resolve_device(c.run.device); !d) fail(source + ": key 'run.device': " + d.error().message);
   if (c.aggregator.schedule != ScheduleKind::sync) {
     if (c.aggregator.max_concurrency > static_cast<std::uint32_t>(c.data.clients)) {

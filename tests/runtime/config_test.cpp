@@ -328,3 +328,13 @@ TEST(Config, BadScheduleAndFleetValuesNameTheKey) {
   EXPECT_NE(config_error("[[fleet.profile]]\ntask-time = \"trace\"\n").message.find("task-trace"),
             std::string::npos);
 }
+
+TEST(Config, TheLanguageModelIsRefusedForRunsUntilTextDataLands) {
+  auto c = parse_config("[model]\nname = \"llama\"\nhidden-size = 32\nlayers = 1\n", "lm.toml");
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message.find("model.name \"llama\" needs a text dataset"), std::string::npos)
+      << c.error().message;
+  auto bad = parse_config("[model]\nname = \"llama\"\nconfig-json = \"/nonexistent/config.json\"\n", "lm.toml");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("model.config-json"), std::string::npos) << bad.error().message;
+}

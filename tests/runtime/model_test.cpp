@@ -275,7 +275,7 @@ TEST(Lora, UnknownTargetNamesItAndTheLinearLayers) {
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, Errc::invalid_config);
     EXPECT_EQ(r.error().message, "lora.targets: '" + target +
-                                     "' is not a linear layer of model 'cnn' (its linear layers: "
+                                     "' names no linear layer of model 'cnn' (its linear layers: "
                                      "fc1, fc2)");
   }
 }
