@@ -5,6 +5,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+
 namespace flotilla::actors {
 
 Expected<void> PeerSetup::connect(const Config& run_config, const std::string& address,
@@ -121,7 +123,11 @@ PeerLink::Next PeerLink::handle_common(const Message& m) {
   }
   if (const auto* w = std::get_if<Welcome>(&m.payload)) {
     const bool again = welcomed_ || unanswered_hellos_ > 0;
-    new_run_ = welcomed_ && w->model_version == 0;
+    // A Welcome at a version older than one this peer has seen: a new run, or a resumed one
+    // behind what it had (a checkpoint before the crash): tensors tasks no longer carry must
+    // hold the initial model's values again.
+    new_run_ = welcomed_ && w->model_version < highest_version_;
+    highest_version_ = w->model_version;
     welcomed_ = true;
     unanswered_hellos_ = 0;
     hello_sent_at_.reset();
@@ -131,6 +137,10 @@ PeerLink::Next PeerLink::handle_common(const Message& m) {
     log_->info("{} with the aggregator (run {}, model version {})",
                again ? "registered again" : "registered", w->run_id, w->model_version);
     return Next::handled;
+  }
+  if (const auto* t = std::get_if<Task>(&m.payload)) highest_version_ = std::max(highest_version_, t->model_version);
+  if (const auto* r = std::get_if<EvaluationRequest>(&m.payload)) {
+    highest_version_ = std::max(highest_version_, r->model_version);
   }
   if (std::holds_alternative<Heartbeat>(m.payload)) return Next::handled;
   if (const auto* bye = std::get_if<Shutdown>(&m.payload)) {

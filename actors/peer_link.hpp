@@ -114,8 +114,8 @@ class PeerLink {
   [[nodiscard]] const std::shared_ptr<spdlog::logger>& log() const { return log_; }
   /// Whether this process has been welcomed by an aggregator (since it started).
   [[nodiscard]] bool welcomed() const { return welcomed_; }
-  /// True once after a Welcome into a run at model version 0 when this process had been
-  /// welcomed before (a new run, not a resumed one): the peer's model must start afresh.
+  /// True once after a Welcome at a model version older than the newest this peer has seen
+  /// (a new run, or one resumed from before what it had): the peer's model must start afresh.
   [[nodiscard]] bool take_new_run() { return std::exchange(new_run_, false); }
   /// Whether the aggregator's notRegistered should lead to a Hello now: not while one is
   /// scheduled, nor while the last one sent may still be answered (within its backoff).
@@ -133,6 +133,7 @@ class PeerLink {
   std::uint64_t next_message_id_ = 1;
   bool welcomed_ = false;
   bool new_run_ = false;
+  std::uint64_t highest_version_ = 0;  ///< the newest model version of a Welcome or work since
   std::optional<Hello> hello_;
   /// Since when heartbeats have gone unanswered (the first one sent after the aggregator was
   /// last heard from); none while it answers. A long task is not silence.

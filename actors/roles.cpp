@@ -73,7 +73,10 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
     setup->admin_endpoint = std::shared_ptr<Endpoint>(std::move(admin).value());
     logger("aggregator")->info("admin commands on {}", setup->admin_endpoint->address());
   }
+  // The run's initial model (what every peer builds from the config): the schedule keeps it
+  // to know what has changed since, so a resumed run still sends what changed before the crash.
   auto initial = (*model)->state();
+  auto method_initial = initial;
   auto resumed = resumption(config);
   if (!resumed) return resumed.error();
   if (*resumed) {
@@ -83,12 +86,12 @@ Expected<std::shared_ptr<AggregatorSetup>> aggregator_setup(const Config& config
                                              ": the checkpoint's model does not fit the config's: " +
                                              ok.error().message};
     }
-    initial = (*resumed)->snapshot.model;
+    method_initial = (*resumed)->snapshot.model;
   }
   auto plugins = plugin_registry(config);
   if (!plugins) return plugins.error();
   setup->plugins = std::move(plugins).value();
-  auto aggregation = build_aggregation(config, *setup->plugins, initial);
+  auto aggregation = build_aggregation(config, *setup->plugins, method_initial);
   if (!aggregation) return aggregation.error();
   if (auto* plugin = dynamic_cast<PluginAggregation*>(aggregation->get());
       plugin != nullptr && config.aggregator.watch_plugins) {

@@ -30,7 +30,8 @@ class FedExLora final : public flotilla::sdk::Aggregator {
  public:
   static constexpr bool kPerClient = false;
   static constexpr std::uint32_t kFlags =
-      FLOTILLA_AGG_LORA_ADAPTERS | FLOTILLA_AGG_WRITES_BASE | FLOTILLA_AGG_TRACKS_GLOBAL;
+      FLOTILLA_AGG_LORA_ADAPTERS | FLOTILLA_AGG_WRITES_BASE | FLOTILLA_AGG_TRACKS_GLOBAL |
+      FLOTILLA_AGG_LORA_TRAINS_A;
 
   FedExLora(const Host& host, const Options&, const NamedTensors& global)
       : host_(host),
@@ -52,18 +53,22 @@ class FedExLora final : public flotilla::sdk::Aggregator {
   }
 
   void finalize(flotilla_output* out) override {
+    // The new base weights are kept only once everything is emitted: a version that fails
+    // half-way (the host then discards it) leaves the method's state as it was.
+    std::vector<at::Tensor> next(layers_.size());
     for (std::size_t l = 0; l < layers_.size(); ++l) {
-      auto& layer = layers_[l];
+      const auto& layer = layers_[l];
       const auto* a = mean_.mean(lora::a_name(layer.name));
       const auto* b = mean_.mean(lora::b_name(layer.name));
       const double scale = alpha_ / static_cast<double>(layer.rank);
       // The mean of the products minus the product of the means: what FedIT loses.
-      auto residual = products_.mean(l).sub_(b->to(at::kFloat).mm(a->to(at::kFloat)).mul_(scale));
-      layer.w.add_(residual);
-      host_.emit(out, lora::w_name(layer.name), layer.w.to(layer.w_dtype));
+      const auto residual = products_.mean(l).sub_(b->to(at::kFloat).mm(a->to(at::kFloat)).mul_(scale));
+      next[l] = layer.w + residual;
+      host_.emit(out, lora::w_name(layer.name), next[l].to(layer.w_dtype));
     }
     mean_.emit(out);  // Ā and B̄
     products_.clear();
+    for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].w = std::move(next[l]);
   }
 
   void discard() override {

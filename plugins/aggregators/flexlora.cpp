@@ -35,11 +35,12 @@ class FlexLora final : public flotilla::sdk::Aggregator {
  public:
   static constexpr bool kPerClient = true;
   /// An SVD of the aggregated product per version: meant for a cohort, not every update.
-  static constexpr std::uint32_t kFlags = FLOTILLA_AGG_NEEDS_COHORT | FLOTILLA_AGG_LORA_ADAPTERS;
+  static constexpr std::uint32_t kFlags =
+      FLOTILLA_AGG_NEEDS_COHORT | FLOTILLA_AGG_LORA_ADAPTERS | FLOTILLA_AGG_LORA_TRAINS_A;
 
-  FlexLora(const Host& host, const Options&, const NamedTensors& global)
+  FlexLora(const Host& host, const Options& options, const NamedTensors& global)
       : host_(host),
-        alpha_(lora::host_alpha(host, "flexlora")),
+        alpha_(options.real("alpha", 0) > 0 ? options.real("alpha", 0) : lora::host_alpha(host, "flexlora")),
         layers_(lora::layers(global, host, "flexlora")),
         mean_(host, layers_.size(), alpha_),
         svd_(layers_.size()) {}
@@ -156,7 +157,11 @@ class FlexLora final : public flotilla::sdk::Aggregator {
   std::vector<Svd> svd_;    ///< the latest version's SVD per layer
 };
 
-const flotilla_option_spec kOptions[] = {{nullptr, nullptr, nullptr, nullptr}};
+const flotilla_option_spec kOptions[] = {
+    {"alpha", "float", "0",
+     "deprecated: 0 (the default) takes the run's lora.alpha from the host; set only to "
+     "aggregate at another scale than the clients train with"},
+};
 
 }  // namespace
 

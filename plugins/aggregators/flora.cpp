@@ -32,7 +32,8 @@ class Flora final : public flotilla::sdk::Aggregator {
  public:
   static constexpr bool kPerClient = true;
   static constexpr std::uint32_t kFlags =
-      FLOTILLA_AGG_LORA_ADAPTERS | FLOTILLA_AGG_WRITES_BASE | FLOTILLA_AGG_TRACKS_GLOBAL;
+      FLOTILLA_AGG_LORA_ADAPTERS | FLOTILLA_AGG_WRITES_BASE | FLOTILLA_AGG_TRACKS_GLOBAL |
+      FLOTILLA_AGG_LORA_TRAINS_A;
 
   Flora(const Host& host, const Options& options, const NamedTensors& global)
       : host_(host),
@@ -51,15 +52,19 @@ class Flora final : public flotilla::sdk::Aggregator {
   }
 
   void finalize(flotilla_output* out) override {
-    ++version_;
+    // Kept only once everything is emitted: a version that fails half-way (the host then
+    // discards it) leaves the method's state as it was.
+    std::vector<at::Tensor> next(layers_.size());
     for (std::size_t l = 0; l < layers_.size(); ++l) {
-      auto& layer = layers_[l];
-      layer.w.add_(products_.mean(l));  // the stacked adapters, merged
-      host_.emit(out, lora::w_name(layer.name), layer.w.to(layer.w_dtype));
-      host_.emit(out, lora::a_name(layer.name), fresh_a(l, layer.rank));
+      const auto& layer = layers_[l];
+      next[l] = layer.w + products_.mean(l);  // the stacked adapters, merged
+      host_.emit(out, lora::w_name(layer.name), next[l].to(layer.w_dtype));
+      host_.emit(out, lora::a_name(layer.name), fresh_a(l, layer.rank, version_ + 1));
       host_.emit(out, lora::b_name(layer.name), at::zeros({layer.out, layer.rank}, at::kFloat));
     }
     products_.clear();
+    for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].w = std::move(next[l]);
+    ++version_;
   }
 
   void discard() override { products_.clear(); }
@@ -70,7 +75,7 @@ class Flora final : public flotilla::sdk::Aggregator {
       const auto adapter = lora::template_adapter(layers_, t, client);
       if (!adapter) continue;
       const auto& layer = layers_[adapter->layer];
-      const auto value = adapter->part == lora::Part::A ? fresh_a(adapter->layer, adapter->rank)
+      const auto value = adapter->part == lora::Part::A ? fresh_a(adapter->layer, adapter->rank, version_)
                                                         : at::zeros({layer.out, adapter->rank}, at::kFloat);
       host_.emit(out, t.name, value.to(t.tensor.scalar_type()));
     }
@@ -99,10 +104,10 @@ class Flora final : public flotilla::sdk::Aggregator {
   }
 
  private:
-  /// Layer l's fresh A at `rank` for the current version (the same rows for every client: a
-  /// lower rank's A is the first rows of a higher rank's).
-  at::Tensor fresh_a(std::size_t l, std::int64_t rank) const {
-    const std::uint64_t seed = (seed_ * 0x9E3779B97F4A7C15ULL) ^ (version_ << 24) ^ (l + 1);
+  /// Layer l's fresh A at `rank` for `version` (the same rows for every client: a lower rank's
+  /// A is the first rows of a higher rank's).
+  at::Tensor fresh_a(std::size_t l, std::int64_t rank, std::uint64_t version) const {
+    const std::uint64_t seed = (seed_ * 0x9E3779B97F4A7C15ULL) ^ (version << 24) ^ (l + 1);
     return lora::fresh_a(layers_[l], rank, seed, host_.device());
   }
 

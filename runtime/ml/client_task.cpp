@@ -41,6 +41,21 @@ TensorList local_part(TensorList trained, const std::vector<std::string>& keep_l
   return trained;
 }
 
+TensorList restore_uncarried(const TensorList& initial, std::set<std::string>& loaded,
+                             const TensorList& carried, const std::vector<std::string>& keep_local) {
+  std::set<std::string> now;
+  for (const auto& t : carried) now.insert(t.name);
+  TensorList out;
+  for (const auto& t : initial) {
+    if (loaded.count(t.name) != 0 && now.count(t.name) == 0 &&
+        std::find(keep_local.begin(), keep_local.end(), t.name) == keep_local.end()) {
+      out.push_back(t);
+    }
+  }
+  loaded.insert(now.begin(), now.end());
+  return out;
+}
+
 Expected<TaskResult> run_task(Model& model, const Dataset& data, const Task& task,
                               std::shared_ptr<PluginLibrary> optimizer_plugin,
                               const PluginOptions& optimizer_options, const std::string& where) {

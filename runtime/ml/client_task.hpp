@@ -9,6 +9,7 @@
 #include "runtime/protocol/message.hpp"
 
 #include <memory>
+#include <set>
 #include <string>
 
 namespace flotilla {
@@ -30,6 +31,15 @@ struct TaskResult {
 [[nodiscard]] TensorList shared_part(TensorList trained, const std::vector<std::string>& keep_local);
 /// Only the tensors of `trained` named in `keep_local` (what a client keeps to itself).
 [[nodiscard]] TensorList local_part(TensorList trained, const std::vector<std::string>& keep_local);
+
+/// For a model several peers share (the simulator's workers): the tensors to put back before
+/// loading `carried` (a task's or an evaluation request's tensors): each one an earlier load
+/// brought in (`loaded`) that `carried` neither carries nor keeps (`keep_local`), at its value in
+/// `initial` (the model as built). Adds `carried`'s names to `loaded`. Without it a task of an
+/// older version would train on what a newer one left, where a client process would not.
+[[nodiscard]] TensorList restore_uncarried(const TensorList& initial, std::set<std::string>& loaded,
+                                           const TensorList& carried,
+                                           const std::vector<std::string>& keep_local);
 
 /// `trained` minus the tensors of the same names in `received` (floating tensors; others are
 /// sent as they are). Errc::internal if `received` lacks one of them.

@@ -36,14 +36,18 @@ struct AggregationTraits {
   bool lora_adapters = false;
   /// ... keeps A frozen at its shared initialisation (clients train and send only B) ...
   bool lora_frozen_a = false;
-  /// ... leaves B with each client (clients keep theirs and send only A).
+  /// ... leaves B with each client (clients keep theirs and send only A) ...
   bool lora_local_b = false;
+  /// ... needs A trained too (it multiplies each client's B·A).
+  bool lora_trains_a = false;
   /// It may write into tensors clients do not train (e.g. fold a residual into base weights).
   bool writes_base = false;
   /// It serves each client a model of its own (client_model: e.g. at the client's LoRA rank).
   bool per_client = false;
   /// Every update must carry every tensor of the global model (the built-in FedAvg fold).
   bool full_model = false;
+
+  bool operator==(const AggregationTraits&) const = default;
 };
 
 class Aggregation {

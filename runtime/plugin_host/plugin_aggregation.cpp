@@ -138,7 +138,8 @@ TensorList PluginAggregation::finalize() {
   }
   // Overlay what the plugin emitted on the current global model; what it did not emit stays.
   const auto carried = std::exchange(carried_, {});
-  const bool writes_base = traits().writes_base;
+  // A plugin built before ABI 1.2 could not declare it: its outputs are taken as before.
+  const bool writes_base = traits().writes_base || library_->info().abi_minor < 2;
   TensorList next = global_;
   for (auto& t : out.tensors) {
     if (!writes_base && carried.count(t.name) == 0) {
@@ -201,7 +202,8 @@ AggregationTraits traits_of(const PluginInfo& info) {
   t.tracks_global = (flags & FLOTILLA_AGG_TRACKS_GLOBAL) != 0;
   t.lora_frozen_a = (flags & FLOTILLA_AGG_LORA_FROZEN_A) != 0;
   t.lora_local_b = (flags & FLOTILLA_AGG_LORA_LOCAL_B) != 0;
-  t.lora_adapters = (flags & FLOTILLA_AGG_LORA_ADAPTERS) != 0 || t.lora_frozen_a || t.lora_local_b;
+  t.lora_trains_a = (flags & FLOTILLA_AGG_LORA_TRAINS_A) != 0 || t.lora_local_b;
+  t.lora_adapters = (flags & FLOTILLA_AGG_LORA_ADAPTERS) != 0 || t.lora_frozen_a || t.lora_trains_a;
   t.writes_base = (flags & FLOTILLA_AGG_WRITES_BASE) != 0;
   t.per_client = info.per_client;
   return t;
@@ -218,6 +220,15 @@ Expected<void> PluginAggregation::reload(std::shared_ptr<PluginLibrary> library)
                                              "' is not an aggregator plugin"};
   }
   if (auto ok = library->check_options(options_, "aggregator.options"); !ok) return ok.error();
+  // The run was set up (and checked) for what the running build declares: clients keep or send
+  // tensors, schedules refuse combinations, by it. Another declaration needs a new run.
+  if (traits_of(library->info()) != traits()) {
+    return Error{Errc::invalid_config, "the new build declares other needs (aggregator flags " +
+                                           std::to_string(library->info().aggregator_flags) + ", was " +
+                                           std::to_string(library_->info().aggregator_flags) +
+                                           ", or another client_model): the run was set up for the "
+                                           "running build's; start a new run to change them"};
+  }
   // The method's state between versions (server moments, ...) moves to the new build.
   auto saved = export_state();
   if (!saved) return saved.error();

@@ -26,6 +26,14 @@ Expected<void> AsyncSchedule::supports(const ScheduleOptions& o, const Aggregati
                         "\"async\" mixes the model on its own: use \"buffered\" (FedBuff with a "
                         "server optimizer, buffer-learning-rate 1) or \"sync\""};
   }
+  if (traits.writes_base && o.kind != ScheduleKind::sync) {
+    // Buffered deltas are rebased one by one onto the current adapters, but the base weights
+    // the method wrote in between are not: the exact aggregate (FedEx-LoRA) or the merged stack
+    // (FLoRA, whose fresh adapters change every version) would be wrong.
+    return Error{Errc::invalid_config,
+                 name + " writes into the base weights from a cohort trained on one version (it "
+                        "declares so); use schedule = \"sync\""};
+  }
   if (traits.tracks_global && o.kind == ScheduleKind::buffered && o.server_learning_rate != 1.0) {
     return Error{Errc::invalid_config,
                  name + " keeps and steps the global model itself (it declares so): leave "

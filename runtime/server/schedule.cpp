@@ -100,6 +100,20 @@ std::vector<Send> Schedule::on_hello(const std::string& peer, const Hello& hello
                            "updates); this client speaks 1." + std::to_string(protocol_minor)));
     return out;
   }
+  // Since 1.5 a task carries what the client trains and what changed since the initial model,
+  // an evaluation request what changed: a peer before 1.5 expects the whole model. Its clients
+  // still get the whole model where they train all of it.
+  const bool partial = hello.role == Role::evaluator || static_cast<bool>(options_.client_template) ||
+                       !options_.keep_local.empty();
+  if (partial && protocol_minor < 5) {
+    emit(MessageRefused{peer, "peer speaks protocol 1." + std::to_string(protocol_minor)});
+    out.push_back(error_to(peer, WireErrc::protocol_version,
+                           std::string(hello.role == Role::evaluator ? "evaluators" : "clients of this run") +
+                               " need protocol 1.5 or later (a task or evaluation request carries only "
+                               "what changed since the initial model); this peer speaks 1." +
+                               std::to_string(protocol_minor)));
+    return out;
+  }
   if (hello.role != Role::client && hello.role != Role::evaluator) {
     out.push_back(error_to(peer, WireErrc::rejected, "only clients and evaluators register"));
     return out;

@@ -137,8 +137,10 @@ Expected<void> check_method_needs(const Config& c, const AggregationTraits& t, c
   if (t.lora_frozen_a && !c.lora.freeze_a) {
     return refuse("keeps A frozen at its shared initialisation and trains only B: set lora.freeze-a = true");
   }
-  if (t.lora_local_b && c.lora.freeze_a) {
-    return refuse("shares only A (each client keeps its B), so A must train: set lora.freeze-a = false");
+  if (t.lora_trains_a && c.lora.freeze_a) {
+    return refuse(std::string(t.lora_local_b ? "shares only A (each client keeps its B)"
+                                             : "needs each client's A and B (it multiplies B·A)") +
+                  ", so A must train: set lora.freeze-a = false");
   }
   if (!t.per_client) {
     for (auto r : c.lora.ranks) {

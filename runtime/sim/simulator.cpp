@@ -17,6 +17,7 @@
 #include <deque>
 #include <future>
 #include <map>
+#include <set>
 #include <mutex>
 #include <queue>
 #include <thread>
@@ -55,7 +56,12 @@ struct WorkerModels {
   std::map<std::int64_t, std::unique_ptr<Model>> by_rank;
   /// What each model trains, as built (the value a client's kept-local tensors start from).
   std::map<std::int64_t, TensorList> initial_by_rank;
+  /// Each model as built, and the tensors tasks have loaded into it since (restore_uncarried).
+  std::map<std::int64_t, TensorList> pristine_by_rank;
+  std::map<std::int64_t, std::set<std::string>> loaded_by_rank;
   std::unique_ptr<Model> evaluation;
+  TensorList evaluation_pristine;
+  std::set<std::string> evaluation_loaded;
 };
 
 /// Threads running jobs earliest-due first, one LibTorch thread each. A job's result depends
@@ -439,6 +445,13 @@ void Simulation::start_task(std::uint32_t id, Task task) {
         }
         model = std::move(built).value();
         models.initial_by_rank[rank] = model->trainable_state();
+        models.pristine_by_rank[rank] = model->state();
+      }
+      const auto reset = restore_uncarried(models.pristine_by_rank[rank], models.loaded_by_rank[rank],
+                                           task.tensors, task.keep_local);
+      if (auto ok = model->load_tensors(reset); !ok) {
+        out.result = ok.error();
+        return out;
       }
       if (!task.keep_local.empty()) {
         // This client's own values, or the initial ones before its first task.
@@ -521,6 +534,12 @@ void Simulation::start_evaluation(EvaluationRequest request) {
           return out;
         }
         models.evaluation = std::move(built).value();
+        models.evaluation_pristine = models.evaluation->state();
+      }
+      const auto reset = restore_uncarried(models.evaluation_pristine, models.evaluation_loaded, tensors, {});
+      if (auto ok = models.evaluation->load_tensors(reset); !ok) {
+        out.error = ok.error().message;
+        return out;
       }
       if (auto ok = models.evaluation->load_tensors(tensors); !ok) {
         out.error = ok.error().message;

@@ -100,8 +100,8 @@ heartbeat-interval = "200ms"
     if (!update || update->tensors.empty() || update->tensors[0].name != initial[0].name) return {};
     return update->tensors[0].tensor;
   };
-  aggregator->send("client-1", from_aggregator(Welcome{"run-a", 0}, "run-a"));
-  auto w = first_of("run-a", 0, 1, changed);
+  aggregator->send("client-1", from_aggregator(Welcome{"run-a", 2}, "run-a"));
+  auto w = first_of("run-a", 2, 1, changed);
   ASSERT_TRUE(w.defined());
   EXPECT_TRUE(at::allclose(w, changed[0].tensor, 0, 1e-6)) << "the task's value is what the client trained from";
   // The aggregator restarted with --resume (version 3): the model carries on.
@@ -109,6 +109,11 @@ heartbeat-interval = "200ms"
   w = first_of("run-a", 3, 2, without_first);
   ASSERT_TRUE(w.defined());
   EXPECT_TRUE(at::allclose(w, changed[0].tensor, 0, 1e-6)) << "a resumed run keeps what the client had";
+  // Registering again at the same version (a lost Welcome, notRegistered) changes nothing.
+  aggregator->send("client-1", from_aggregator(Welcome{"run-a", 3}, "run-a"));
+  w = first_of("run-a", 3, 3, without_first);
+  ASSERT_TRUE(w.defined());
+  EXPECT_TRUE(at::allclose(w, changed[0].tensor, 0, 1e-6)) << "a second Welcome at the same version";
   // A new run (version 0): what the task leaves out is the initial model's again.
   aggregator->send("client-1", from_aggregator(Welcome{"run-b", 0}, "run-b"));
   w = first_of("run-b", 0, 1, without_first);

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # kill -9 of the aggregator, then `flotilla aggregator --resume DIR`, over real processes.
-#  - sync: killed mid-round (after 3 of 8 rounds), resumed from its checkpoint, the clients (left
-#    running) come back, and the run ends with the same final model as an uninterrupted run of
-#    the same config and seed (up to the order updates were summed in).
+#  - sync, FedEx-LoRA (adapters; the method writes into the adapted layers' frozen base
+#    weights, which then travel in tasks): everything killed mid-round (after 3 of 8 rounds:
+#    the aggregator and its clients, as when the machine goes down), the aggregator resumed from
+#    its checkpoint and the clients started afresh; the run ends with the same final model as an
+#    uninterrupted run of the same config and seed (up to the order updates were summed in). The
+#    fresh clients hold the initial base weights: the resumed aggregator must still send the ones
+#    the method changed before the crash.
 #  - buffered (FedBuff): killed at once after a scrape of its metrics, mid-buffer; resumed, it
 #    starts with at least every update the killed one had counted as accepted (the journal
 #    replayed), and ends with every accepted update in a version (accepted = K x versions).
@@ -37,9 +41,15 @@ wait_clients() {  # NAME
 
 rows() { [ -f "$1" ] && tail -n +2 "$1" | wc -l || echo 0; }
 
+lora() {  # NAME: FedEx-LoRA on rank-4 adapters of every layer (alpha/r = 2: 4 diverges at this rate)
+  sed -i 's/^\[aggregator\]/[aggregator]\nstrategy = "fedex-lora"/; s/^learning-rate = 0.05/learning-rate = 0.02/' "$WORK/$1.toml"
+  printf '[lora]\nrank = 4\nalpha = 8.0\ntargets = ["fc1", "fc2", "fc3"]\n' >> "$WORK/$1.toml"
+}
+
 # --- sync: the uninterrupted reference run ---
 PORT=$(free_port)
 make_config "$PORT" reference
+lora reference
 "$FLOTILLA" aggregator "$WORK/reference.toml" --output "$WORK/reference-out" > /dev/null 2> "$WORK/reference.err" &
 AGG=$!; PIDS+=("$AGG")
 start_clients reference "$PORT"
@@ -49,17 +59,19 @@ wait_clients reference
 # --- sync: the same run, killed mid-round and resumed ---
 PORT=$(free_port)
 make_config "$PORT" killed
+lora killed
 "$FLOTILLA" aggregator "$WORK/killed.toml" --output "$WORK/killed-out" > /dev/null 2> "$WORK/killed.err" &
 AGG=$!; PIDS+=("$AGG")
 start_clients killed "$PORT"
 for _ in $(seq 600); do [ "$(rows "$WORK/killed-out/rounds.csv")" -ge 3 ] && break; sleep 0.05; done
 [ "$(rows "$WORK/killed-out/rounds.csv")" -ge 3 ] || { cat "$WORK/killed.err"; fail "the run did not get going"; }
-kill -9 "$AGG"
-wait "$AGG" 2>/dev/null || true
-echo "sync: killed the aggregator after $(rows "$WORK/killed-out/rounds.csv") rounds"
+kill -9 "$AGG" "${CLIENTS[@]}"
+for pid in "$AGG" "${CLIENTS[@]}"; do wait "$pid" 2>/dev/null || true; done
+echo "sync: killed the aggregator and its clients after $(rows "$WORK/killed-out/rounds.csv") rounds"
 "$FLOTILLA" aggregator "$WORK/killed.toml" --resume "$WORK/killed" --output "$WORK/resumed-out" \
   > /dev/null 2> "$WORK/resumed.err" &
 AGG=$!; PIDS+=("$AGG")
+start_clients killed "$PORT"
 status=0
 wait "$AGG" || status=$?
 [ "$status" -eq 0 ] || { cat "$WORK/resumed.err"; fail "the resumed aggregator exited $status"; }

@@ -282,3 +282,18 @@ TEST(PluginAbi, WritingATensorNoUpdateCarriedNeedsTheDeclaration) {
     }
   }
 }
+
+TEST(PluginAbi, AReloadThatDeclaresOtherNeedsIsRefused) {
+  // The run was set up for what the running build declares (what clients send and keep, which
+  // schedules fit): a build declaring otherwise needs a new run.
+  const auto model = small_model();
+  auto old_lib = PluginLibrary::open(fixture("base-writer-undeclared"), c10::Device(c10::kCPU));
+  auto new_lib = PluginLibrary::open(fixture("base-writer"), c10::Device(c10::kCPU));
+  ASSERT_TRUE(old_lib && new_lib);
+  auto agg = PluginAggregation::create(*old_lib, {}, model);
+  ASSERT_TRUE(agg) << agg.error().message;
+  auto ok = (*agg)->reload(*new_lib);
+  ASSERT_FALSE(ok);
+  EXPECT_THAT(ok.error().message, HasSubstr("declares other needs"));
+  EXPECT_FALSE((*agg)->traits().writes_base) << "the old build keeps running";
+}

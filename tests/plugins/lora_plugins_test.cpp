@@ -266,7 +266,8 @@ TEST(FlexLoraPlugin, ServesEveryClientItsOwnRank) {
 
 TEST(FlexLoraPlugin, TakesAlphaFromTheHostAndRefusesIncompleteUpdates) {
   auto lib = load_builtin("flexlora", FLOTILLA_KIND_AGGREGATOR);
-  EXPECT_TRUE(lib->info().options.empty()) << "alpha comes from the host, not an option";
+  ASSERT_EQ(lib->info().options.size(), 1U);
+  EXPECT_EQ(lib->info().options[0].default_value, "0") << "0: the run's alpha, from the host";
   EXPECT_TRUE(lib->info().per_client);
   // Without the run's alpha (a model without adapters) it cannot work, and says why.
   auto none = PluginAggregation::create(load_builtin("flexlora", FLOTILLA_KIND_AGGREGATOR, {0.0}), {},

@@ -397,6 +397,14 @@ TEST(AsyncSchedule, RefusesWhatTheMethodDeclaresItCannotDo) {
   buffered.server_learning_rate = 0.5;
   EXPECT_FALSE(AsyncSchedule::supports(buffered, tracks));
   EXPECT_TRUE(AsyncSchedule::supports(async, plain));
+  // A method that writes into the base weights from a cohort (FedEx-LoRA, FLoRA): sync only.
+  AggregationTraits base;
+  base.writes_base = true;
+  base.tracks_global = true;
+  buffered.server_learning_rate = 1.0;
+  refused = AsyncSchedule::supports(buffered, Declaring(base));
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("use schedule = \"sync\""), std::string::npos) << refused.error().message;
 }
 
 TEST(SyncRounds, OverSelectionClosesAtTheFirstKAndCountsTheRestLate) {

@@ -382,3 +382,80 @@ TEST(Checkpoint, ARunStoppedEarlyIsCheckpointedAsOverAndEndsAtOnceWhenResumed) {
   EXPECT_TRUE(resumed.schedule->done());
   EXPECT_TRUE(resumed.tasks.empty());
 }
+
+namespace {
+
+/// A method whose clients train "w" only, and which also writes "b" (as FedEx-LoRA writes into
+/// base weights): each version is the clients' mean w, and b + 1.
+class WritesB final : public Aggregation {
+ public:
+  explicit WritesB(TensorList global) : global_(std::move(global)) {}
+  Expected<void> check(const WeightedUpdate&) const override { return {}; }
+  Expected<void> accept(const WeightedUpdate& u) override {
+    sum_ = sum_.defined() ? sum_ + u.tensors->at(0).tensor : u.tensors->at(0).tensor.clone();
+    ++accepted_;
+    return {};
+  }
+  Expected<void> accept_batch(std::span<const WeightedUpdate> us) override {
+    for (const auto& u : us) (void)accept(u);
+    return {};
+  }
+  std::size_t accepted() const override { return accepted_; }
+  TensorList finalize() override {
+    TensorList next = global_;
+    next[0].tensor = sum_ / static_cast<double>(accepted_);
+    next[1].tensor = global_[1].tensor + 1;
+    global_ = next;
+    discard();
+    return next;
+  }
+  void discard() override {
+    sum_ = at::Tensor();
+    accepted_ = 0;
+  }
+  void set_global(const TensorList& g) override { global_ = g; }
+  std::string describe() const override { return "writes-b"; }
+
+ private:
+  TensorList global_;
+  at::Tensor sum_;
+  std::size_t accepted_ = 0;
+};
+
+}  // namespace
+
+TEST(Checkpoint, AResumedRunStillSendsWhatChangedBeforeTheCrash) {
+  // Clients train w; the method also wrote b. After a restart, tasks must still carry b: the
+  // clients (a restarted one holds the initial b) cannot know it changed.
+  const TempDir dir;
+  auto o = options(ScheduleKind::sync, 2);
+  o.rounds = 3;
+  o.client_template = [](std::uint32_t) {
+    return TensorList{{"w", torch::empty({3}, torch::TensorOptions().device(torch::kMeta))}};
+  };
+  auto names = [](const Task& t) {
+    std::vector<std::string> n;
+    for (const auto& x : t.tensors) n.push_back(x.name);
+    return n;
+  };
+  const auto only_w = [](Fleet& f) {
+    for (int i = 0; i < 2; ++i) {
+      const auto p = Fleet::peer(i);
+      f.answer(p, {{"w", f.tasks.at(p).tensors.at(0).tensor + 1}});
+    }
+  };
+  {
+    Checkpointed c(dir.path, 1);
+    Fleet first(o, model_of(1), 2, std::make_unique<WritesB>(model_of(1)), c.fresh());
+    EXPECT_EQ(names(first.tasks.at(Fleet::peer(0))), std::vector<std::string>{"w"}) << "b has not changed yet";
+    only_w(first);
+    EXPECT_EQ(names(first.tasks.at(Fleet::peer(0))), (std::vector<std::string>{"w", "b"}));
+  }
+  // The aggregator restarts from the checkpoint after round 1; its schedule is built from the
+  // config's initial model, as `flotilla aggregator --resume` does.
+  Checkpointed c(dir.path, 1);
+  Fleet resumed(o, model_of(1), 2, std::make_unique<WritesB>(model_of(1)), c.resume());
+  const auto& task = resumed.tasks.at(Fleet::peer(0));
+  ASSERT_EQ(names(task), (std::vector<std::string>{"w", "b"})) << "b changed before the crash";
+  EXPECT_TRUE(torch::equal(task.tensors[1].tensor, torch::full({2}, 2.0F)));
+}

@@ -234,6 +234,8 @@ TEST(Config, AMethodGetsWhatItDeclaresItNeedsWhateverItsName) {
   EXPECT_EQ(needs_problem(lora + "freeze-a = true\n", declared(FLOTILLA_AGG_LORA_FROZEN_A)), "");
   m = needs_problem(lora + "freeze-a = true\n", declared(FLOTILLA_AGG_LORA_LOCAL_B));
   EXPECT_NE(m.find("set lora.freeze-a = false"), std::string::npos) << m;
+  m = needs_problem(lora + "freeze-a = true\n", declared(FLOTILLA_AGG_LORA_TRAINS_A));
+  EXPECT_NE(m.find("needs each client's A and B"), std::string::npos) << m;
   m = needs_problem("", declared(FLOTILLA_AGG_LORA_LOCAL_B));
   EXPECT_NE(m.find("lora.rank is 0"), std::string::npos) << "a local B implies adapters: " << m;
   // Per-client ranks need a method that serves them.

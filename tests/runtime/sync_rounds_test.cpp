@@ -729,3 +729,23 @@ TEST(SyncRounds, TasksCarryWhatClientsTrainAndWhatChangedNeverWhatTheyKeep) {
   EXPECT_EQ(r3.tasks, (std::vector<std::vector<std::string>>{base_a, base_a}));
   EXPECT_TRUE(torch::equal(rounds.model()[2].tensor, torch::zeros({2}))) << "B was never aggregated";
 }
+
+TEST(SyncRounds, PeersThatExpectTheWholeModelAreToldToUpgrade) {
+  // Protocol 1.5: evaluation requests carry what changed, and so do a LoRA run's tasks.
+  Fixture f(options(1, 0, 1, 1));
+  auto out = f.rounds->on_hello("evaluator-0", Hello{Role::evaluator, 0, {}, 0}, 4);
+  auto errors = sent<ErrorReply>(out);
+  ASSERT_EQ(errors.size(), 1U);
+  EXPECT_EQ(errors[0].second.code, WireErrc::protocol_version);
+  EXPECT_NE(errors[0].second.message.find("need protocol 1.5 or later"), std::string::npos);
+  // A client of a run where it trains the whole model still gets the whole model: welcome.
+  out = f.rounds->on_hello("client-0", Hello{Role::client, 0, {}, 100}, 4);
+  EXPECT_EQ(sent<Welcome>(out).size(), 1U);
+  auto o = options(1, 0, 1, 1);
+  o.client_template = [](std::uint32_t) { return model_of(0); };
+  Fixture lora(o);
+  out = lora.rounds->on_hello("client-0", Hello{Role::client, 0, {}, 100}, 4);
+  ASSERT_EQ(sent<ErrorReply>(out).size(), 1U);
+  EXPECT_EQ(sent<ErrorReply>(out)[0].second.code, WireErrc::protocol_version);
+  EXPECT_EQ(sent<Welcome>(lora.rounds->on_hello("client-1", Hello{Role::client, 1, {}, 100}, 5)).size(), 1U);
+}

@@ -333,5 +333,21 @@ TEST_F(Trainer, ATaskKeepsTheTensorsItNamesOnTheClientFromTaskToTask) {
       << "the second task started from zeros, not from this client's B";
 }
 
+TEST(ClientTask, ASharedModelGetsBackWhatAnEarlierTaskBroughtInAndThisOneDoesNotCarry) {
+  const TensorList initial = {{"w", torch::zeros({2})}, {"base", torch::zeros({2})}, {"b", torch::zeros({2})}};
+  std::set<std::string> loaded;
+  // A newer task carried a changed base; an older one does not carry it: back to the initial.
+  auto reset = restore_uncarried(initial, loaded, {{"w", torch::ones({2})}, {"base", torch::ones({2})}}, {});
+  EXPECT_TRUE(reset.empty());
+  reset = restore_uncarried(initial, loaded, {{"w", torch::ones({2})}}, {"b"});
+  ASSERT_EQ(reset.size(), 1U);
+  EXPECT_EQ(reset[0].name, "base");
+  // What the task keeps on the client is never put back.
+  reset = restore_uncarried(initial, loaded, {{"w", torch::ones({2})}, {"b", torch::ones({2})}}, {});
+  reset = restore_uncarried(initial, loaded, {{"w", torch::ones({2})}}, {"b"});
+  ASSERT_EQ(reset.size(), 1U) << "base again, never b";
+  EXPECT_EQ(reset[0].name, "base");
+}
+
 }  // namespace
 }  // namespace flotilla

@@ -175,7 +175,10 @@ typedef enum flotilla_aggregator_flag {
   /* finalize may emit tensors clients do not train (e.g. frozen base weights a method folds
    * a residual or merged adapters into); tasks then carry them. Without this flag such an
    * output fails the version. */
-  FLOTILLA_AGG_WRITES_BASE = 1u << 5
+  FLOTILLA_AGG_WRITES_BASE = 1u << 5,
+  /* It needs A and B of every adapted layer from every client (it multiplies B·A): clients
+   * must train A too (the host refuses lora.freeze-a = true). */
+  FLOTILLA_AGG_LORA_TRAINS_A = 1u << 6
 } flotilla_aggregator_flag;
 
 /* Kind FLOTILLA_KIND_AGGREGATOR. The host calls one state from one thread at a time. */
