@@ -244,6 +244,7 @@ Dataset subset(const Dataset& data, const std::vector<std::int64_t>& indices) {
   Dataset out;
   out.inputs = data.inputs.index_select(0, index);
   out.labels = data.labels.index_select(0, index);
+  if (data.groups.defined()) out.groups = data.groups.index_select(0, index.to(data.groups.device()));
   out.num_classes = data.num_classes;
   return out;
 }

@@ -17,10 +17,15 @@ namespace flotilla {
 void shuffle(std::vector<std::int64_t>& v, std::mt19937_64& rng);
 
 struct Dataset {
-  at::Tensor inputs;  ///< N×C×H×W float32, normalized
-  at::Tensor labels;  ///< N int64
-  std::int64_t num_classes = 0;
+  at::Tensor inputs;  ///< N×C×H×W float32, normalized; or N×T token ids (int64)
+  at::Tensor labels;  ///< N int64; or N×T token ids to predict (kIgnoreLabel: not scored)
+  std::int64_t num_classes = 0;  ///< classes; or, for text, categories
+  /// What partitions split clients by, per example (N int64): undefined = the labels (an image's
+  /// class); a text example's category.
+  at::Tensor groups;
   [[nodiscard]] std::int64_t size() const { return labels.defined() ? labels.size(0) : 0; }
+  /// The per-example labels partitions use: `groups` where set, else `labels`.
+  [[nodiscard]] const at::Tensor& partition_labels() const { return groups.defined() ? groups : labels; }
 };
 
 /// Reads Fashion-MNIST's IDX files from `dir` (the Debian package's

@@ -26,7 +26,7 @@ std::vector<std::vector<std::int64_t>> client_partitions(const Config& config,
   spec.min_examples = config.data.min_examples;
   spec.classes_per_client = config.data.classes_per_client;
   spec.examples_per_client = config.data.examples_per_client;
-  return partition(full_train.labels, spec);
+  return partition(full_train.partition_labels(), spec);
 }
 
 Expected<Dataset> client_train_data(const Config& config, const Dataset& full_train,
