@@ -187,7 +187,7 @@ Expected<std::shared_ptr<ClientSetup>> client_setup(const Config& config, std::u
 
 Expected<std::shared_ptr<EvaluatorSetup>> evaluator_setup(const Config& config,
                                                           const std::string& connect, int threads) {
-  auto test = load_fashion_mnist(config.data.path, false);
+  auto test = load_dataset(config, false);
   if (!test) return test.error();
   auto setup = std::make_shared<EvaluatorSetup>();
   if (auto ok = setup->connect(config, connect, "evaluator"); !ok) return ok.error();
@@ -237,7 +237,7 @@ RoleResult run_aggregator(const Config& config, AggregatorHooks hooks,
 
 RoleResult run_client(const Config& config, std::uint32_t id, const std::string& connect,
                       monitoring::Metrics* metrics) {
-  auto train = load_fashion_mnist(config.data.path, true);
+  auto train = load_dataset(config, true);
   if (!train) return failed(train.error());
   auto optimizer = client_optimizer(config);
   if (!optimizer) return failed(optimizer.error());
@@ -267,7 +267,7 @@ RoleResult run_evaluator(const Config& config, const std::string& connect,
 
 RoleResult run_all(const Config& config, AggregatorHooks hooks, monitoring::Metrics* metrics) {
   const int n_cores = cores(config);
-  auto train = load_fashion_mnist(config.data.path, true);
+  auto train = load_dataset(config, true);
   if (!train) return failed(train.error());
   auto optimizer = client_optimizer(config);
   if (!optimizer) return failed(optimizer.error());

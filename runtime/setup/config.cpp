@@ -274,6 +274,9 @@ Config read(const toml::table& root, const std::string& source) {
 
   r.string("data", "dataset", c.data.dataset);
   r.string("data", "path", c.data.path);
+  r.integer("data", "max-length", c.data.max_length, 4, 1 << 20);
+  r.choice("data", "tokenizer", c.data.tokenizer, std::map<std::string, std::string>{{"bytes", "bytes"}});
+  r.real("data", "held-out", c.data.held_out, 0.0, 0.9, "a number in [0, 0.9]");
   r.choice("data", "partition", c.data.partition,
            std::map<std::string, PartitionKind>{{"iid", PartitionKind::iid},
                                                 {"dirichlet", PartitionKind::dirichlet},
@@ -421,15 +424,28 @@ Config read(const toml::table& root, const std::string& source) {
   if (c.training.local_steps == 0 && c.training.local_epochs == 0) {
     fail(source + ": training.local-steps and training.local-epochs are both 0; set one of them");
   }
-  if (c.data.dataset != "fashion-mnist") {
+  if (c.data.dataset != "fashion-mnist" && c.data.dataset != "instructions") {
     fail(source + ": key 'data.dataset' is \"" + c.data.dataset +
-         "\", expected \"fashion-mnist\" (the only dataset this version ships)");
+         "\", expected \"fashion-mnist\" (images) or \"instructions\" (Dolly-shaped JSON lines, for "
+         "model.name = \"llama\")");
   }
-  if (c.model.name == "llama") {
-    // The language model is built, trained and loaded from checkpoints by the library (and
-    // its tests); federations need text data, which this version does not read yet.
-    fail(source + ": model.name \"llama\" needs a text dataset, and data.dataset \"" + c.data.dataset +
-         "\" is images; federated runs of the language model are not available in this version");
+  const bool text = c.data.dataset == "instructions";
+  if (text != (c.model.name == "llama")) {
+    fail(source + ": model.name \"" + c.model.name + "\" and data.dataset \"" + c.data.dataset +
+         "\" do not go together: the language model (\"llama\") trains on \"instructions\", the image "
+         "models (\"cnn\", \"mlp\") on \"fashion-mnist\"");
+  }
+  if (text) {
+    if (auto ok = check_lm_spec(c.model.lm); !ok) fail(source + ": [model]: " + ok.error().message);
+    const std::int64_t bytes_vocab = 259;  // ByteTokenizer: pad, bos, eos and the 256 bytes
+    if (c.data.tokenizer == "bytes" && c.model.lm.vocab_size < bytes_vocab) {
+      fail(source + ": model.vocab-size is " + std::to_string(c.model.lm.vocab_size) +
+           ", but data.tokenizer \"bytes\" has 259 tokens (pad, bos, eos, 256 bytes)");
+    }
+    if (c.data.max_length > c.model.lm.max_positions) {
+      fail(source + ": data.max-length (" + std::to_string(c.data.max_length) +
+           ") is longer than model.max-positions (" + std::to_string(c.model.lm.max_positions) + ")");
+    }
   }
   const auto k = c.aggregator.clients_per_round;
   if (k != 0 && k > static_cast<std::uint32_t>(c.data.clients)) {
@@ -481,9 +497,6 @@ Config read(const toml::table& root, const std::string& source) {
     fail(source + ": lora.targets is empty; name the layers to adapt, e.g. [\"fc1\", \"fc2\"]");
   }
   if (c.lora.freeze_a && c.lora.rank == 0) fail(source + ": lora.freeze-a needs lora.rank > 0");
-  if (c.model.name == "llama") {
-    if (auto ok = check_lm_spec(c.model.lm); !ok) fail(source + ": [model]: " + ok.error().message);
-  }
   if (auto d = resolve_device(c.run.device); !d) fail(source + ": key 'run.device': " + d.error().message);
   if (c.aggregator.schedule != ScheduleKind::sync) {
     if (c.aggregator.max_concurrency > static_cast<std::uint32_t>(c.data.clients)) {

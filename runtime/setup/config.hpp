@@ -47,6 +47,10 @@ struct DataSection {
   std::int64_t min_examples = 10;
   int classes_per_client = 2;               ///< partition "classes"
   std::int64_t examples_per_client = 64;    ///< partition "classes"
+  /// dataset "instructions" (a Dolly-shaped JSON-lines file at `path`, for the llama model):
+  std::int64_t max_length = 256;  ///< tokens per example (prompt and response)
+  std::string tokenizer = "bytes";
+  double held_out = 0.1;          ///< share of the records kept for the evaluator
 };
 
 struct AggregatorSection {

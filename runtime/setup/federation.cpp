@@ -3,6 +3,7 @@
 #include "runtime/plugin_host/fedavg.hpp"
 #include "runtime/plugin_host/plugin_aggregation.hpp"
 #include "runtime/plugin_host/plugin_optimizer.hpp"
+#include "runtime/ml/text.hpp"
 #include "runtime/ml/trainer.hpp"
 #include "runtime/base/log.hpp"
 #include "runtime/server/async_schedule.hpp"
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <map>
 #include <numeric>
+#include <random>
 
 namespace flotilla {
 
@@ -59,6 +61,35 @@ Dataset evaluation_data(const Config& config, const Dataset& full_test) {
   std::vector<std::int64_t> idx(static_cast<std::size_t>(n));
   std::iota(idx.begin(), idx.end(), 0);
   return subset(full_test, idx);
+}
+
+Expected<Dataset> load_dataset(const Config& config, bool train) {
+  if (config.data.dataset != "instructions") return load_fashion_mnist(config.data.path, train);
+  auto records = read_instructions(config.data.path);
+  if (!records) return Error{records.error().code, "data.path: " + records.error().message};
+  // One split for every process: records shuffled by the run's seed, the last share held out.
+  std::vector<std::int64_t> order(records->size());
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(config.run.seed ^ 0x7E57DA7AULL);
+  shuffle(order, rng);
+  const auto held = static_cast<std::size_t>(config.data.held_out * static_cast<double>(order.size()));
+  if (held == 0 && config.evaluator.enabled && config.data.held_out > 0) {
+    return Error{Errc::invalid_config, "data.path: " + std::to_string(order.size()) +
+                                           " records leave none held out at data.held-out = " +
+                                           std::to_string(config.data.held_out)};
+  }
+  std::vector<InstructionRecord> part;
+  const std::size_t first = train ? 0 : order.size() - held;
+  const std::size_t last = train ? order.size() - held : order.size();
+  std::sort(order.begin() + static_cast<std::ptrdiff_t>(first), order.begin() + static_cast<std::ptrdiff_t>(last));
+  for (std::size_t i = first; i < last; ++i) part.push_back((*records)[static_cast<std::size_t>(order[i])]);
+  if (part.empty()) {
+    return Error{Errc::invalid_config, "data.path: no records for the " + std::string(train ? "clients" : "evaluator")};
+  }
+  const ByteTokenizer tokenizer;
+  auto built = build_lm_dataset(part, tokenizer, config.data.max_length);
+  if (!built) return built.error();
+  return std::move(built->data);
 }
 
 ModelSpec model_spec(const Config& config, std::int64_t rank) {

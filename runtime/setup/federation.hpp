@@ -34,6 +34,12 @@ namespace flotilla {
 /// The evaluator's held-out set: the first evaluator.examples of the test split (all if 0).
 [[nodiscard]] Dataset evaluation_data(const Config& config, const Dataset& full_test);
 
+/// The run's data (data.dataset): Fashion-MNIST's training or test set, or, for "instructions",
+/// the JSON-lines file at data.path tokenized into causal-LM examples (text.hpp), its records
+/// split once by run.seed into a training part and a held-out part (data.held-out) for the
+/// evaluator. Every process of the run reads the same split.
+[[nodiscard]] Expected<Dataset> load_dataset(const Config& config, bool train);
+
 /// The global model (what the aggregator holds and the evaluator scores), initialised from
 /// run.seed, with LoRA adapters at lora.rank when lora.rank > 0.
 [[nodiscard]] Expected<std::unique_ptr<Model>> build_model(const Config& config);

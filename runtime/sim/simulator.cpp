@@ -265,11 +265,11 @@ double Simulation::reference_seconds(const TrainingConfig& t, std::uint32_t exam
 }
 
 Expected<void> Simulation::set_up() {
-  auto train = load_fashion_mnist(config_.data.path, true);
+  auto train = load_dataset(config_, true);
   if (!train) return train.error();
   train_ = std::move(train).value();
   if (config_.evaluator.enabled) {
-    auto test = load_fashion_mnist(config_.data.path, false);
+    auto test = load_dataset(config_, false);
     if (!test) return test.error();
     test_ = evaluation_data(config_, *test);
   }

@@ -331,12 +331,27 @@ TEST(Config, BadScheduleAndFleetValuesNameTheKey) {
             std::string::npos);
 }
 
-TEST(Config, TheLanguageModelIsRefusedForRunsUntilTextDataLands) {
+TEST(Config, TheLanguageModelTrainsOnInstructionsAndTheImageModelsOnImages) {
   auto c = parse_config("[model]\nname = \"llama\"\nhidden-size = 32\nlayers = 1\n", "lm.toml");
   ASSERT_FALSE(c);
-  EXPECT_NE(c.error().message.find("model.name \"llama\" needs a text dataset"), std::string::npos)
-      << c.error().message;
-  auto bad = parse_config("[model]\nname = \"llama\"\nconfig-json = \"/nonexistent/config.json\"\n", "lm.toml");
+  EXPECT_NE(c.error().message.find("do not go together"), std::string::npos) << c.error().message;
+  c = parse_config("[data]\ndataset = \"instructions\"\n", "lm.toml");
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message.find("do not go together"), std::string::npos) << c.error().message;
+  const std::string lm = "[data]\ndataset = \"instructions\"\npath = \"x.jsonl\"\nmax-length = 32\n"
+                         "[model]\nname = \"llama\"\nvocab-size = 259\nmax-positions = 64\n";
+  c = parse_config(lm, "lm.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->data.max_length, 32);
+  auto small = parse_config(lm + "hidden-size = 64\n[lora]\n", "lm.toml");
+  ASSERT_TRUE(small) << small.error().message;
+  auto bad = parse_config("[data]\ndataset = \"instructions\"\n[model]\nname = \"llama\"\nvocab-size = 100\n", "lm.toml");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("has 259 tokens"), std::string::npos) << bad.error().message;
+  bad = parse_config("[data]\ndataset = \"instructions\"\nmax-length = 512\n[model]\nname = \"llama\"\nvocab-size = 300\n", "lm.toml");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("longer than model.max-positions"), std::string::npos) << bad.error().message;
+  bad = parse_config("[model]\nname = \"llama\"\nconfig-json = \"/nonexistent/config.json\"\n", "lm.toml");
   ASSERT_FALSE(bad);
   EXPECT_NE(bad.error().message.find("model.config-json"), std::string::npos) << bad.error().message;
 }
