@@ -60,7 +60,7 @@ Expected<LmSpec> parse_llama_config(const std::string& text, const std::string& 
       return;
     }
     if (!it->is_number_integer()) {
-      if (problem.empty()) problem = std::string("'") + key + "' is " + it->dump() + ", expected an integer";
+      if (problem.empty()) problem = std::string("'") + key + "' is " + it->dump().substr(0, 40) + ", expected an integer";
       return;
     }
     out = it->get<std::int64_t>();
@@ -69,7 +69,7 @@ Expected<LmSpec> parse_llama_config(const std::string& text, const std::string& 
     const auto it = j.find(key);
     if (it == j.end() || it->is_null()) return;
     if (!it->is_number()) {
-      if (problem.empty()) problem = std::string("'") + key + "' is " + it->dump() + ", expected a number";
+      if (problem.empty()) problem = std::string("'") + key + "' is " + it->dump().substr(0, 40) + ", expected a number";
       return;
     }
     out = it->get<double>();
@@ -101,7 +101,15 @@ Expected<LmSpec> parse_llama_config(const std::string& text, const std::string& 
     }
   }
   if (auto r = j.find("rope_scaling"); r != j.end() && !r->is_null()) {
-    return bad("rope_scaling is " + r->dump() + "; this LLaMA implements plain rotary positions");
+    const auto type = r->is_object() ? r->value("rope_type", r->value("type", std::string())) : std::string();
+    if (type != "default") {
+      return bad("rope_scaling is " + r->dump().substr(0, 80) + "; this LLaMA implements plain rotary positions");
+    }
+  }
+  if (auto h = j.find("head_dim"); h != j.end() && !h->is_null() && s.num_heads > 0 &&
+      (!h->is_number_integer() || h->get<std::int64_t>() * s.num_heads != s.hidden_size)) {
+    return bad("head_dim is " + h->dump().substr(0, 40) + "; this LLaMA's heads are hidden_size / "
+               "num_attention_heads wide");
   }
   if (auto ok = check_lm_spec(s); !ok) return bad(ok.error().message);
   return s;

@@ -341,13 +341,34 @@ Expected<void> load_checkpoint_weights(Model& model, const std::filesystem::path
     }
     keep.push_back(std::move(read).value());
   }
-  std::vector<std::string> missing;
-  for (const auto& t : model.state()) {
-    const bool adapter = t.name.find(".lora_A.") != std::string::npos || t.name.find(".lora_B.") != std::string::npos;
-    if (adapter) continue;
-    const bool found = std::any_of(weights.begin(), weights.end(), [&](const NamedTensor& w) { return w.name == t.name; });
-    if (!found) missing.push_back(t.name);
+  // A tied model has no lm_head: a checkpoint's must be its embedding, or it was an untied one.
+  if (tied) {
+    const NamedTensor* head = nullptr;
+    const NamedTensor* embed = nullptr;
+    for (const auto& f : keep) {
+      for (const auto& t : f.tensors) {
+        if (t.name == "lm_head.weight") head = &t;
+        if (t.name == "model.embed_tokens.weight") embed = &t;
+      }
+    }
+    if (head != nullptr && (embed == nullptr || !head->tensor.sizes().equals(embed->tensor.sizes()) ||
+                            !at::equal(head->tensor, embed->tensor.to(head->tensor.scalar_type())))) {
+      return Error{Errc::invalid_config, "model.checkpoint: '" + where.string() + "' has an lm_head.weight of its "
+                                             "own, but model.tie-embeddings is true: set it to false (or use "
+                                             "model.config-json, the checkpoint's config.json)"};
+    }
   }
+  // Names from the module itself: Model::state() would copy the whole model first.
+  std::set<std::string> present;
+  for (const auto& w : weights) present.insert(w.name);
+  const auto& module = *static_cast<torch::nn::Module*>(model.module());
+  std::vector<std::string> missing;
+  auto check = [&](const std::string& name) {
+    const bool adapter = name.find(".lora_A.") != std::string::npos || name.find(".lora_B.") != std::string::npos;
+    if (!adapter && present.count(name) == 0) missing.push_back(name);
+  };
+  for (const auto& p : module.named_parameters(true)) check(p.key());
+  for (const auto& b : module.named_buffers(true)) check(b.key());
   if (!missing.empty()) {
     return Error{Errc::invalid_config, "model.checkpoint: '" + where.string() + "' lacks '" + missing.front() + "'" +
                                            (missing.size() > 1 ? " and " + std::to_string(missing.size() - 1) + " more" : "") +

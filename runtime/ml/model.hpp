@@ -34,7 +34,7 @@ struct LoraSpec {
 /// Hugging Face's parameter names ("model.layers.0.mlp.up_proj.weight"). Sizes as a
 /// transformers LlamaConfig names them (runtime/ml/llama.hpp reads its config.json).
 struct LmSpec {
-  std::int64_t vocab_size = 256;
+  std::int64_t vocab_size = 259;  ///< the byte tokenizer's
   std::int64_t hidden_size = 64;
   std::int64_t intermediate_size = 172;
   std::int64_t num_layers = 2;
@@ -43,7 +43,7 @@ struct LmSpec {
   std::int64_t max_positions = 256;
   double rope_theta = 10000;
   double rms_norm_eps = 1e-5;
-  bool tie_embeddings = true;  ///< the output projection is the embedding's transpose
+  bool tie_embeddings = false;  ///< the output projection is the embedding's transpose (as transformers, off by default)
   double initializer_range = 0.02;
   [[nodiscard]] std::int64_t head_dim() const { return hidden_size / num_heads; }
 };

@@ -53,7 +53,7 @@ Expected<std::vector<InstructionRecord>> read_instructions(const std::filesystem
     auto field = [&](const char* key, std::string& into, bool required) -> std::string {
       const auto it = j.find(key);
       if (it == j.end() || it->is_null()) return required ? std::string("lacks \"") + key + "\"" : "";
-      if (!it->is_string()) return std::string("\"") + key + "\" is " + it->dump() + ", expected a string";
+      if (!it->is_string()) return std::string("\"") + key + "\" is " + it->dump().substr(0, 40) + ", expected a string";
       into = it->get<std::string>();
       return "";
     };
@@ -97,17 +97,35 @@ Expected<LmDataset> build_lm_dataset(const std::vector<InstructionRecord>& recor
   auto lab = labels.accessor<std::int64_t, 2>();
   for (std::int64_t k = 0; k < n; ++k) {
     const auto& r = records[static_cast<std::size_t>(k)];
-    auto prompt = tok.encode(prompt_of(r));
+    // The prompt in three parts, so that a long one loses its context first (from the end),
+    // then its instruction's start, and always keeps the "### Response:" cue.
+    auto head = tok.encode("### Instruction:\n" + r.instruction + "\n\n");
+    auto context = r.context.empty() ? std::vector<std::int64_t>{}
+                                     : tok.encode("### Context:\n" + r.context + "\n\n");
+    const auto cue = tok.encode("### Response:\n");
     auto response = tok.encode(r.response);
     response.push_back(tok.eos());
     // bos + prompt + response must fit: the prompt gets up to half the room (more if the
-    // response leaves it), cut from its start so its end (the "### Response:" cue) stays; the
-    // response gets the rest, cut from its end.
+    // response leaves it); the response the rest, cut from its end.
     const std::int64_t room = max_length - 1;
-    const auto prompt_size = static_cast<std::int64_t>(prompt.size());
-    const auto keep_response = std::min<std::int64_t>(static_cast<std::int64_t>(response.size()),
-                                                      room - std::min(prompt_size, room / 2));
-    const auto keep_prompt = std::min(prompt_size, room - keep_response);
+    const auto size = [](const std::vector<std::int64_t>& v) { return static_cast<std::int64_t>(v.size()); };
+    const auto prompt_size = size(head) + size(context) + size(cue);
+    const auto keep_response = std::min<std::int64_t>(size(response), room - std::min(prompt_size, room / 2));
+    auto over = prompt_size - (room - keep_response);
+    if (over > 0) {
+      const auto cut = std::min(over, size(context));
+      context.resize(static_cast<std::size_t>(size(context) - cut));
+      over -= cut;
+    }
+    if (over > 0) {
+      const auto cut = std::min(over, size(head));
+      head.erase(head.begin(), head.begin() + cut);
+      over -= cut;
+    }
+    std::vector<std::int64_t> prompt = head;
+    prompt.insert(prompt.end(), context.begin(), context.end());
+    prompt.insert(prompt.end(), cue.begin(), cue.end());
+    const auto keep_prompt = std::min(size(prompt), room - keep_response);
     std::int64_t t = 0;
     in[k][t++] = tok.bos();
     for (auto i = static_cast<std::int64_t>(prompt.size()) - keep_prompt; i < static_cast<std::int64_t>(prompt.size()); ++i) {
@@ -153,7 +171,8 @@ std::vector<std::string> words(std::string_view text) {
   std::string w;
   for (const char c : text) {
     const auto u = static_cast<unsigned char>(c);
-    if (std::isalnum(u) != 0 || u >= 0x80) {  // bytes of UTF-8 letters stay in their word
+    // As Google's rouge_score: ASCII letters and digits make words, anything else separates.
+    if (u < 0x80 && std::isalnum(u) != 0) {
       w.push_back(static_cast<char>(std::tolower(u)));
     } else if (!w.empty()) {
       out.push_back(std::move(w));

@@ -65,8 +65,9 @@ struct InstructionLimits {
 /// Causal-LM examples of `records`: inputs [N, max_length] = bos, the prompt, the response, eos,
 /// right-padded with pad; labels the same ids where the response and eos are (what is
 /// scored) and kIgnoreLabel elsewhere (bos, the prompt, padding). A record longer than
-/// max_length keeps its prompt's end (up to half the length, more when the response is short)
-/// and its response's start. `groups` holds each record's category index into `categories`
+/// max_length gives its prompt up to half the length (more when the response is short): the
+/// context loses its end first, then the instruction its start, the "### Response:" cue always
+/// stays; the response is cut from its end (its eos then lost). `groups` holds each record's category index into `categories`
 /// (sorted names), the labels partitions split by.
 struct LmDataset {
   Dataset data;
@@ -82,7 +83,8 @@ struct LmDataset {
                                                         std::int64_t max_new_tokens, std::int64_t eos);
 
 /// ROUGE-L (Lin 2004) of `candidate` against `reference`: the longest common subsequence of
-/// their words (lowercased, split on anything but letters and digits), as precision (of the
+/// their words (lowercased, split on anything but ASCII letters and digits, as Google's
+/// rouge_score does), as precision (of the
 /// candidate), recall (of the reference) and F1. Both empty: all 1; one empty: all 0.
 struct RougeL {
   double precision = 0, recall = 0, f1 = 0;

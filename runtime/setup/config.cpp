@@ -442,6 +442,10 @@ Config read(const toml::table& root, const std::string& source) {
       fail(source + ": model.vocab-size is " + std::to_string(c.model.lm.vocab_size) +
            ", but data.tokenizer \"bytes\" has 259 tokens (pad, bos, eos, 256 bytes)");
     }
+    if (c.evaluator.enabled && !(c.data.held_out > 0)) {
+      fail(source + ": data.held-out is 0, so the evaluator would have no records: hold some out, or "
+                    "set evaluator.enabled = false");
+    }
     if (c.data.max_length > c.model.lm.max_positions) {
       fail(source + ": data.max-length (" + std::to_string(c.data.max_length) +
            ") is longer than model.max-positions (" + std::to_string(c.model.lm.max_positions) + ")");

@@ -229,6 +229,8 @@ TEST(Llama, ReadsATransformersConfigJson) {
   EXPECT_EQ(refusal("{" + base + "}"), "accepted");
   EXPECT_EQ(refusal(R"({"vocab_size": 10})"), "config.json: lacks 'hidden_size'");
   EXPECT_NE(refusal("{" + base + R"(, "rope_scaling": {"type": "linear", "factor": 2.0}})").find("plain rotary"), std::string::npos);
+  EXPECT_EQ(refusal("{" + base + R"(, "rope_scaling": {"rope_type": "default"}})"), "accepted");
+  EXPECT_NE(refusal("{" + base + R"(, "head_dim": 8})").find("head_dim is 8"), std::string::npos);
   EXPECT_NE(refusal("{" + base + R"(, "hidden_act": "gelu"})").find("\"silu\""), std::string::npos);
   EXPECT_NE(refusal("{" + base + R"(, "num_key_value_heads": 3})").find("multiple of num_key_value_heads"), std::string::npos);
   EXPECT_NE(refusal("{" + base + R"(, "model_type": "gpt2"})").find("expected \"llama\""), std::string::npos);
@@ -272,6 +274,12 @@ TEST(Llama, LoadsACheckpointWrittenInHuggingFacesLayout) {
   ASSERT_FALSE(misshapen);
   EXPECT_NE(misshapen.error().message.find("'" + wrong[0].name + "': expected shape"), std::string::npos)
       << misshapen.error().message;
+  // An untied checkpoint into a tied model: its own lm_head would be dropped, so it is refused.
+  ASSERT_TRUE(write_safetensors(dir / "model-00002-of-00002.safetensors", second));
+  ms.lm.tie_embeddings = true;
+  auto tied = Model::create(ms, kCpu, 99);
+  ASSERT_FALSE(tied);
+  EXPECT_NE(tied.error().message.find("has an lm_head.weight of its own"), std::string::npos) << tied.error().message;
   std::filesystem::remove_all(dir);
 }
 

@@ -111,6 +111,17 @@ TEST(LmDataset, ScoresOnlyTheResponseAndItsEnd) {
   EXPECT_EQ((cut->data.labels[0] != kIgnoreLabel).sum().item<std::int64_t>(), 3) << "'o', 'k', eos";
 }
 
+TEST(LmDataset, ALongContextIsCutBeforeTheInstruction) {
+  const ByteTokenizer tok;
+  const std::vector<InstructionRecord> records = {{"Summarize.", std::string(300, 'c'), "ok", "s"}};
+  auto d = build_lm_dataset(records, tok, 64);
+  ASSERT_TRUE(d) << d.error().message;
+  const auto row = d->data.inputs[0];
+  const std::string text = tok.decode(std::vector<std::int64_t>(row.data_ptr<std::int64_t>(), row.data_ptr<std::int64_t>() + 64));
+  EXPECT_EQ(text.rfind("### Instruction:\nSummarize.\n\n### Context:\nccc", 0), 0U) << text;
+  EXPECT_NE(text.find("c### Response:\nok"), std::string::npos) << "the cue and the response stay: " << text;
+}
+
 TEST(RougeL, MatchesValuesComputedByHand) {
   // LCS "the cat on the mat": 5 of 6 words each way.
   auto r = rouge_l("the cat sat on the mat", "the cat is on the mat");
@@ -128,6 +139,8 @@ TEST(RougeL, MatchesValuesComputedByHand) {
   EXPECT_DOUBLE_EQ(rouge_l("", "").f1, 1.0);
   EXPECT_DOUBLE_EQ(rouge_l("words", "").f1, 0.0);
   EXPECT_DOUBLE_EQ(rouge_l("x y", "z").f1, 0.0);
+  // Typographic punctuation separates words, as in rouge_score: “don’t” has "don", "t".
+  EXPECT_DOUBLE_EQ(rouge_l("\u201cdon\u2019t\u201d", "don't").f1, 1.0);
 }
 
 TEST(Generation, AModelThatLearntAnAnswerGivesItGreedily) {
