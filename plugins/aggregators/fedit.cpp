@@ -19,45 +19,25 @@ namespace {
 using flotilla::sdk::Host;
 using flotilla::sdk::NamedTensors;
 using flotilla::sdk::Options;
-using flotilla::sdk::Rejected;
 namespace lora = flotilla::sdk::lora;
 
-class FedIt final : public flotilla::sdk::Aggregator {
+class FedIt final : public lora::AdapterMean {
  public:
   static constexpr bool kPerClient = false;
   static constexpr std::uint32_t kFlags = FLOTILLA_AGG_LORA_ADAPTERS;
 
-  FedIt(const Host& host, const Options&, const NamedTensors& global)
-      : layers_(lora::layers(global, host, "fedit")), mean_(host) {
-    rank_ = layers_.front().rank;
+  FedIt(const Host& host, const Options&, const NamedTensors& global) : AdapterMean(host, global, "fedit") {
+    const auto rank = layers_.front().rank;
     for (const auto& l : layers_) {
-      if (l.rank != rank_) {
-        throw flotilla::sdk::Invalid("fedit: the global model's adapters have ranks " +
-                                     std::to_string(rank_) + " and " + std::to_string(l.rank) +
-                                     "; fedit needs one rank");
+      if (l.rank != rank) {
+        throw flotilla::sdk::Invalid("fedit: the global model's adapters have ranks " + std::to_string(rank) +
+                                     " and " + std::to_string(l.rank) + "; fedit needs one rank");
       }
     }
   }
 
-  void check(const NamedTensors& update, const flotilla_update_info& info) override {
-    if (!(info.weight > 0)) throw Rejected("update weight must be > 0");
-    if (update.empty()) throw Rejected("update has no tensors");
-    for (const auto& u : update) (void)lora::expect_adapter(layers_, u, "fedit");
-    mean_.check_same(update);
-  }
-
-  void accept(const NamedTensors& update, const flotilla_update_info& info) override {
-    mean_.add(update, info.weight);
-  }
-
-  void finalize(flotilla_output* out) override { mean_.emit(out); }
-
-  void discard() override { mean_.clear(); }
-
- private:
-  std::vector<lora::Layer> layers_;
-  std::int64_t rank_ = 0;
-  flotilla::sdk::WeightedMean mean_;
+ protected:
+  void check_tensor(const flotilla::sdk::Named& u) const override { (void)lora::expect_adapter(layers_, u, "fedit"); }
 };
 
 const flotilla_option_spec kOptions[] = {{nullptr, nullptr, nullptr, nullptr}};

@@ -21,52 +21,34 @@ using flotilla::sdk::Options;
 using flotilla::sdk::Rejected;
 namespace lora = flotilla::sdk::lora;
 
-class FfaLora final : public flotilla::sdk::Aggregator {
+class FfaLora final : public lora::AdapterMean {
  public:
   static constexpr bool kPerClient = false;
   static constexpr std::uint32_t kFlags = FLOTILLA_AGG_LORA_ADAPTERS | FLOTILLA_AGG_LORA_FROZEN_A;
 
-  FfaLora(const Host& host, const Options&, const NamedTensors& global)
-      : layers_(lora::layers(global, host, "ffa-lora")), mean_(host) {}
+  FfaLora(const Host& host, const Options&, const NamedTensors& global) : AdapterMean(host, global, "ffa-lora") {}
 
-  void check(const NamedTensors& update, const flotilla_update_info& info) override {
-    if (!(info.weight > 0)) throw Rejected("update weight must be > 0");
-    if (update.empty()) throw Rejected("update has no tensors");
-    for (const auto& u : update) {
-      const auto parsed = lora::parse(u.name);
-      if (parsed && parsed->part == lora::Part::A) {
-        throw Rejected("ffa-lora never changes A, and the update carries '" + u.name +
-                       "': set lora.freeze-a = true so clients train and send only B");
-      }
-      if (!parsed) {
-        throw Rejected("ffa-lora averages LoRA B matrices only, and the update carries '" + u.name +
-                       "' (a base weight): clients must train with lora.rank > 0 and "
-                       "lora.freeze-a = true");
-      }
-      const lora::Layer* layer = &layers_[lora::adapted_layer(layers_, parsed->layer, u.name)];
-      if (!u.tensor.sizes().equals({layer->out, layer->rank}) ||
-          !at::isFloatingType(u.tensor.scalar_type())) {
-        throw Rejected("tensor '" + u.name + "' is " + lora::describe(u.tensor) +
-                       ", expected a floating tensor of shape [" + std::to_string(layer->out) +
-                       ", " + std::to_string(layer->rank) + "] (B at the global model's rank " +
-                       std::to_string(layer->rank) + ")");
-      }
+ protected:
+  /// B only (the mean B of each layer is emitted, never A).
+  void check_tensor(const flotilla::sdk::Named& u) const override {
+    const auto parsed = lora::parse(u.name);
+    if (parsed && parsed->part == lora::Part::A) {
+      throw Rejected("ffa-lora never changes A, and the update carries '" + u.name +
+                     "': set lora.freeze-a = true so clients train and send only B");
     }
-    mean_.check_same(update);
+    if (!parsed) {
+      throw Rejected("ffa-lora averages LoRA B matrices only, and the update carries '" + u.name +
+                     "' (a base weight): clients must train with lora.rank > 0 and "
+                     "lora.freeze-a = true");
+    }
+    const lora::Layer* layer = &layers_[lora::adapted_layer(layers_, parsed->layer, u.name)];
+    if (!u.tensor.sizes().equals({layer->out, layer->rank}) || !at::isFloatingType(u.tensor.scalar_type())) {
+      throw Rejected("tensor '" + u.name + "' is " + lora::describe(u.tensor) +
+                     ", expected a floating tensor of shape [" + std::to_string(layer->out) + ", " +
+                     std::to_string(layer->rank) + "] (B at the global model's rank " +
+                     std::to_string(layer->rank) + ")");
+    }
   }
-
-  void accept(const NamedTensors& update, const flotilla_update_info& info) override {
-    mean_.add(update, info.weight);
-  }
-
-  /// Emits the mean B of each layer, never A.
-  void finalize(flotilla_output* out) override { mean_.emit(out); }
-
-  void discard() override { mean_.clear(); }
-
- private:
-  std::vector<lora::Layer> layers_;
-  flotilla::sdk::WeightedMean mean_;
 };
 
 const flotilla_option_spec kOptions[] = {{nullptr, nullptr, nullptr, nullptr}};

@@ -170,6 +170,36 @@ inline AdapterName expect_adapter(const std::vector<Layer>& layers, const Named&
   return *parsed;
 }
 
+/// A method that averages, weighted by examples, the adapter tensors clients send, each
+/// checked by check_tensor (FedIT: A and B; FFA-LoRA: B; FedSA-LoRA: A): one running sum per
+/// tensor, every update carrying what the version's first carried.
+class AdapterMean : public Aggregator {
+ public:
+  AdapterMean(const Host& host, const NamedTensors& global, const std::string& method)
+      : layers_(layers(global, host, method)), mean_(host) {}
+
+  void check(const NamedTensors& update, const flotilla_update_info& info) override {
+    if (!(info.weight > 0)) throw Rejected("update weight must be > 0");
+    if (update.empty()) throw Rejected("update has no tensors");
+    for (const auto& u : update) check_tensor(u);
+    mean_.check_same(update);
+  }
+  void accept(const NamedTensors& update, const flotilla_update_info& info) override {
+    mean_.add(update, info.weight);
+  }
+  /// Emits the mean of each tensor the updates carried; nothing else changes.
+  void finalize(flotilla_output* out) override { mean_.emit(out); }
+  void discard() override { mean_.clear(); }
+
+ protected:
+  /// Rejected unless the method takes update tensor `u`.
+  virtual void check_tensor(const Named& u) const = 0;
+  std::vector<Layer> layers_;
+
+ private:
+  WeightedMean mean_;
+};
+
 /// One adapted layer's A and B in an update (borrowed from it).
 struct Pair {
   const at::Tensor* a = nullptr;
