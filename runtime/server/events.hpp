@@ -48,6 +48,7 @@ struct TaskSent {
   std::uint32_t client_id = 0;
   std::uint64_t round = 0;  ///< sync: the round; async: the task's sequence number
   std::uint64_t version = 0;
+  std::uint64_t bytes = 0;  ///< tensor bytes the task carries (what the client downloads)
 };
 /// A task whose update did not come by its deadline: its slot goes to another client.
 struct TaskLost {

@@ -102,6 +102,8 @@ void VersionRecorder::on(const Event& event) {
             open_.sampled = std::max<std::uint32_t>(open_.sampled, static_cast<std::uint32_t>(round_tasks_.size()));
           }
           ++counters_.tasks_sent;
+          open_.bytes_sent += e.bytes;
+          ++open_.tasks;
         } else if constexpr (std::is_same_v<T, TaskLost>) {
           busy_.erase(e.peer);
           ++counters_.tasks_lost;

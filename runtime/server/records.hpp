@@ -40,10 +40,16 @@ struct RoundRecord {
   std::uint32_t clients_busy = 0;   ///< at the close: holding a task
   std::uint32_t clients_idle = 0;   ///< registered, no task
   std::uint32_t clients_offline = 0;///< silent past the peer timeout
+  std::uint64_t bytes_sent = 0;     ///< tensor bytes of the tasks sent for it
+  std::uint32_t tasks = 0;          ///< tasks sent for it
 
   /// Mean tensor bytes one client sent (bytes_received / updates; 0 without updates).
   [[nodiscard]] double bytes_per_client() const {
     return updates > 0 ? static_cast<double>(bytes_received) / updates : 0.0;
+  }
+  /// Mean tensor bytes one task carried to its client (bytes_sent / tasks; 0 without tasks).
+  [[nodiscard]] double download_per_client() const {
+    return tasks > 0 ? static_cast<double>(bytes_sent) / tasks : 0.0;
   }
 };
 

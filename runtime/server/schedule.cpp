@@ -510,7 +510,7 @@ Send Schedule::task_for(const std::string& peer, std::uint64_t round, bool delta
             selection_->configure(id, round, options_.training, options_.seed)};
   task.send_delta = delta;
   task.keep_local = options_.keep_local;
-  emit(TaskSent{peer, id, round, version_});
+  emit(TaskSent{peer, id, round, version_, total_bytes(task.tensors)});
   return Send{peer, std::move(task)};
 }
 

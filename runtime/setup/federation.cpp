@@ -125,8 +125,10 @@ std::function<TensorList(std::uint32_t)> client_templates(const Config& config) 
     const auto rank = client_lora_rank(config, id);
     auto it = cache->find(rank);
     if (it == cache->end()) {
-      // On the CPU: only names and shapes are kept.
-      auto model = Model::create(model_spec(config, rank), c10::Device(c10::kCPU), config.run.seed);
+      // On the CPU, and without the checkpoint's weights: only names and shapes are kept.
+      auto spec = model_spec(config, rank);
+      spec.checkpoint.clear();
+      auto model = Model::create(spec, c10::Device(c10::kCPU), config.run.seed);
       if (!model) throw Failure(model.error());
       TensorList meta;
       for (const auto& t : (*model)->trainable_state()) {

@@ -749,3 +749,15 @@ TEST(SyncRounds, PeersThatExpectTheWholeModelAreToldToUpgrade) {
   EXPECT_EQ(sent<ErrorReply>(out)[0].second.code, WireErrc::protocol_version);
   EXPECT_EQ(sent<Welcome>(lora.rounds->on_hello("client-1", Hello{Role::client, 1, {}, 100}, 5)).size(), 1U);
 }
+
+TEST(SyncRounds, RecordsCountWhatTheTasksCarried) {
+  Fixture f(options(1, 0, 1, 2));
+  f.register_clients(2);
+  (void)f.update("client-0", 1);
+  (void)f.update("client-1", 1);
+  auto records = f.rounds->take_completed();
+  ASSERT_EQ(records.size(), 1U);
+  EXPECT_EQ(records[0].tasks, 2U);
+  EXPECT_EQ(records[0].bytes_sent, 2U * 3 * 4) << "two tasks of one float tensor [3]";
+  EXPECT_DOUBLE_EQ(records[0].download_per_client(), 12.0);
+}
