@@ -15,6 +15,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <future>
 #include <map>
 #include <set>
@@ -52,16 +53,41 @@ class VirtualClock final : public Clock {
 
 /// What one worker thread keeps between jobs: models built once and reused for every task
 /// (keyed by LoRA rank: clients of one rank train the same shapes) and for evaluation.
+/// A model one worker shares among the peers it runs jobs for. A task or an evaluation
+/// request carries only what its peer trains and what changed since the initial model, so
+/// what an earlier job loaded must not leak into the next one.
+struct SharedModel {
+  std::unique_ptr<Model> model;
+  TensorList pristine;           ///< the model as built
+  std::set<std::string> loaded;  ///< tensors jobs have loaded since (restore_uncarried)
+
+  /// Builds the model on first use; then puts back what an earlier job loaded and `carried`
+  /// neither carries nor keeps, and loads the tensors kept on the client (`keep_local`): `own`,
+  /// the client's as its last task left them, or the initial ones before its first task.
+  Expected<Model*> prepare(const std::function<Expected<std::unique_ptr<Model>>()>& build,
+                           const TensorList& carried, const std::vector<std::string>& keep_local = {},
+                           const TensorList& own = {}) {
+    if (!model) {
+      auto built = build();
+      if (!built) return built.error();
+      model = std::move(built).value();
+      pristine = model->state();
+    }
+    if (auto ok = model->load_tensors(restore_uncarried(pristine, loaded, carried, keep_local)); !ok) {
+      return ok.error();
+    }
+    if (!keep_local.empty()) {
+      if (auto ok = model->load_tensors(local_part(own.empty() ? pristine : own, keep_local)); !ok) {
+        return ok.error();
+      }
+    }
+    return model.get();
+  }
+};
+
 struct WorkerModels {
-  std::map<std::int64_t, std::unique_ptr<Model>> by_rank;
-  /// What each model trains, as built (the value a client's kept-local tensors start from).
-  std::map<std::int64_t, TensorList> initial_by_rank;
-  /// Each model as built, and the tensors tasks have loaded into it since (restore_uncarried).
-  std::map<std::int64_t, TensorList> pristine_by_rank;
-  std::map<std::int64_t, std::set<std::string>> loaded_by_rank;
-  std::unique_ptr<Model> evaluation;
-  TensorList evaluation_pristine;
-  std::set<std::string> evaluation_loaded;
+  std::map<std::int64_t, SharedModel> by_rank;  ///< clients of one rank train the same shapes
+  SharedModel evaluation;
 };
 
 /// Threads running jobs earliest-due first, one LibTorch thread each. A job's result depends
@@ -435,40 +461,20 @@ void Simulation::start_task(std::uint32_t id, Task task) {
       [this, id, library, local = c.local, task = std::move(task)](WorkerModels& models) -> Trained {
     Trained out;
     try {
-      const auto rank = client_lora_rank(config_, id);
-      auto& model = models.by_rank[rank];
+      auto model = models.by_rank[client_lora_rank(config_, id)].prepare(
+          [&] { return build_client_model(config_, id); }, task.tensors, task.keep_local, local);
       if (!model) {
-        auto built = build_client_model(config_, id);
-        if (!built) {
-          out.result = built.error();
-          return out;
-        }
-        model = std::move(built).value();
-        models.initial_by_rank[rank] = model->trainable_state();
-        models.pristine_by_rank[rank] = model->state();
-      }
-      const auto reset = restore_uncarried(models.pristine_by_rank[rank], models.loaded_by_rank[rank],
-                                           task.tensors, task.keep_local);
-      if (auto ok = model->load_tensors(reset); !ok) {
-        out.result = ok.error();
+        out.result = model.error();
         return out;
-      }
-      if (!task.keep_local.empty()) {
-        // This client's own values, or the initial ones before its first task.
-        const auto& own = local.empty() ? models.initial_by_rank[rank] : local;
-        if (auto ok = model->load_tensors(local_part(own, task.keep_local)); !ok) {
-          out.result = ok.error();
-          return out;
-        }
       }
       const auto& c = clients_[id];
       std::vector<std::int64_t> rows(c.indices.get(), c.indices.get() + c.examples);
       const Dataset data = subset(train_, rows);
       const auto start = WallClock::now();
-      out.result = run_task(*model, data, task, library, config_.optimizer.options,
+      out.result = run_task(**model, data, task, library, config_.optimizer.options,
                             config_.source + ": training.options");
       out.seconds = since(start);
-      if (!task.keep_local.empty()) out.local = local_part(model->trainable_state(), task.keep_local);
+      if (!task.keep_local.empty()) out.local = local_part((*model)->trainable_state(), task.keep_local);
     } catch (const std::exception& e) {
       out.result = Error{Errc::internal, e.what()};
     }
@@ -527,26 +533,17 @@ void Simulation::start_evaluation(EvaluationRequest request) {
   std::function<Scored(WorkerModels&)> job = [this, tensors = request.tensors](WorkerModels& models) {
     Scored out;
     try {
-      if (!models.evaluation) {
-        auto built = build_model(config_);
-        if (!built) {
-          out.error = built.error().message;
-          return out;
-        }
-        models.evaluation = std::move(built).value();
-        models.evaluation_pristine = models.evaluation->state();
-      }
-      const auto reset = restore_uncarried(models.evaluation_pristine, models.evaluation_loaded, tensors, {});
-      if (auto ok = models.evaluation->load_tensors(reset); !ok) {
-        out.error = ok.error().message;
+      auto model = models.evaluation.prepare([&] { return build_model(config_); }, tensors);
+      if (!model) {
+        out.error = model.error().message;
         return out;
       }
-      if (auto ok = models.evaluation->load_tensors(tensors); !ok) {
+      if (auto ok = (*model)->load_tensors(tensors); !ok) {
         out.error = ok.error().message;
         return out;
       }
       const auto start = WallClock::now();
-      out.stats = evaluate(*models.evaluation, test_, config_.evaluator.batch_size);
+      out.stats = evaluate(**model, test_, config_.evaluator.batch_size);
       out.seconds = since(start);
     } catch (const std::exception& e) {
       out.error = e.what();
