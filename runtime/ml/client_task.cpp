@@ -47,8 +47,7 @@ TensorList restore_uncarried(const TensorList& initial, std::set<std::string>& l
   for (const auto& t : carried) now.insert(t.name);
   TensorList out;
   for (const auto& t : initial) {
-    if (loaded.count(t.name) != 0 && now.count(t.name) == 0 &&
-        std::find(keep_local.begin(), keep_local.end(), t.name) == keep_local.end()) {
+    if (loaded.count(t.name) != 0 && now.count(t.name) == 0 && !named(t, keep_local)) {
       out.push_back(t);
     }
   }
