@@ -132,6 +132,29 @@ Expected<void> add_adapters(Net& net, const ModelSpec& spec, std::uint64_t seed)
   return {};
 }
 
+/// Freezes every parameter but those of the linear layers `spec.trainable` names.
+/// Errc::invalid_config for a pattern that names none.
+Expected<void> freeze_all_but(Net& net, const ModelSpec& spec) {
+  std::set<const torch::nn::Module*> trained;
+  for (const auto& pattern : spec.trainable) {
+    bool any = false;
+    for (auto& [name, layer] : net.linear_layers) {
+      if (!target_matches(pattern, name)) continue;
+      any = true;
+      trained.insert(layer.get());
+    }
+    if (!any) {
+      return Error{Errc::invalid_config, "model.trainable: '" + pattern + "' names no linear layer of model '" +
+                                             spec.name + "' (its linear layers: " + known_layers(net) + ")"};
+    }
+  }
+  for (auto& p : net.parameters(true)) p.set_requires_grad(false);
+  for (const auto* layer : trained) {
+    for (auto p : layer->parameters(true)) p.set_requires_grad(true);
+  }
+  return {};
+}
+
 /// Parameters then buffers, each in registration order: the order state() promises.
 TensorList named_state(const torch::nn::Module& m) {
   TensorList out;
@@ -155,7 +178,7 @@ class TorchModel final : public Model {
   }
 
   [[nodiscard]] TensorList trainable_state() const override {
-    if (!spec_.lora.enabled()) return state();
+    if (!spec_.lora.enabled() && spec_.trainable.empty()) return state();
     TensorList out;
     for (const auto& p : net_->named_parameters(true)) {
       if (!p.value().requires_grad()) continue;
@@ -303,6 +326,8 @@ Expected<std::unique_ptr<Model>> Model::create(const ModelSpec& spec, c10::Devic
   // weights are the same with and without LoRA, and A does not depend on the build order.
   if (lora.enabled()) {
     if (auto ok = add_adapters(*net, spec, seed); !ok) return ok.error();
+  } else if (!spec.trainable.empty()) {
+    if (auto ok = freeze_all_but(*net, spec); !ok) return ok.error();
   }
   net->to(device);
   auto model = std::unique_ptr<Model>(std::make_unique<TorchModel>(std::move(net), device, spec));

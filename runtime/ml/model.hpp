@@ -69,6 +69,11 @@ struct ModelSpec {
   /// Weights to start from instead of the seeded initialisation: a safetensors file, or a
   /// directory of them (a Hugging Face checkpoint), matched to the model's tensors by name.
   std::string checkpoint;
+  /// Without LoRA: the linear layers whose weight and bias are trained, named as lora.targets
+  /// are (full name, last components, glob); every other parameter is frozen and not sent.
+  /// Empty: every parameter is trained (the study's "full fine-tuning of the target modules"
+  /// sets it to the LoRA methods' targets).
+  std::vector<std::string> trainable;
 
   [[nodiscard]] Objective objective() const {
     return name == "llama" ? Objective::causal_lm : Objective::classify;
@@ -91,7 +96,7 @@ class Model {
   [[nodiscard]] virtual TensorList state() const = 0;
   /// What training changes, as state() gives it: every tensor of state() without LoRA (what
   /// FedAvg sends), the adapters (A and B of each target) with LoRA, only the B matrices with
-  /// freeze_a. What a client sends back.
+  /// freeze_a, only the named layers' parameters with `trainable`. What a client sends back.
   [[nodiscard]] virtual TensorList trainable_state() const = 0;
   /// Loads a state; names, count and shapes must match (Errc::rejected names the first
   /// mismatch), nothing is changed if they do not. A model with LoRA at rank r takes a state

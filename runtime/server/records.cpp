@@ -145,6 +145,8 @@ void VersionRecorder::on(const Event& event) {
           counters_.rejected_by_reason[static_cast<std::size_t>(RejectReason::fold_failed)] += e.updates;
           open_.updates -= std::min(open_.updates, e.updates);
           open_.rejected += e.updates;
+        } else if constexpr (std::is_same_v<T, ClientReported>) {
+          open_.optimizer_state_bytes = std::max(open_.optimizer_state_bytes, e.stats.optimizer_state_bytes);
         } else if constexpr (std::is_same_v<T, MessageRefused>) {
           ++counters_.messages_malformed;
         } else if constexpr (std::is_same_v<T, VersionProduced>) {

@@ -42,6 +42,9 @@ struct RoundRecord {
   std::uint32_t clients_offline = 0;///< silent past the peer timeout
   std::uint64_t bytes_sent = 0;     ///< tensor bytes of the tasks sent for it
   std::uint32_t tasks = 0;          ///< tasks sent for it
+  /// The most optimizer state one client reported holding (moments, projections) while this
+  /// record was open; 0 when none reported (clients before protocol 1.3, the simulator).
+  std::uint64_t optimizer_state_bytes = 0;
 
   /// Mean tensor bytes one client sent (bytes_received / updates; 0 without updates).
   [[nodiscard]] double bytes_per_client() const {

@@ -68,20 +68,20 @@ Expected<RoundsCsv> RoundsCsv::open(const std::string& dir) {
   *csv.out_ << "round,model_version,sampled,updates,late,rejected,failed,train_loss,"
                "train_accuracy,eval_loss,eval_accuracy,round_seconds,version_seconds,elapsed_seconds,"
                "bytes_received,bytes_per_client,staleness_mean,staleness_max,stale,clients_busy,"
-               "clients_idle,clients_offline,bytes_sent,download_per_client\n";
+               "clients_idle,clients_offline,bytes_sent,download_per_client,optimizer_state_bytes\n";
   csv.out_->flush();
   return csv;
 }
 
 void RoundsCsv::append(const RoundRecord& r) {
   auto opt = [](const std::optional<double>& v) { return v ? fmt::format("{:.6f}", *v) : std::string(); };
-  *out_ << fmt::format("{},{},{},{},{},{},{},{:.6f},{:.6f},{},{},{:.3f},{:.3f},{:.3f},{},{:.0f},{:.3f},{},{},{},{},{},{},{:.0f}\n", r.round,
+  *out_ << fmt::format("{},{},{},{},{},{},{},{:.6f},{:.6f},{},{},{:.3f},{:.3f},{:.3f},{},{:.0f},{:.3f},{},{},{},{},{},{},{:.0f},{}\n", r.round,
                        r.model_version, r.sampled, r.updates, r.late, r.rejected, r.failed ? 1 : 0,
                        r.train_loss, r.train_accuracy, opt(r.eval_loss), opt(r.eval_accuracy),
                        r.round_seconds, r.version_seconds, r.elapsed_seconds, r.bytes_received,
                        r.bytes_per_client(), r.staleness_mean, r.staleness_max, r.stale,
                        r.clients_busy, r.clients_idle, r.clients_offline, r.bytes_sent,
-                       r.download_per_client());
+                       r.download_per_client(), r.optimizer_state_bytes);
   out_->flush();
 }
 

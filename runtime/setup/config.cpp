@@ -311,6 +311,7 @@ Config read(const toml::table& root, const std::string& source) {
   r.real("model", "rms-norm-eps", lm.rms_norm_eps, 1e-12, 0.5, "a number in (0, 0.5]");
   r.boolean("model", "tie-embeddings", lm.tie_embeddings);
   r.string("model", "checkpoint", c.model.checkpoint);
+  r.strings("model", "trainable", c.model.trainable);
 
   r.integer("training", "local-steps", c.training.local_steps, 0, 1'000'000'000);
   r.integer("training", "local-epochs", c.training.local_epochs, 0, 1'000'000);
@@ -499,6 +500,10 @@ Config read(const toml::table& root, const std::string& source) {
   }
   if (c.lora.rank > 0 && c.lora.targets.empty()) {
     fail(source + ": lora.targets is empty; name the layers to adapt, e.g. [\"fc1\", \"fc2\"]");
+  }
+  if (!c.model.trainable.empty() && c.lora.rank > 0) {
+    fail(source + ": model.trainable is for training full weights (lora.rank = 0); with LoRA the "
+                  "adapters on lora.targets are what is trained");
   }
   if (c.lora.freeze_a && c.lora.rank == 0) fail(source + ": lora.freeze-a needs lora.rank > 0");
   if (auto d = resolve_device(c.run.device); !d) fail(source + ": key 'run.device': " + d.error().message);

@@ -164,6 +164,10 @@ Expected<void> check_method_needs(const Config& c, const AggregationTraits& t, c
     return refuse("averages full models, but with lora.rank > 0 clients send only adapters; use a "
                   "method that aggregates adapters (e.g. \"fedit\") or the \"fedavg\" plugin");
   }
+  if (t.full_model && !c.model.trainable.empty()) {
+    return refuse("averages full models, but with model.trainable clients send only those layers; use "
+                  "the \"fedavg\" plugin");
+  }
   if (t.lora_adapters && c.lora.rank == 0) {
     return refuse("aggregates LoRA adapters, but lora.rank is 0 (no adapters); set [lora] rank and targets");
   }
@@ -345,7 +349,8 @@ ScheduleOptions schedule_options(const Config& c) {
       o.evaluate_every = a.evaluate_every != 0 ? a.evaluate_every : 1;
       break;
   }
-  if (c.lora.rank > 0) o.client_template = client_templates(c);
+  // Clients train a part of the model: tasks carry that part and what changed since the start.
+  if (c.lora.rank > 0 || !c.model.trainable.empty()) o.client_template = client_templates(c);
   return o;
 }
 

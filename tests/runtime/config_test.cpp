@@ -193,6 +193,22 @@ alpha = 32.0
   }
 }
 
+TEST(Config, TrainableLayersAreWhatTasksCarryAndNeedNoLora) {
+  auto c = parse_config("[model]\nname = \"mlp\"\nhidden = 16\ntrainable = [\"fc2\"]\n", "part.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  const auto o = schedule_options(*c);
+  ASSERT_TRUE(o.client_template) << "tasks carry what clients train: fc2 only";
+  std::vector<std::string> names;
+  for (const auto& t : o.client_template(0)) names.push_back(t.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"fc2.weight", "fc2.bias"}));
+  EXPECT_FALSE(schedule_options(*parse_config("[model]\nname = \"mlp\"\n", "all.toml")).client_template)
+      << "everything is trained: the whole model is sent";
+  auto both = parse_config("[model]\ntrainable = [\"fc2\"]\n[lora]\nrank = 4\n", "both.toml");
+  ASSERT_FALSE(both);
+  EXPECT_NE(both.error().message.find("model.trainable is for training full weights (lora.rank = 0)"), std::string::npos)
+      << both.error().message;
+}
+
 TEST(Config, LoraAlphaReachesPluginsThroughTheHost) {
   auto c = parse_config("[lora]\nrank = 8\nalpha = 32.0\n", "lora.toml");
   ASSERT_TRUE(c) << c.error().message;

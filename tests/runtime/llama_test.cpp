@@ -309,5 +309,44 @@ TEST(Llama, LoraTargetsAreNamePatterns) {
       << r.error().message;
 }
 
+TEST(Llama, TrainableTrainsOnlyTheNamedLayersFully) {
+  at::set_num_threads(1);
+  ModelSpec spec;
+  spec.name = "llama";
+  spec.lm = toy(false);
+  spec.trainable = {"up_proj"};
+  auto model = Model::create(spec, kCpu, 3);
+  ASSERT_TRUE(model) << model.error().message;
+  std::vector<std::string> sent;
+  for (const auto& t : (*model)->trainable_state()) sent.push_back(t.name);
+  EXPECT_EQ(sent, (std::vector<std::string>{"model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight"}));
+  // Training changes those, and nothing else.
+  const auto before = (*model)->state();
+  Dataset data;
+  data.inputs = torch::randint(0, spec.lm.vocab_size, {4, 12}, torch::kLong);
+  data.labels = data.inputs.clone();
+  PluginRegistry registry({}, kCpu);
+  auto adamw = registry.load("adamw", FLOTILLA_KIND_OPTIMIZER);
+  ASSERT_TRUE(adamw) << adamw.error().message;
+  TrainingConfig config;
+  config.local_steps = 3;
+  config.batch_size = 4;
+  config.learning_rate = 0.01F;
+  auto opt = make_optimizer(*adamw, {}, config, **model);
+  ASSERT_TRUE(opt) << opt.error().message;
+  (void)train_local(**model, data, config, **opt);
+  const auto after = (*model)->state();
+  ASSERT_EQ(before.size(), after.size());
+  for (std::size_t i = 0; i < before.size(); ++i) {
+    const bool trained = before[i].name.ends_with("up_proj.weight");
+    EXPECT_EQ(at::equal(before[i].tensor, after[i].tensor), !trained) << before[i].name;
+  }
+  spec.trainable = {"fc9"};
+  auto wrong = Model::create(spec, kCpu, 3);
+  ASSERT_FALSE(wrong);
+  EXPECT_NE(wrong.error().message.find("model.trainable: 'fc9' names no linear layer of model 'llama'"), std::string::npos)
+      << wrong.error().message;
+}
+
 }  // namespace
 }  // namespace flotilla

@@ -761,3 +761,25 @@ TEST(SyncRounds, RecordsCountWhatTheTasksCarried) {
   EXPECT_EQ(records[0].bytes_sent, 2U * 3 * 4) << "two tasks of one float tensor [3]";
   EXPECT_DOUBLE_EQ(records[0].download_per_client(), 12.0);
 }
+
+TEST(SyncRounds, RecordsTheLargestOptimizerStateAClientReported) {
+  Fixture f(options(1, 0, 1, 2));
+  f.register_clients(2);
+  auto with_state = [&](const std::string& peer, std::uint64_t bytes) {
+    Update u;
+    u.round = f.rounds->round();
+    u.base_model_version = f.rounds->model_version();
+    u.num_examples = 100;
+    u.metrics = {{"loss", 1.0}, {"accuracy", 0.5}};
+    u.tensors = model_of(1);
+    ClientStats stats;
+    stats.optimizer_state_bytes = bytes;
+    u.stats = stats;
+    return f.rounds->on_update(peer, u);
+  };
+  (void)with_state("client-0", 4096);
+  (void)with_state("client-1", 1024);
+  auto records = f.rounds->take_completed();
+  ASSERT_EQ(records.size(), 1U);
+  EXPECT_EQ(records[0].optimizer_state_bytes, 4096U);
+}
