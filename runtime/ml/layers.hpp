@@ -23,9 +23,11 @@ struct LoraLinear : torch::nn::Module {
     weight = register_parameter("weight", base->weight);
     bias = register_parameter("bias", base->bias);
   }
-  /// Without a bias, weights drawn from N(0, std²) (transformers' initializer_range).
-  LoraLinear(std::int64_t in, std::int64_t out, double std) : in_features(in), out_features(out) {
+  /// Weights drawn from N(0, std²) (transformers' initializer_range); a bias of zeros if asked.
+  LoraLinear(std::int64_t in, std::int64_t out, double std, bool with_bias = false)
+      : in_features(in), out_features(out) {
     weight = register_parameter("weight", torch::empty({out, in}).normal_(0.0, std));
+    if (with_bias) bias = register_parameter("bias", torch::zeros({out}));
   }
 
   /// Adds A (rank×in, kaiming-uniform with a = sqrt(5) as PEFT does, i.e. U(-1/sqrt(in),
@@ -94,6 +96,16 @@ struct Net : torch::nn::Module {
   }
 };
 
+/// A transformers-style linear layer (N(0, std²) weights, optional zero bias) registered as
+/// `owner`'s child `name` and listed in `net.linear_layers` as prefix + name (its full name).
+inline std::shared_ptr<LoraLinear> add_linear(torch::nn::Module& owner, Net& net, const std::string& prefix,
+                                              const std::string& name, std::int64_t in, std::int64_t out,
+                                              double std, bool bias = false) {
+  auto layer = owner.register_module(name, std::make_shared<LoraLinear>(in, out, std, bias));
+  net.linear_layers.emplace_back(prefix + name, layer);
+  return layer;
+}
+
 }  // namespace flotilla::detail
 
 namespace flotilla::detail {
@@ -101,5 +113,7 @@ namespace flotilla::detail {
 /// The LLaMA-layout language model (runtime/ml/llama.cpp), initialised from the global
 /// generator (the caller seeds it); its linear layers in linear_layers by full dotted name.
 [[nodiscard]] std::shared_ptr<Net> make_llama(const LmSpec& spec);
+/// The ViT (runtime/ml/vit.cpp), likewise.
+[[nodiscard]] std::shared_ptr<Net> make_vit(const ModelSpec& spec);
 
 }  // namespace flotilla::detail

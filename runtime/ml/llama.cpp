@@ -148,16 +148,10 @@ struct Attention : torch::nn::Module {
   Attention(const LmSpec& s, Net& net, const std::string& prefix)
       : heads(s.num_heads), kv_heads(s.num_kv_heads), head_dim(s.head_dim()) {
     const auto std = s.initializer_range;
-    q_proj = add(net, prefix, "q_proj", s.hidden_size, heads * head_dim, std);
-    k_proj = add(net, prefix, "k_proj", s.hidden_size, kv_heads * head_dim, std);
-    v_proj = add(net, prefix, "v_proj", s.hidden_size, kv_heads * head_dim, std);
-    o_proj = add(net, prefix, "o_proj", heads * head_dim, s.hidden_size, std);
-  }
-  std::shared_ptr<LoraLinear> add(Net& net, const std::string& prefix, const std::string& name,
-                                  std::int64_t in, std::int64_t out, double std) {
-    auto layer = register_module(name, std::make_shared<LoraLinear>(in, out, std));
-    net.linear_layers.emplace_back(prefix + name, layer);
-    return layer;
+    q_proj = add_linear(*this, net, prefix, "q_proj", s.hidden_size, heads * head_dim, std);
+    k_proj = add_linear(*this, net, prefix, "k_proj", s.hidden_size, kv_heads * head_dim, std);
+    v_proj = add_linear(*this, net, prefix, "v_proj", s.hidden_size, kv_heads * head_dim, std);
+    o_proj = add_linear(*this, net, prefix, "o_proj", heads * head_dim, s.hidden_size, std);
   }
   /// x [B, T, hidden]; cos, sin [T, head_dim]; a causal mask [T, T] (0 or -inf).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
@@ -185,15 +179,9 @@ struct Attention : torch::nn::Module {
 struct Mlp : torch::nn::Module {
   Mlp(const LmSpec& s, Net& net, const std::string& prefix) {
     const auto std = s.initializer_range;
-    gate_proj = add(net, prefix, "gate_proj", s.hidden_size, s.intermediate_size, std);
-    up_proj = add(net, prefix, "up_proj", s.hidden_size, s.intermediate_size, std);
-    down_proj = add(net, prefix, "down_proj", s.intermediate_size, s.hidden_size, std);
-  }
-  std::shared_ptr<LoraLinear> add(Net& net, const std::string& prefix, const std::string& name,
-                                  std::int64_t in, std::int64_t out, double std) {
-    auto layer = register_module(name, std::make_shared<LoraLinear>(in, out, std));
-    net.linear_layers.emplace_back(prefix + name, layer);
-    return layer;
+    gate_proj = add_linear(*this, net, prefix, "gate_proj", s.hidden_size, s.intermediate_size, std);
+    up_proj = add_linear(*this, net, prefix, "up_proj", s.hidden_size, s.intermediate_size, std);
+    down_proj = add_linear(*this, net, prefix, "down_proj", s.intermediate_size, s.hidden_size, std);
   }
   torch::Tensor forward(const torch::Tensor& x) {
     return down_proj->forward(torch::silu(gate_proj->forward(x)) * up_proj->forward(x));

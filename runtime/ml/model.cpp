@@ -2,6 +2,7 @@
 
 #include "runtime/ml/layers.hpp"
 #include "runtime/ml/llama.hpp"
+#include "runtime/ml/vit.hpp"
 #include "runtime/storage/safetensors.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -277,12 +278,14 @@ Expected<c10::Device> resolve_device(const std::string& name) {
 
 Expected<std::unique_ptr<Model>> Model::create(const ModelSpec& spec, c10::Device device,
                                                std::uint64_t seed) {
-  if (spec.name != "mlp" && spec.name != "cnn" && spec.name != "llama") {
+  if (spec.name != "mlp" && spec.name != "cnn" && spec.name != "vit" && spec.name != "llama") {
     return Error{Errc::invalid_config,
-                 "unknown model '" + spec.name + "': expected \"mlp\", \"cnn\" or \"llama\""};
+                 "unknown model '" + spec.name + "': expected \"mlp\", \"cnn\", \"vit\" or \"llama\""};
   }
   if (spec.name == "llama") {
     if (auto ok = check_lm_spec(spec.lm); !ok) return ok.error();
+  } else if (spec.name == "vit") {
+    if (auto ok = check_vit_spec(spec); !ok) return ok.error();
   } else if (spec.hidden < 1 || spec.num_classes < 1 || spec.input_channels < 1 ||
       spec.input_size < (spec.name == "cnn" ? 4 : 1)) {
     return Error{Errc::invalid_config,
@@ -318,6 +321,8 @@ Expected<std::unique_ptr<Model>> Model::create(const ModelSpec& spec, c10::Devic
       net = std::make_shared<Mlp>(spec);
     } else if (spec.name == "cnn") {
       net = std::make_shared<Cnn>(spec);
+    } else if (spec.name == "vit") {
+      net = detail::make_vit(spec);
     } else {
       net = detail::make_llama(spec.lm);
     }

@@ -48,6 +48,22 @@ struct LmSpec {
   [[nodiscard]] std::int64_t head_dim() const { return hidden_size / num_heads; }
 };
 
+/// A Vision Transformer image classifier (ModelSpec::name "vit", Dosovitskiy et al. 2021) with
+/// transformers' ViTForImageClassification layout and parameter names
+/// ("vit.encoder.layer.0.attention.attention.query.weight", "classifier.weight"): non-overlapping
+/// patches embedded by a strided convolution, a class token, learnt position embeddings,
+/// pre-norm encoder blocks (multi-head attention, a GELU MLP), a final LayerNorm, a linear
+/// classifier on the class token. Image size, channels and classes come from ModelSpec.
+struct VitSpec {
+  std::int64_t patch_size = 7;   ///< input_size must be a multiple of it
+  std::int64_t hidden_size = 64;
+  std::int64_t intermediate_size = 128;
+  std::int64_t num_layers = 4;
+  std::int64_t num_heads = 4;
+  double layer_norm_eps = 1e-12;  ///< transformers' ViTConfig default
+  double initializer_range = 0.02;
+};
+
 /// What a model's outputs mean, and so how it is trained and scored.
 enum class Objective {
   classify,   ///< logits [N, classes] against labels [N]; accuracy per example
@@ -59,13 +75,14 @@ enum class Objective {
 inline constexpr std::int64_t kIgnoreLabel = -100;
 
 struct ModelSpec {
-  std::string name = "cnn";  ///< "mlp", "cnn" or "llama"
+  std::string name = "cnn";  ///< "mlp", "cnn", "vit" or "llama"
   std::int64_t hidden = 128; ///< width of the hidden layer(s)
   std::int64_t input_channels = 1;
   std::int64_t input_size = 28;  ///< square inputs
   std::int64_t num_classes = 10;
   LoraSpec lora;  ///< set from the config's [lora] (federation.hpp build_model), not [model]
   LmSpec lm;      ///< "llama"'s sizes
+  VitSpec vit;    ///< "vit"'s sizes
   /// Weights to start from instead of the seeded initialisation: a safetensors file, or a
   /// directory of them (a Hugging Face checkpoint), matched to the model's tensors by name.
   std::string checkpoint;

@@ -1,6 +1,7 @@
 #include "runtime/setup/config.hpp"
 
 #include "runtime/ml/llama.hpp"
+#include "runtime/ml/vit.hpp"
 
 #include <toml++/toml.h>
 
@@ -289,7 +290,7 @@ Config read(const toml::table& root, const std::string& source) {
   r.integer("data", "examples-per-client", c.data.examples_per_client, 1, 1'000'000'000);
 
   r.choice("model", "name", c.model.name,
-           std::map<std::string, std::string>{{"mlp", "mlp"}, {"cnn", "cnn"}, {"llama", "llama"}});
+           std::map<std::string, std::string>{{"mlp", "mlp"}, {"cnn", "cnn"}, {"vit", "vit"}, {"llama", "llama"}});
   r.integer("model", "hidden", c.model.hidden, 1, 1 << 20);
   // "llama": sizes from a transformers config.json, then any of the keys below over them.
   std::string lm_json;
@@ -301,10 +302,14 @@ Config read(const toml::table& root, const std::string& source) {
   }
   auto& lm = c.model.lm;
   r.integer("model", "vocab-size", lm.vocab_size, 1, 1 << 22);
-  r.integer("model", "hidden-size", lm.hidden_size, 1, 1 << 16);
-  r.integer("model", "intermediate-size", lm.intermediate_size, 1, 1 << 18);
-  r.integer("model", "layers", lm.num_layers, 1, 1024);
-  r.integer("model", "heads", lm.num_heads, 1, 1024);
+  // The transformer sizes name the same things in "llama" and "vit".
+  const bool vit = c.model.name == "vit";
+  auto& vs = c.model.vit;
+  r.integer("model", "hidden-size", vit ? vs.hidden_size : lm.hidden_size, 1, 1 << 16);
+  r.integer("model", "intermediate-size", vit ? vs.intermediate_size : lm.intermediate_size, 1, 1 << 18);
+  r.integer("model", "layers", vit ? vs.num_layers : lm.num_layers, 1, 1024);
+  r.integer("model", "heads", vit ? vs.num_heads : lm.num_heads, 1, 1024);
+  r.integer("model", "patch-size", vs.patch_size, 1, 1 << 12);
   r.integer("model", "kv-heads", lm.num_kv_heads, 1, 1024);
   r.integer("model", "max-positions", lm.max_positions, 1, 1 << 20);
   r.real("model", "rope-theta", lm.rope_theta, 1e-6, 1e12, "a positive number");
@@ -434,7 +439,10 @@ Config read(const toml::table& root, const std::string& source) {
   if (text != (c.model.name == "llama")) {
     fail(source + ": model.name \"" + c.model.name + "\" and data.dataset \"" + c.data.dataset +
          "\" do not go together: the language model (\"llama\") trains on \"instructions\", the image "
-         "models (\"cnn\", \"mlp\") on \"fashion-mnist\"");
+         "models (\"cnn\", \"mlp\", \"vit\") on \"fashion-mnist\"");
+  }
+  if (c.model.name == "vit") {
+    if (auto ok = check_vit_spec(c.model); !ok) fail(source + ": [model]: " + ok.error().message);
   }
   if (text) {
     if (auto ok = check_lm_spec(c.model.lm); !ok) fail(source + ": [model]: " + ok.error().message);
