@@ -6,11 +6,15 @@
 #include "runtime/setup/federation.hpp"
 #include "runtime/plugin_host/plugin_host.hpp"
 #include "runtime/base/log.hpp"
+#include "runtime/experiment/experiment.hpp"
+#include "runtime/experiment/pretrain.hpp"
 #include "runtime/server/report.hpp"
 #include "runtime/sim/simulator.hpp"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -189,6 +193,136 @@ std::optional<Config> load(const std::string& path) {
   return std::move(config).value();
 }
 
+
+/// "[████████░░░░░░░░]  8/24": where a study is.
+std::string progress_bar(std::size_t done, std::size_t total) {
+  const std::size_t width = 20;
+  const std::size_t filled = total == 0 ? width : done * width / total;
+  std::string bar = "[";
+  for (std::size_t i = 0; i < width; ++i) bar += i < filled ? "#" : ".";
+  return bar + fmt::format("] {:>{}}/{}", done, std::to_string(total).size(), total);
+}
+
+/// `flotilla experiment STUDY --output DIR`: pretrains a base if asked, runs every method with
+/// every seed (resuming what an earlier invocation finished), writes the table and the plots.
+int run_study(const std::string& path, const std::filesystem::path& dir, ExperimentOptions options) {
+  auto study = load_experiment(path);
+  if (!study) {
+    std::cerr << "flotilla: " << study.error().message << std::endl;
+    return 2;
+  }
+  const auto& e = *study;
+  std::cout << fmt::format("experiment {}: {} method(s) x {} seed(s), metric {}; output {}", e.name,
+                           options.only_methods.empty() ? e.methods.size() : options.only_methods.size(),
+                           options.only_seeds.empty() ? e.seeds.size() : options.only_seeds.size(), metric_name(e.metric),
+                           dir.string())
+            << std::endl;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    std::cerr << "flotilla: cannot create '" << dir.string() << "': " << ec.message() << std::endl;
+    return 1;
+  }
+  if (e.pretrain) {
+    auto text = run_config_text(e, e.methods.front(), e.seeds.front());
+    auto base = text ? parse_config(*text, e.source) : Expected<Config>(text.error());
+    if (!base) {
+      std::cerr << "flotilla: " << base.error().message << std::endl;
+      return 2;
+    }
+    const auto out = dir / "pretrained.safetensors";
+    const bool tty = ::isatty(STDOUT_FILENO) != 0;
+    auto report = pretrain_base(*base, *e.pretrain, out, [&](std::int64_t step, std::int64_t steps, double loss) {
+      const auto line = fmt::format("pretraining the base model: step {}/{}, loss {:.4f}", step, steps, loss);
+      if (tty) {
+        std::cout << "\r" << line << std::flush;
+      } else if (step == steps || step % std::max<std::int64_t>(1, steps / 4) < std::max<std::int64_t>(1, steps / 20)) {
+        std::cout << line << std::endl;
+      }
+    });
+    if (tty) std::cout << std::endl;
+    if (!report) {
+      std::cerr << "flotilla: pretraining failed: " << report.error().message << std::endl;
+      return 1;
+    }
+    if (report->reused) {
+      std::cout << "pretrained base: " << out.string() << " (already made with these settings)" << std::endl;
+    } else {
+      std::cout << fmt::format("pretrained base: {} examples, loss {:.4f} -> {:.4f} (accuracy {:.2f}%), {:.1f} s; {}",
+                               report->examples, report->loss_before, report->loss_after, 100 * report->accuracy_after,
+                               report->seconds, out.string())
+                << std::endl;
+    }
+    options.checkpoint = std::filesystem::absolute(out).string();
+  }
+  const RunFunction run = [&e](const Config& config, const std::filesystem::path& run_dir) -> Expected<RunOutput> {
+    RunOutput out;
+    auto csv = RoundsCsv::open(run_dir.string());
+    if (!csv) return csv.error();
+    ScheduleHooks hooks{[&](const RoundRecord& r) {
+                          out.rounds.push_back(r);
+                          csv->append(r);
+                        },
+                        [&](const Schedule& s) { out.final_model = s.model(); }, {}};
+    actors::RoleResult result{0, {}};
+    if (config.run.mode == RunMode::simulate) {
+      auto report = simulate(config, SimulationHooks{std::move(hooks), {}});
+      result = !report ? actors::RoleResult{1, report.error().message} : actors::RoleResult{report->failure.empty() ? 0 : 1, report->failure};
+    } else {
+      result = actors::run_all(config, std::move(hooks));
+    }
+    if (result.code != 0) return Error{Errc::internal, result.message};
+    if (e.rouge_samples > 0) {
+      auto rouge = rouge_of_model(config, out.final_model, e.rouge_samples, e.rouge_max_tokens);
+      if (!rouge) return Error{rouge.error().code, "ROUGE-L: " + rouge.error().message};
+      out.rouge_l = *rouge;
+    }
+    return out;
+  };
+  std::size_t ran = 0;
+  options.on_progress = [&](const ExperimentProgress& p) {
+    if (p.finished == nullptr) {
+      std::cout << progress_bar(p.done, p.total) << "  " << p.method << " seed " << p.seed << " ..." << std::endl;
+      return;
+    }
+    const auto& r = *p.finished;
+    std::string what;
+    if (!r.ok) {
+      what = "FAILED: " + r.failure;
+    } else {
+      what = fmt::format("{} {}", metric_name(e.metric),
+                         e.metric == StudyMetric::accuracy ? fmt::format("{:.2f}%", 100 * *r.final_metric)
+                                                           : fmt::format("{:.4f}", *r.final_metric));
+      if (r.rouge_l) what += fmt::format(", ROUGE-L {:.3f}", *r.rouge_l);
+      what += fmt::format(", {:.1f} s", r.wall_seconds);
+    }
+    if (!p.reused) ++ran;
+    std::string eta;
+    if (!p.reused && ran > 0 && p.done < p.total) {
+      const double left = p.elapsed_seconds / static_cast<double>(ran) * static_cast<double>(p.total - p.done);
+      eta = left < 90 ? fmt::format("; about {:.0f} s left", left) : fmt::format("; about {:.0f} min left", left / 60);
+    }
+    std::cout << progress_bar(p.done, p.total) << "  " << r.method << " seed " << r.seed << ": "
+              << (p.reused ? "done earlier, " : "") << what << eta << std::endl;
+  };
+  auto results = run_experiment(e, dir, run, options);
+  if (!results) {
+    std::cerr << "flotilla: " << results.error().message << std::endl;
+    return 1;
+  }
+  std::cout << "\n" << markdown_table(e, *results) << "\n"
+            << "table: " << (dir / "summary.md").string() << ", per run: " << (dir / "runs.csv").string() << std::endl;
+  auto plots = render_plots(dir);
+  if (!plots) {
+    std::cout << "plots not drawn: " << plots.error().message << std::endl;
+  } else {
+    for (const auto& png : *plots) std::cout << "plot: " << png.string() << std::endl;
+  }
+  const auto failed = std::count_if(results->begin(), results->end(), [](const RunSummary& r) { return !r.ok; });
+  if (failed > 0) std::cerr << "flotilla: " << failed << " run(s) failed; see " << (dir / "summary.md").string() << std::endl;
+  return failed > 0 ? 1 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -206,6 +340,17 @@ int main(int argc, char** argv) {
                                         "client) in this process");
   run->add_option("CONFIG", config_path, "Run config (TOML)")->required()->check(CLI::ExistingFile);
   run->add_option("--output", output, "Directory for rounds.csv (default: run.output)");
+
+  auto* experiment = app.add_subcommand(
+      "experiment", "Run a study (e.g. examples/study/image.toml): each of its methods with each of its "
+                    "seeds, then a table (summary.md) and plots; an interrupted study resumes");
+  experiment->add_option("STUDY", config_path, "Study file (TOML with an [experiment] table)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  experiment->add_option("--output", output, "Directory for the runs, runs.csv, summary.md and the plots")->required();
+  ExperimentOptions study_options;
+  experiment->add_option("--methods", study_options.only_methods, "Only these methods (comma-separated)")->delimiter(',');
+  experiment->add_option("--seeds", study_options.only_seeds, "Only these seeds (comma-separated)")->delimiter(',');
 
   auto* agg = app.add_subcommand("aggregator", "Run the aggregator");
   agg->add_option("CONFIG", config_path, "Run config (TOML)")->required()->check(CLI::ExistingFile);
@@ -274,12 +419,22 @@ int main(int argc, char** argv) {
   }
 
   CLI11_PARSE(app, argc, argv);
+  // A study runs dozens of federations: their roles' info lines would bury its progress.
+  if (*experiment && app.get_option("--log-level")->count() == 0) log_level = "warn";
   if (!set_log_level(log_level)) {
     std::cerr << "flotilla: --log-level '" << log_level
               << "' is not one of trace, debug, info, warn, error, off" << std::endl;
     return 2;
   }
   route_plugin_logs();
+  if (*experiment) {
+    try {
+      return run_study(config_path, output, study_options);
+    } catch (const std::exception& e) {
+      std::cerr << "flotilla: " << e.what() << std::endl;
+      return 1;
+    }
+  }
   if (*plugins_list) return list_plugins(plugin_dir.empty() ? builtin_plugin_dir() : std::filesystem::path(plugin_dir));
   if (*keygen) {
     auto keys = generate_curve_keypair();

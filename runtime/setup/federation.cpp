@@ -63,8 +63,7 @@ Dataset evaluation_data(const Config& config, const Dataset& full_test) {
   return subset(full_test, idx);
 }
 
-Expected<Dataset> load_dataset(const Config& config, bool train) {
-  if (config.data.dataset != "instructions") return load_fashion_mnist(config.data.path, train);
+Expected<std::vector<InstructionRecord>> instruction_records(const Config& config, bool train) {
   auto records = read_instructions(config.data.path);
   if (!records) return Error{records.error().code, "data.path: " + records.error().message};
   // One split for every process: records shuffled by the run's seed, the last share held out.
@@ -86,8 +85,15 @@ Expected<Dataset> load_dataset(const Config& config, bool train) {
   if (part.empty()) {
     return Error{Errc::invalid_config, "data.path: no records for the " + std::string(train ? "clients" : "evaluator")};
   }
+  return part;
+}
+
+Expected<Dataset> load_dataset(const Config& config, bool train) {
+  if (config.data.dataset != "instructions") return load_fashion_mnist(config.data.path, train);
+  auto part = instruction_records(config, train);
+  if (!part) return part.error();
   const ByteTokenizer tokenizer;
-  auto built = build_lm_dataset(part, tokenizer, config.data.max_length);
+  auto built = build_lm_dataset(*part, tokenizer, config.data.max_length);
   if (!built) return built.error();
   return std::move(built->data);
 }

@@ -5,6 +5,7 @@
 #include "runtime/ml/data.hpp"
 #include "runtime/plugin_host/aggregation.hpp"
 #include "runtime/ml/model.hpp"
+#include "runtime/ml/text.hpp"
 #include "runtime/plugin_host/plugin_host.hpp"
 #include "runtime/net/transport.hpp"
 #include "runtime/base/clock.hpp"
@@ -39,6 +40,9 @@ namespace flotilla {
 /// split once by run.seed into a training part and a held-out part (data.held-out) for the
 /// evaluator. Every process of the run reads the same split.
 [[nodiscard]] Expected<Dataset> load_dataset(const Config& config, bool train);
+/// data.dataset "instructions": the records of data.path the clients train on (`train`) or the
+/// evaluator holds out, split once by run.seed (data.held-out), each part in file order.
+[[nodiscard]] Expected<std::vector<InstructionRecord>> instruction_records(const Config& config, bool train);
 
 /// The global model (what the aggregator holds and the evaluator scores), initialised from
 /// run.seed, with LoRA adapters at lora.rank when lora.rank > 0.

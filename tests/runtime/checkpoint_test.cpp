@@ -5,6 +5,8 @@
 
 #include "schedule_testing.hpp"
 
+#include "temp_dir.hpp"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -32,14 +34,8 @@ TensorList change(int i, const TensorList& base, bool delta) {
   return out;
 }
 
-struct TempDir {
-  fs::path path = fs::temp_directory_path() /
-                  ("flotilla-checkpoint-" + std::to_string(::getpid()) + "-" +
-                   ::testing::UnitTest::GetInstance()->current_test_info()->name());
-  TempDir() {
-    fs::remove_all(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
+struct TempDir : TestDir {
+  TempDir() : TestDir("flotilla-checkpoint", /*create=*/false) {}
 };
 
 ScheduleOptions options(ScheduleKind kind, std::uint32_t clients) {

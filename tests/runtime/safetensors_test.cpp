@@ -1,6 +1,8 @@
 #include "runtime/storage/durable.hpp"
 #include "runtime/storage/safetensors.hpp"
 
+#include "temp_dir.hpp"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -13,16 +15,8 @@ using namespace flotilla;
 namespace {
 
 /// A fresh directory for the test, removed after it.
-struct TempDir {
-  std::filesystem::path path = std::filesystem::temp_directory_path() /
-                               ("flotilla-safetensors-" + std::to_string(::getpid()) + "-" +
-                                ::testing::UnitTest::GetInstance()->current_test_info()->name());
-  TempDir() {
-    std::filesystem::remove_all(path);
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  operator const std::filesystem::path&() const { return path; }  // NOLINT: a path by design
+struct TempDir : TestDir {
+  TempDir() : TestDir("flotilla-safetensors") {}
 };
 
 std::span<const std::byte> as_bytes(const std::string& s) {

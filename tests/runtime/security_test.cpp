@@ -1,6 +1,8 @@
 #include "runtime/net/security.hpp"
 #include "runtime/net/transport.hpp"
 
+#include "temp_dir.hpp"
+
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -17,15 +19,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path = fs::temp_directory_path() /
-                  ("flotilla-security-" + std::to_string(::getpid()) + "-" +
-                   ::testing::UnitTest::GetInstance()->current_test_info()->name());
-  TempDir() {
-    fs::remove_all(path);
-    fs::create_directories(path / "authorized");
-  }
-  ~TempDir() { fs::remove_all(path); }
+struct TempDir : TestDir {
+  TempDir() : TestDir("flotilla-security") { std::filesystem::create_directories(path / "authorized"); }
 };
 
 /// What an endpoint received, by peer.
