@@ -25,6 +25,8 @@ PACKAGES=(
   prometheus
   # the quick start's data
   dataset-fashion-mnist
+  # the text study's offline corpus (scripts/demo-corpus.py): WordNet, KJV verses, fortunes
+  wordnet-base bible-kjv-text fortunes
 )
 
 missing=()

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <numeric>
 #include <set>
+#include <thread>
 
 namespace flotilla {
 namespace {
@@ -28,6 +29,11 @@ Config pretrain_config(const Config& base, const PretrainSpec& spec) {
     c.data.held_out = 0;  // a file of its own: all of it is trained on
   }
   return c;
+}
+
+/// One job at a time: it takes run.threads cores, or every core.
+void use_threads(const Config& c) {
+  at::set_num_threads(c.run.threads > 0 ? c.run.threads : static_cast<int>(std::max(1U, std::thread::hardware_concurrency())));
 }
 
 /// What produced a pretrained file: the model's tensors (names and shapes), the seed, the data
@@ -48,6 +54,7 @@ Expected<PretrainReport> pretrain_base(const Config& base, const PretrainSpec& s
                                        const std::function<void(std::int64_t, std::int64_t, double)>& progress) {
   const auto started = std::chrono::steady_clock::now();
   const Config c = pretrain_config(base, spec);
+  use_threads(c);
   auto model = build_model(c);
   if (!model) return model.error();
   const auto print = fingerprint(c, spec, (*model)->state());
@@ -118,6 +125,7 @@ Expected<double> rouge_of_model(const Config& config, const TensorList& tensors,
   }
   auto records = instruction_records(config, false);
   if (!records) return records.error();
+  use_threads(config);
   auto model = build_model(config);
   if (!model) return model.error();
   if (auto ok = (*model)->load_tensors(tensors); !ok) return ok.error();
