@@ -11,8 +11,8 @@ PACKAGES=(
   libcaf-dev libtorch-dev capnproto libcapnp-dev libzmq3-dev cppzmq-dev prometheus-cpp-dev
   # config, CLI, logging, JSON, HTTP (metrics endpoint), DLPack (plugin ABI)
   libtomlplusplus-dev libcli11-dev libspdlog-dev nlohmann-json3-dev libcpp-httplib-dev libdlpack-dev
-  # tests and benchmarks
-  googletest libgtest-dev libgmock-dev libbenchmark-dev iperf3
+  # tests and benchmarks (spm_train/spm_encode: the reference the SentencePiece reader is tested against)
+  googletest libgtest-dev libgmock-dev libbenchmark-dev iperf3 sentencepiece
   # the slow test across network namespaces (ip netns, tc tbf)
   iproute2
   # the end-to-end tests and bench.sh check results with a few lines of Python

@@ -130,7 +130,9 @@ Expected<double> rouge_of_model(const Config& config, const TensorList& tensors,
   if (!model) return model.error();
   if (auto ok = (*model)->load_tensors(tensors); !ok) return ok.error();
   (*model)->merge();
-  const ByteTokenizer tokenizer;
+  auto made = run_tokenizer(config);
+  if (!made) return made.error();
+  const Tokenizer& tokenizer = **made;
   const auto n = std::min<std::size_t>(records->size(), static_cast<std::size_t>(samples));
   double sum = 0;
   for (std::size_t i = 0; i < n; ++i) {

@@ -276,7 +276,9 @@ Config read(const toml::table& root, const std::string& source) {
   r.string("data", "dataset", c.data.dataset);
   r.string("data", "path", c.data.path);
   r.integer("data", "max-length", c.data.max_length, 4, 1 << 20);
-  r.choice("data", "tokenizer", c.data.tokenizer, std::map<std::string, std::string>{{"bytes", "bytes"}});
+  r.choice("data", "tokenizer", c.data.tokenizer,
+           std::map<std::string, std::string>{{"bytes", "bytes"}, {"sentencepiece", "sentencepiece"}});
+  r.string("data", "tokenizer-model", c.data.tokenizer_model);
   r.real("data", "held-out", c.data.held_out, 0.0, 0.9, "a number in [0, 0.9]");
   r.choice("data", "partition", c.data.partition,
            std::map<std::string, PartitionKind>{{"iid", PartitionKind::iid},
@@ -450,6 +452,14 @@ Config read(const toml::table& root, const std::string& source) {
     if (c.data.tokenizer == "bytes" && c.model.lm.vocab_size < bytes_vocab) {
       fail(source + ": model.vocab-size is " + std::to_string(c.model.lm.vocab_size) +
            ", but data.tokenizer \"bytes\" has 259 tokens (pad, bos, eos, 256 bytes)");
+    }
+    if (c.data.tokenizer == "bytes" && !c.model.checkpoint.empty() && c.model.lm.vocab_size != bytes_vocab) {
+      fail(source + ": model.checkpoint has " + std::to_string(c.model.lm.vocab_size) +
+           " tokens, but data.tokenizer is \"bytes\" (259): the checkpoint's embeddings are of its own "
+           "tokenizer; set data.tokenizer = \"sentencepiece\" and data.tokenizer-model to its tokenizer.model");
+    }
+    if (c.data.tokenizer == "sentencepiece" && c.data.tokenizer_model.empty()) {
+      fail(source + ": data.tokenizer \"sentencepiece\" needs data.tokenizer-model (the checkpoint's tokenizer.model)");
     }
     if (c.evaluator.enabled && !(c.data.held_out > 0)) {
       fail(source + ": data.held-out is 0, so the evaluator would have no records: hold some out, or "

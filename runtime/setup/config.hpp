@@ -49,7 +49,8 @@ struct DataSection {
   std::int64_t examples_per_client = 64;    ///< partition "classes"
   /// dataset "instructions" (a Dolly-shaped JSON-lines file at `path`, for the llama model):
   std::int64_t max_length = 256;  ///< tokens per example (prompt and response)
-  std::string tokenizer = "bytes";
+  std::string tokenizer = "bytes";  ///< or "sentencepiece" (tokenizer_model)
+  std::string tokenizer_model;      ///< a SentencePiece tokenizer.model file
   double held_out = 0.1;          ///< share of the records kept for the evaluator
 };
 

@@ -1,5 +1,7 @@
 #include "runtime/setup/federation.hpp"
 
+#include "runtime/ml/sentencepiece.hpp"
+
 #include "runtime/plugin_host/fedavg.hpp"
 #include "runtime/plugin_host/plugin_aggregation.hpp"
 #include "runtime/plugin_host/plugin_optimizer.hpp"
@@ -88,12 +90,24 @@ Expected<std::vector<InstructionRecord>> instruction_records(const Config& confi
   return part;
 }
 
+Expected<std::unique_ptr<Tokenizer>> run_tokenizer(const Config& config) {
+  auto tokenizer = make_tokenizer(config.data.tokenizer, config.data.tokenizer_model);
+  if (!tokenizer) return Error{tokenizer.error().code, config.source + ": " + tokenizer.error().message};
+  if ((*tokenizer)->vocab_size() > config.model.lm.vocab_size) {
+    return Error{Errc::invalid_config, config.source + ": the tokenizer has " + std::to_string((*tokenizer)->vocab_size()) +
+                                           " tokens but model.vocab-size is " + std::to_string(config.model.lm.vocab_size) +
+                                           " (is the tokenizer the checkpoint's?)"};
+  }
+  return tokenizer;
+}
+
 Expected<Dataset> load_dataset(const Config& config, bool train) {
   if (config.data.dataset != "instructions") return load_fashion_mnist(config.data.path, train);
   auto part = instruction_records(config, train);
   if (!part) return part.error();
-  const ByteTokenizer tokenizer;
-  auto built = build_lm_dataset(*part, tokenizer, config.data.max_length);
+  auto tokenizer = run_tokenizer(config);
+  if (!tokenizer) return tokenizer.error();
+  auto built = build_lm_dataset(*part, **tokenizer, config.data.max_length);
   if (!built) return built.error();
   return std::move(built->data);
 }

@@ -40,6 +40,9 @@ namespace flotilla {
 /// split once by run.seed into a training part and a held-out part (data.held-out) for the
 /// evaluator. Every process of the run reads the same split.
 [[nodiscard]] Expected<Dataset> load_dataset(const Config& config, bool train);
+/// data.tokenizer (and data.tokenizer-model): Errc::invalid_config for a file that cannot be
+/// read, or a vocabulary larger than model.vocab-size.
+[[nodiscard]] Expected<std::unique_ptr<Tokenizer>> run_tokenizer(const Config& config);
 /// data.dataset "instructions": the records of data.path the clients train on (`train`) or the
 /// evaluator holds out, split once by run.seed (data.held-out), each part in file order.
 [[nodiscard]] Expected<std::vector<InstructionRecord>> instruction_records(const Config& config, bool train);

@@ -356,7 +356,7 @@ Expected<void> Simulation::populate() {
     const auto train = client_train_indices(config_, parts, id);
     std::vector<std::int64_t>().swap(parts[id]);
     SimClient c{nullptr, static_cast<std::uint32_t>(train.size()), true, false, 0,
-                DeviceEmulator(profile, id, config_.run.seed, traces)};
+                DeviceEmulator(profile, id, config_.run.seed, traces), {}};
     c.indices = std::make_unique<std::int32_t[]>(train.size());
     for (std::size_t i = 0; i < train.size(); ++i) c.indices[i] = static_cast<std::int32_t>(train[i]);
     clients_.push_back(std::move(c));

@@ -159,6 +159,20 @@ TEST(Config, ParsesDurationsAndSizes) {
   EXPECT_FALSE(parse_bytes("lots").has_value());
 }
 
+TEST(Config, ATokenizerMustBeTheCheckpointsOwn) {
+  const std::string text = "[data]\ndataset = \"instructions\"\n[model]\nname = \"llama\"\n";
+  auto missing = parse_config("[data]\ndataset = \"instructions\"\ntokenizer = \"sentencepiece\"\n[model]\nname = \"llama\"\n", "spm.toml");
+  ASSERT_FALSE(missing);
+  EXPECT_NE(missing.error().message.find("data.tokenizer \"sentencepiece\" needs data.tokenizer-model"), std::string::npos)
+      << missing.error().message;
+  auto bytes = parse_config(text + "vocab-size = 32000\ncheckpoint = \"tinyllama\"\n", "bytes.toml");
+  ASSERT_FALSE(bytes);
+  EXPECT_NE(bytes.error().message.find("model.checkpoint has 32000 tokens, but data.tokenizer is \"bytes\""), std::string::npos)
+      << bytes.error().message;
+  EXPECT_TRUE(parse_config(text + "checkpoint = \"pretrained.safetensors\"\n", "own.toml"))
+      << "a byte-level checkpoint of the byte tokenizer's 259 tokens (the study's pretrained base)";
+}
+
 TEST(Config, ClientModelsAndTemplatesFollowLoraRanks) {
   auto c = parse_config(R"(
 [data]
