@@ -4,16 +4,20 @@
 #   scripts/bench.sh [fold|transport|e2e|blas|plugins|schedules|async|simulate|churn|metrics|validation|checkpoint|curve|lm ...]   default: all
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async simulate churn metrics validation checkpoint curve lm)
+WHICH=("$@"); [ ${#WHICH[@]} -eq 0 ] && WHICH=(fold transport e2e blas plugins schedules async simulate churn metrics validation checkpoint curve lm memory)
 bash scripts/install-deps.sh
 bash scripts/build.sh flotilla fold_bench transport_bench baseline_bench blas_bench \
-  fold_plugin_bench galore_bench metrics_bench lm_bench
+  fold_plugin_bench galore_bench metrics_bench lm_bench memory_bench
 B=${FLOTILLA_BUILD_DIR:-build}/bin
 OUT=$(mktemp -d /tmp/flotilla-bench.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 
 for w in "${WHICH[@]}"; do
 case "$w" in
+memory)
+  echo "== memory: what one client holds to train, by method (LLaMA-layout LM, 4 layers, hidden 512, vocab 32000; rank 16 on up_proj)"
+  "$B/memory_bench"
+  ;;
 lm)
   echo "== lm: tokens/s of local training of the LLaMA-layout LM (4 layers, hidden 128, 128-token sequences), Flotilla's trainer vs a bare LibTorch loop"
   "$B/lm_bench" --repeats 3
