@@ -224,7 +224,7 @@ int run_study(const std::string& path, const std::filesystem::path& dir, Experim
     return 1;
   }
   if (e.pretrain) {
-    auto text = run_config_text(e, e.methods.front(), e.seeds.front());
+    auto text = run_config_text(e, "", e.seeds.front());  // the base config, without any method's tables
     auto base = text ? parse_config(*text, e.source) : Expected<Config>(text.error());
     if (!base) {
       std::cerr << "flotilla: " << base.error().message << std::endl;
@@ -254,6 +254,7 @@ int run_study(const std::string& path, const std::filesystem::path& dir, Experim
                 << std::endl;
     }
     options.checkpoint = std::filesystem::absolute(out).string();
+    options.base_fingerprint = report->fingerprint;
   }
   const RunFunction run = [&e](const Config& config, const std::filesystem::path& run_dir) -> Expected<RunOutput> {
     RunOutput out;

@@ -20,11 +20,6 @@ namespace {
 /// (OpenMP threads spin-waiting for busy cores); a dedicated device sets run.threads.
 int role_threads(const Config& config) { return config.run.threads > 0 ? config.run.threads : 1; }
 
-int cores(const Config& config) {
-  if (config.run.threads > 0) return config.run.threads;
-  return static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
-}
-
 RoleResult failed(const Error& e) { return RoleResult{1, e.message}; }
 
 /// Messages ZeroMQ holds for each client before the aggregator reads them: a client has one
@@ -266,7 +261,7 @@ RoleResult run_evaluator(const Config& config, const std::string& connect,
 }
 
 RoleResult run_all(const Config& config, AggregatorHooks hooks, monitoring::Metrics* metrics) {
-  const int n_cores = cores(config);
+  const int n_cores = run_cores(config);
   auto train = load_dataset(config, true);
   if (!train) return failed(train.error());
   auto optimizer = client_optimizer(config);

@@ -1,5 +1,6 @@
 #include "runtime/experiment/experiment.hpp"
 
+#include "runtime/server/report.hpp"
 #include "runtime/storage/durable.hpp"
 
 #include <fmt/format.h>
@@ -52,6 +53,27 @@ double std_of(const std::vector<double>& v) {
   return std::sqrt(s / static_cast<double>(v.size() - 1));
 }
 
+/// FNV-1a over what decides a run's result: its config text and the base model it starts from.
+std::string config_key(const std::string& text, const std::string& base) {
+  std::uint64_t h = 1469598103934665603ULL;
+  for (const auto* part : {&text, &base}) {
+    for (const char c : *part) {
+      h ^= static_cast<unsigned char>(c);
+      h *= 1099511628211ULL;
+    }
+    h ^= 0xFF;
+    h *= 1099511628211ULL;
+  }
+  return fmt::format("{:016x}", h);
+}
+
+/// A quoted string for gnuplot: single quotes, a quote written twice.
+std::string gp_quote(const std::string& s) {
+  std::string out = "'";
+  for (const char c : s) out += c == '\'' ? std::string("''") : std::string(1, c);
+  return out + "'";
+}
+
 std::string run_id(const std::string& method, std::uint64_t seed) { return method + "-s" + std::to_string(seed); }
 
 nlohmann::json to_json(const RunSummary& r) {
@@ -64,6 +86,7 @@ nlohmann::json to_json(const RunSummary& r) {
                       {"optimizer_state_bytes", r.optimizer_state_bytes},
                       {"wall_seconds", r.wall_seconds},
                       {"rounds", r.rounds},
+                      {"config", r.config_key},
                       {"curve", curve}};
   if (r.final_metric) j["final_metric"] = *r.final_metric;
   if (r.best_metric) j["best_metric"] = *r.best_metric;
@@ -85,8 +108,9 @@ std::optional<RunSummary> from_json(const std::filesystem::path& path) {
     r.optimizer_state_bytes = j.at("optimizer_state_bytes").get<std::uint64_t>();
     r.wall_seconds = j.at("wall_seconds").get<double>();
     r.rounds = j.at("rounds").get<std::uint64_t>();
-    if (j.contains("final_metric")) r.final_metric = j["final_metric"].get<double>();
-    if (j.contains("best_metric")) r.best_metric = j["best_metric"].get<double>();
+    r.config_key = j.at("config").get<std::string>();
+    r.final_metric = j.at("final_metric").get<double>();
+    r.best_metric = j.at("best_metric").get<double>();
     if (j.contains("rouge_l")) r.rouge_l = j["rouge_l"].get<double>();
     for (const auto& p : j.at("curve")) {
       r.curve.push_back({p.at(0).get<std::uint64_t>(), p.at(1).get<double>(), p.at(2).get<double>(), p.at(3).get<double>()});
@@ -103,12 +127,6 @@ std::string format_metric(StudyMetric m, double v) {
 std::string format_metric_pm(StudyMetric m, double mean, double sd) {
   return m == StudyMetric::accuracy ? fmt::format("{:.2f} ± {:.2f} %", 100 * mean, 100 * sd)
                                     : fmt::format("{:.3f} ± {:.3f}", mean, sd);
-}
-std::string human(double bytes) {
-  if (bytes < 1024) return fmt::format("{:.0f} B", bytes);
-  if (bytes < 1024.0 * 1024) return fmt::format("{:.1f} KiB", bytes / 1024);
-  if (bytes < 1024.0 * 1024 * 1024) return fmt::format("{:.2f} MiB", bytes / (1024.0 * 1024));
-  return fmt::format("{:.2f} GiB", bytes / (1024.0 * 1024 * 1024));
 }
 
 }  // namespace
@@ -177,8 +195,10 @@ Expected<Experiment> parse_experiment(const std::string& text, const std::string
   }
   for (const auto& v : *methods) {
     const auto m = v.value<std::string>();
-    if (!v.is_string() || m->empty() || m->find_first_of("/\\ \t") != std::string::npos) {
-      return bad(source, "experiment.methods: every method must be a name without spaces or slashes");
+    if (!v.is_string() || m->empty() || m->size() > 64 ||
+        m->find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != std::string::npos) {
+      return bad(source, "experiment.methods: every method must be a name of letters, digits, '.', '_' or '-' "
+                         "(it names files and CSV rows)");
     }
     if (std::find(e.methods.begin(), e.methods.end(), *m) != e.methods.end()) {
       return bad(source, "experiment.methods lists \"" + *m + "\" twice");
@@ -262,7 +282,16 @@ Expected<Experiment> parse_experiment(const std::string& text, const std::string
   for (const auto& m : e.methods) {
     auto text = run_config_text(e, m, e.seeds.front(), e.pretrain ? "pretrained.safetensors" : "");
     if (!text) return text.error();
-    if (auto config = parse_config(*text, source + " [experiment.method." + m + "]"); !config) return config.error();
+    auto config = parse_config(*text, source + " [experiment.method." + m + "]");
+    if (!config) return config.error();
+    if (e.rouge_samples > 0 && config->data.dataset != "instructions") {
+      return bad(source, "experiment.rouge-samples is for text (data.dataset = \"instructions\"); method \"" + m +
+                             "\" trains on " + config->data.dataset);
+    }
+    if (!config->checkpoint.dir.empty()) {
+      return bad(source, "checkpoint.dir is set (method \"" + m + "\"): a study's runs would all write and resume "
+                         "there; leave it out of a study");
+    }
   }
   return e;
 }
@@ -276,18 +305,20 @@ Expected<Experiment> load_experiment(const std::filesystem::path& path) {
 Expected<std::string> run_config_text(const Experiment& e, const std::string& method, std::uint64_t seed,
                                       const std::string& checkpoint) {
   const auto at = std::find(e.methods.begin(), e.methods.end(), method);
-  if (at == e.methods.end()) {
+  if (!method.empty() && at == e.methods.end()) {
     return Error{Errc::invalid_argument, e.source + ": no method \"" + method + "\" in experiment.methods"};
   }
   try {
     auto config = toml::parse(e.base_toml);
-    const auto& over = e.method_toml[static_cast<std::size_t>(at - e.methods.begin())];
-    if (!over.empty()) merge_into(config, toml::parse(over));
+    if (!method.empty()) {
+      const auto& over = e.method_toml[static_cast<std::size_t>(at - e.methods.begin())];
+      if (!over.empty()) merge_into(config, toml::parse(over));
+    }
     if (!config["run"]) config.insert("run", toml::table{});
     auto* run = config["run"].as_table();
     if (run == nullptr) return bad(e.source, "[run] must be a table");
     run->insert_or_assign("seed", static_cast<std::int64_t>(seed));
-    run->insert_or_assign("name", e.name + "-" + method + "-s" + std::to_string(seed));
+    run->insert_or_assign("name", e.name + "-" + (method.empty() ? std::string("base") : method) + "-s" + std::to_string(seed));
     if (!checkpoint.empty()) {
       if (!config["model"]) config.insert("model", toml::table{});
       auto* model = config["model"].as_table();
@@ -372,7 +403,7 @@ std::string markdown_table(const Experiment& e, const std::vector<RunSummary>& r
                        rouge ? (rouges.empty() ? std::string(" – |")
                                                : fmt::format(" {:.3f} ± {:.3f} |", mean_of(rouges), std_of(rouges)))
                              : std::string(),
-                       human(mean_of(ups)), human(mean_of(downs)), opt > 0 ? human(static_cast<double>(opt)) : "–",
+                       human_bytes(mean_of(ups)), human_bytes(mean_of(downs)), opt > 0 ? human_bytes(static_cast<double>(opt)) : "–",
                        mean_of(walls), runs_cell);
   }
   return out;
@@ -397,26 +428,48 @@ Expected<std::vector<RunSummary>> run_experiment(const Experiment& e, const std:
   auto wanted_seed = [&](std::uint64_t s) {
     return options.only_seeds.empty() || std::find(options.only_seeds.begin(), options.only_seeds.end(), s) != options.only_seeds.end();
   };
-  std::vector<std::pair<std::string, std::uint64_t>> plan;
-  for (const auto& m : e.methods) {
-    if (!wanted_method(m)) continue;
-    for (const auto s : e.seeds) {
-      if (wanted_seed(s)) plan.emplace_back(m, s);
-    }
-  }
   std::error_code ec;
   fs::create_directories(dir / "runs", ec);
   if (ec) return Error{Errc::io, "cannot create '" + (dir / "runs").string() + "': " + ec.message()};
+  // Every (method, seed) of the study, each with the key of what decides its result: a run
+  // finished with the same config and base is read back, never run again; one not asked for
+  // this time still counts in the table if it was finished before.
+  struct Planned {
+    std::string method;
+    std::uint64_t seed;
+    Expected<std::string> text;
+    std::string key;
+    bool wanted;
+  };
+  std::vector<Planned> plan;
+  std::size_t total = 0;
+  for (const auto& m : e.methods) {
+    for (const auto s : e.seeds) {
+      auto text = run_config_text(e, m, s, options.checkpoint);
+      const auto key = text ? config_key(*text, options.base_fingerprint) : std::string();
+      const bool wanted = wanted_method(m) && wanted_seed(s);
+      total += wanted ? 1 : 0;
+      plan.push_back({m, s, std::move(text), key, wanted});
+    }
+  }
   const auto started = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(); };
   std::vector<RunSummary> results;
-  for (std::size_t i = 0; i < plan.size(); ++i) {
-    const auto& [method, seed] = plan[i];
-    const auto run_dir = dir / "runs" / run_id(method, seed);
-    ExperimentProgress progress{i, plan.size(), method, seed, elapsed(), nullptr, false};
-    if (auto earlier = from_json(run_dir / "result.json"); earlier && earlier->method == method && earlier->seed == seed) {
+  results.reserve(plan.size());
+  std::size_t done = 0;
+  for (auto& p : plan) {
+    const auto run_dir = dir / "runs" / run_id(p.method, p.seed);
+    auto earlier = from_json(run_dir / "result.json");
+    const bool reusable = earlier && earlier->method == p.method && earlier->seed == p.seed && !p.key.empty() &&
+                          earlier->config_key == p.key;
+    if (!p.wanted) {
+      if (reusable) results.push_back(std::move(*earlier));
+      continue;
+    }
+    ExperimentProgress progress{done, total, p.method, p.seed, elapsed(), nullptr, false};
+    if (reusable) {
       results.push_back(std::move(*earlier));
-      progress.done = i + 1;
+      progress.done = ++done;
       progress.finished = &results.back();
       progress.reused = true;
       if (options.on_progress) options.on_progress(progress);
@@ -424,12 +477,12 @@ Expected<std::vector<RunSummary>> run_experiment(const Experiment& e, const std:
     }
     if (options.on_progress) options.on_progress(progress);
     RunSummary summary;
-    summary.method = method;
-    summary.seed = seed;
-    auto text = run_config_text(e, method, seed, options.checkpoint);
-    Expected<Config> config = text ? parse_config(*text, (run_dir / "config.toml").string()) : Expected<Config>(text.error());
+    summary.method = p.method;
+    summary.seed = p.seed;
+    Expected<Config> config = p.text ? parse_config(*p.text, (run_dir / "config.toml").string()) : Expected<Config>(p.text.error());
     fs::create_directories(run_dir, ec);
-    if (text) (void)write_file_durably(run_dir / "config.toml", *text);
+    fs::remove(run_dir / "result.json", ec);  // another config's result: gone before this run starts
+    if (p.text) (void)write_file_durably(run_dir / "config.toml", *p.text);
     if (!config) {
       summary.failure = config.error().message;
     } else {
@@ -439,7 +492,8 @@ Expected<std::vector<RunSummary>> run_experiment(const Experiment& e, const std:
       if (!out) {
         summary.failure = out.error().message;
       } else {
-        summary = summarize_run(e, method, seed, *out, wall);
+        summary = summarize_run(e, p.method, p.seed, *out, wall);
+        summary.config_key = p.key;
         if (!summary.final_metric) {
           summary.ok = false;
           summary.failure = "the evaluator reported nothing (evaluator.enabled = false?)";
@@ -449,7 +503,7 @@ Expected<std::vector<RunSummary>> run_experiment(const Experiment& e, const std:
       }
     }
     results.push_back(std::move(summary));
-    progress.done = i + 1;
+    progress.done = ++done;
     progress.elapsed_seconds = elapsed();
     progress.finished = &results.back();
     if (options.on_progress) options.on_progress(progress);
@@ -511,8 +565,8 @@ Expected<std::vector<RunSummary>> run_experiment(const Experiment& e, const std:
   auto plot_lines = [&](const std::string& using_) {
     std::string s;
     for (std::size_t k = 0; k < plotted.size(); ++k) {
-      s += fmt::format("{}'curves/{}.dat' using {} with linespoints title '{}'", k == 0 ? "plot " : ", \\\n     ",
-                       plotted[k], using_, plotted[k]);
+      s += fmt::format("{}'curves/{}.dat' using {} with linespoints title {}", k == 0 ? "plot " : ", \\\n     ",
+                       plotted[k], using_, gp_quote(plotted[k]));
     }
     return s + "\n";
   };
@@ -520,11 +574,11 @@ Expected<std::vector<RunSummary>> run_experiment(const Experiment& e, const std:
                    "set terminal pngcairo size 960,600 noenhanced\nset grid\nset key outside right\n"
                    "set ylabel '" + ylabel + "'\n";
   if (!plotted.empty()) {
-    gp += "set output 'metric_by_round.png'\nset title '" + e.name + ": " + ylabel + " by round (mean of " +
-          std::to_string(e.seeds.size()) + " seeds)'\nset xlabel 'round'\n" + plot_lines("1:2");
-    gp += "set output 'metric_by_upload.png'\nset title '" + e.name + ": " + ylabel +
-          " against what a client sent'\nset xlabel 'MiB sent per client (cumulative)'\nset logscale x\n" +
-          plot_lines("($4/1048576):2");
+    gp += "set output 'metric_by_round.png'\nset title " +
+          gp_quote(e.name + ": " + ylabel + " by round (mean of " + std::to_string(e.seeds.size()) + " seeds)") +
+          "\nset xlabel 'round'\n" + plot_lines("1:2");
+    gp += "set output 'metric_by_upload.png'\nset title " + gp_quote(e.name + ": " + ylabel + " against what a client sent") +
+          "\nset xlabel 'MiB sent per client (cumulative)'\nset logscale x\n" + plot_lines("($4/1048576):2");
   }
   if (auto w = write_file_durably(dir / "plots.gp", gp); !w) return w.error();
   return results;

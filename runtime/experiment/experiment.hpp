@@ -86,7 +86,9 @@ struct RunSummary {
   double upload_per_round = 0;    ///< tensor bytes a client sent per round, mean over rounds
   double download_per_round = 0;  ///< tensor bytes a task carried per round, mean over rounds
   std::uint64_t optimizer_state_bytes = 0;  ///< largest a client reported
-  std::uint64_t parameters_sent = 0;        ///< tensor elements a client sent (upload / 4)
+  /// What decided the result (its config text and base model): a finished run is reused only
+  /// while it matches.
+  std::string config_key;
   double wall_seconds = 0;
   std::uint64_t rounds = 0;
   /// Per evaluated round: round, metric, cumulative bytes a client sent and received so far.
@@ -113,12 +115,14 @@ struct ExperimentOptions {
   std::vector<std::string> only_methods;  ///< empty = all
   std::vector<std::uint64_t> only_seeds;  ///< empty = all
   std::string checkpoint;                 ///< the pretrained base every run starts from, if any
+  std::string base_fingerprint;           ///< what made that base (a new one: every run again)
   std::function<void(const ExperimentProgress&)> on_progress;
 };
 
 /// Runs every (method, seed) not yet done under `dir` (each writes dir/runs/<method>-s<seed>/
 /// config.toml, and result.json when it ends, so an interrupted study resumes where it stopped
-/// and a finished run is never run again), then writes dir/runs.csv, dir/summary.md and the
+/// and a finished run is never run again while its config and base model are the same; runs
+/// `options` leaves out count when an earlier invocation finished them), then writes dir/runs.csv, dir/summary.md and the
 /// curves (dir/curves/*.dat, dir/plots.gp). A run that fails is reported in the table, and the
 /// others go on. Errc::invalid_argument for an unknown method or seed in `options`.
 [[nodiscard]] Expected<std::vector<RunSummary>> run_experiment(const Experiment& experiment,

@@ -12,7 +12,6 @@
 #include <chrono>
 #include <numeric>
 #include <set>
-#include <thread>
 
 namespace flotilla {
 namespace {
@@ -22,8 +21,7 @@ Config pretrain_config(const Config& base, const PretrainSpec& spec) {
   Config c = base;
   c.lora.rank = 0;
   c.lora.ranks.clear();
-  c.model.trainable.clear();
-  c.model.checkpoint.clear();
+  c.model.trainable.clear();  // a model.checkpoint stays: pretraining continues from it
   if (!spec.data.empty()) {
     c.data.path = spec.data;
     c.data.held_out = 0;  // a file of its own: all of it is trained on
@@ -32,19 +30,29 @@ Config pretrain_config(const Config& base, const PretrainSpec& spec) {
 }
 
 /// One job at a time: it takes run.threads cores, or every core.
-void use_threads(const Config& c) {
-  at::set_num_threads(c.run.threads > 0 ? c.run.threads : static_cast<int>(std::max(1U, std::thread::hardware_concurrency())));
-}
+void use_threads(const Config& c) { at::set_num_threads(run_cores(c)); }
 
 /// What produced a pretrained file: the model's tensors (names and shapes), the seed, the data
 /// and the spec. A file whose record differs is trained again.
 std::string fingerprint(const Config& c, const PretrainSpec& spec, const TensorList& state) {
   nlohmann::json shapes = nlohmann::json::object();
   for (const auto& t : state) shapes[t.name] = t.tensor.sizes().vec();
-  return nlohmann::json{{"model", c.model.name},   {"tensors", shapes},       {"seed", c.run.seed},
-                        {"dataset", c.data.dataset}, {"data", c.data.path},   {"steps", spec.steps},
+  // A file is known by its size and time: a regenerated corpus or a new checkpoint trains again.
+  auto file = [](const std::string& path) -> nlohmann::json {
+    std::error_code ec;
+    if (path.empty() || !std::filesystem::exists(path, ec)) return path;
+    const auto size = std::filesystem::is_regular_file(path, ec) ? std::filesystem::file_size(path, ec) : 0;
+    const auto time = std::filesystem::last_write_time(path, ec).time_since_epoch().count();
+    return nlohmann::json{path, size, time};
+  };
+  return nlohmann::json{{"model", c.model.name},       {"tensors", shapes},
+                        {"seed", c.run.seed},          {"dataset", c.data.dataset},
+                        {"data", file(c.data.path)},   {"held_out", c.data.held_out},
+                        {"tokenizer", c.data.tokenizer}, {"tokenizer_model", file(c.data.tokenizer_model)},
+                        {"checkpoint", file(c.model.checkpoint)}, {"steps", spec.steps},
                         {"batch_size", spec.batch_size}, {"learning_rate", spec.learning_rate},
-                        {"optimizer", spec.optimizer}, {"classes", spec.classes}, {"max_length", c.data.max_length}}
+                        {"optimizer", spec.optimizer}, {"classes", spec.classes},
+                        {"max_length", c.data.max_length}}
       .dump();
 }
 
@@ -59,6 +67,7 @@ Expected<PretrainReport> pretrain_base(const Config& base, const PretrainSpec& s
   if (!model) return model.error();
   const auto print = fingerprint(c, spec, (*model)->state());
   PretrainReport report;
+  report.fingerprint = print;
   std::error_code ec;
   if (std::filesystem::exists(out, ec)) {
     if (auto earlier = read_safetensors(out); earlier && earlier->metadata.count("flotilla.pretrain") > 0 &&
@@ -137,13 +146,10 @@ Expected<double> rouge_of_model(const Config& config, const TensorList& tensors,
   double sum = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const auto& r = (*records)[i];
+    // The prompt as training showed it, cut the same way to leave room for the answer.
+    const auto budget = config.model.lm.max_positions - 1 - std::min<std::int64_t>(max_tokens, config.model.lm.max_positions / 2);
     std::vector<std::int64_t> prompt{tokenizer.bos()};
-    for (const auto id : tokenizer.encode(prompt_of(r))) prompt.push_back(id);
-    // Room for the answer: a prompt longer than the model allows keeps its end (the cue).
-    const auto room = config.model.lm.max_positions - std::min<std::int64_t>(max_tokens, config.model.lm.max_positions / 2);
-    if (static_cast<std::int64_t>(prompt.size()) > room) {
-      prompt.erase(prompt.begin() + 1, prompt.end() - room + 1);
-    }
+    for (const auto id : fit_prompt(prompt_parts(r, tokenizer), budget)) prompt.push_back(id);
     const auto answer = generate_greedy(**model, prompt, max_tokens, tokenizer.eos());
     sum += rouge_l(tokenizer.decode(answer), r.response).f1;
   }

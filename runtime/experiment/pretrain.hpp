@@ -17,9 +17,10 @@ struct PretrainReport {
   double accuracy_after = 0;
   double seconds = 0;
   bool reused = false;                ///< `out` already held this pretraining's result
+  std::string fingerprint;            ///< what made it (model, seed, data files, settings)
 };
 
-/// Trains `base`'s model (without LoRA, every parameter) centrally from run.seed for
+/// Trains `base`'s model (without LoRA, every parameter; from model.checkpoint when set) centrally from run.seed for
 /// spec.steps mini-batches on the training data (images: only spec.classes; text: spec.data's
 /// records when set), and writes it to `out` (safetensors, atomically; its metadata records
 /// what produced it, so a later call with the same base model, data and spec reuses the file).

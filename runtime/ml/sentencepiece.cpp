@@ -222,6 +222,7 @@ std::vector<std::int64_t> SentencePieceTokenizer::encode(std::string_view text) 
   struct Symbol {
     std::size_t begin, length;
     int prev, next;
+    bool frozen;  // a user-defined piece: never merged with its neighbours
   };
   std::vector<Symbol> sym;
   for (std::size_t i = 0; i < normalized.size();) {
@@ -232,9 +233,10 @@ std::vector<std::int64_t> SentencePieceTokenizer::encode(std::string_view text) 
         break;
       }
     }
+    const bool user = len > 0;
     if (len == 0) len = utf8_length(normalized, i);
     const int k = static_cast<int>(sym.size());
-    sym.push_back({i, len, k - 1, k + 1});
+    sym.push_back({i, len, k - 1, k + 1, user});
     i += len;
   }
   sym.back().next = -1;
@@ -249,7 +251,7 @@ std::vector<std::int64_t> SentencePieceTokenizer::encode(std::string_view text) 
   };
   std::priority_queue<Candidate, std::vector<Candidate>, decltype(worse)> queue(worse);
   auto consider = [&](int left, int right) {
-    if (left < 0 || right < 0) return;
+    if (left < 0 || right < 0 || sym[left].frozen || sym[right].frozen) return;
     const auto length = sym[left].length + sym[right].length;
     const auto it = merge_ids_.find(normalized.substr(sym[left].begin, length));
     if (it == merge_ids_.end()) return;

@@ -5,7 +5,10 @@
 /// both crashed at load, docs/experiments.md). The file is a protobuf ModelProto, decoded here
 /// with bounds on every length; encoding is SentencePiece's BPE (merge the adjacent pair whose
 /// merged piece scores highest, leftmost first) with byte fallback, as LLaMA's tokenizer is
-/// configured. Checked token for token against the `spm_encode` tool in the tests.
+/// configured, user-defined pieces kept whole. Checked token for token against the `spm_encode`
+/// tool in the tests (LLaMA's settings, the defaults on ASCII text, user-defined pieces). Not
+/// applied: pieces of type UNUSED (never merged here), treat_whitespace_as_suffix, and a
+/// normalizer's character map (see load()).
 #include "runtime/base/error.hpp"
 #include "runtime/ml/text.hpp"
 
@@ -23,7 +26,8 @@ class SentencePieceTokenizer final : public Tokenizer {
   /// A tokenizer.model file (at most 64 MiB). Errc::invalid_config naming the file for what is
   /// not a SentencePiece model, or one this reader does not apply: a model type other than BPE
   /// (unigram, word, char). A normalizer other than "identity" (LLaMA's) is applied as identity
-  /// with a warning: text outside ASCII may then tokenize differently.
+  /// with a warning: text it would change (outside ASCII; tabs and newlines under nmt_nfkc) may
+  /// then tokenize differently.
   [[nodiscard]] static Expected<SentencePieceTokenizer> load(const std::filesystem::path& path);
   [[nodiscard]] static Expected<SentencePieceTokenizer> parse(std::span<const std::byte> bytes, const std::string& where);
 

@@ -77,6 +77,35 @@ std::string prompt_of(const InstructionRecord& r) {
   return p + "### Response:\n";
 }
 
+PromptParts prompt_parts(const InstructionRecord& r, const Tokenizer& tok) {
+  PromptParts p;
+  p.head = tok.encode("### Instruction:\n" + r.instruction + "\n\n");
+  if (!r.context.empty()) p.context = tok.encode("### Context:\n" + r.context + "\n\n");
+  p.cue = tok.encode("### Response:\n");
+  return p;
+}
+
+std::vector<std::int64_t> fit_prompt(PromptParts parts, std::int64_t budget) {
+  budget = std::max<std::int64_t>(budget, 0);
+  auto over = parts.size() - budget;
+  const auto size = [](const std::vector<std::int64_t>& v) { return static_cast<std::int64_t>(v.size()); };
+  if (over > 0) {
+    const auto cut = std::min(over, size(parts.context));
+    parts.context.resize(static_cast<std::size_t>(size(parts.context) - cut));
+    over -= cut;
+  }
+  if (over > 0) {
+    const auto cut = std::min(over, size(parts.head));
+    parts.head.erase(parts.head.begin(), parts.head.begin() + cut);
+    over -= cut;
+  }
+  std::vector<std::int64_t> prompt = std::move(parts.head);
+  prompt.insert(prompt.end(), parts.context.begin(), parts.context.end());
+  prompt.insert(prompt.end(), parts.cue.begin(), parts.cue.end());
+  if (over > 0) prompt.erase(prompt.begin(), prompt.begin() + over);  // the cue alone is too long: its end stays
+  return prompt;
+}
+
 Expected<LmDataset> build_lm_dataset(const std::vector<InstructionRecord>& records, const Tokenizer& tok,
                                      std::int64_t max_length) {
   if (max_length < 4) {
@@ -97,40 +126,18 @@ Expected<LmDataset> build_lm_dataset(const std::vector<InstructionRecord>& recor
   auto lab = labels.accessor<std::int64_t, 2>();
   for (std::int64_t k = 0; k < n; ++k) {
     const auto& r = records[static_cast<std::size_t>(k)];
-    // The prompt in three parts, so that a long one loses its context first (from the end),
-    // then its instruction's start, and always keeps the "### Response:" cue.
-    auto head = tok.encode("### Instruction:\n" + r.instruction + "\n\n");
-    auto context = r.context.empty() ? std::vector<std::int64_t>{}
-                                     : tok.encode("### Context:\n" + r.context + "\n\n");
-    const auto cue = tok.encode("### Response:\n");
+    const auto parts = prompt_parts(r, tok);
     auto response = tok.encode(r.response);
     response.push_back(tok.eos());
     // bos + prompt + response must fit: the prompt gets up to half the room (more if the
     // response leaves it); the response the rest, cut from its end.
     const std::int64_t room = max_length - 1;
-    const auto size = [](const std::vector<std::int64_t>& v) { return static_cast<std::int64_t>(v.size()); };
-    const auto prompt_size = size(head) + size(context) + size(cue);
-    const auto keep_response = std::min<std::int64_t>(size(response), room - std::min(prompt_size, room / 2));
-    auto over = prompt_size - (room - keep_response);
-    if (over > 0) {
-      const auto cut = std::min(over, size(context));
-      context.resize(static_cast<std::size_t>(size(context) - cut));
-      over -= cut;
-    }
-    if (over > 0) {
-      const auto cut = std::min(over, size(head));
-      head.erase(head.begin(), head.begin() + cut);
-      over -= cut;
-    }
-    std::vector<std::int64_t> prompt = head;
-    prompt.insert(prompt.end(), context.begin(), context.end());
-    prompt.insert(prompt.end(), cue.begin(), cue.end());
-    const auto keep_prompt = std::min(size(prompt), room - keep_response);
+    const auto keep_response =
+        std::min<std::int64_t>(static_cast<std::int64_t>(response.size()), room - std::min(parts.size(), room / 2));
+    const auto prompt = fit_prompt(parts, room - keep_response);
     std::int64_t t = 0;
     in[k][t++] = tok.bos();
-    for (auto i = static_cast<std::int64_t>(prompt.size()) - keep_prompt; i < static_cast<std::int64_t>(prompt.size()); ++i) {
-      in[k][t++] = prompt[static_cast<std::size_t>(i)];
-    }
+    for (const auto id : prompt) in[k][t++] = id;
     for (std::int64_t i = 0; i < keep_response; ++i) {
       in[k][t] = response[static_cast<std::size_t>(i)];
       lab[k][t] = response[static_cast<std::size_t>(i)];

@@ -62,6 +62,20 @@ struct InstructionLimits {
 /// "### Instruction:\n{instruction}\n\n[### Context:\n{context}\n\n]### Response:\n".
 [[nodiscard]] std::string prompt_of(const InstructionRecord& record);
 
+/// A record's prompt as tokens, in the three parts it is cut by: "### Instruction:\n...\n\n",
+/// "### Context:\n...\n\n" (empty without a context) and the "### Response:\n" cue, each
+/// encoded on its own (what training and generation both see).
+struct PromptParts {
+  std::vector<std::int64_t> head, context, cue;
+  [[nodiscard]] std::int64_t size() const {
+    return static_cast<std::int64_t>(head.size() + context.size() + cue.size());
+  }
+};
+[[nodiscard]] PromptParts prompt_parts(const InstructionRecord& record, const Tokenizer& tokenizer);
+/// The prompt in at most `budget` tokens: the context loses its end first, then the instruction
+/// its start; the cue always stays (only its own end, if even it does not fit).
+[[nodiscard]] std::vector<std::int64_t> fit_prompt(PromptParts parts, std::int64_t budget);
+
 /// Causal-LM examples of `records`: inputs [N, max_length] = bos, the prompt, the response, eos,
 /// right-padded with pad; labels the same ids where the response and eos are (what is
 /// scored) and kIgnoreLabel elsewhere (bos, the prompt, padding). A record longer than

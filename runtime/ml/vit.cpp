@@ -29,7 +29,7 @@ Expected<void> check_vit_spec(const ModelSpec& m) {
     return bad("hidden-size (" + std::to_string(s.hidden_size) + ") does not split into " +
                std::to_string(s.num_heads) + " heads");
   }
-  if (!(s.layer_norm_eps > 0) || !(s.layer_norm_eps < 1)) return bad("layer-norm-eps must be in (0, 1)");
+  if (!(s.layer_norm_eps > 0) || !(s.layer_norm_eps < 1)) return bad("layer_norm_eps must be in (0, 1)");
   return {};
 }
 
@@ -113,12 +113,11 @@ struct Embeddings : torch::nn::Module {
   Embeddings(const ModelSpec& m) {
     const auto& s = m.vit;
     const auto patches = (m.input_size / s.patch_size) * (m.input_size / s.patch_size);
-    // transformers draws both from a truncated normal of std initializer_range.
-    auto trunc = [&](std::vector<std::int64_t> shape) {
-      return torch::empty(shape).normal_(0.0, s.initializer_range).clamp_(-2 * s.initializer_range, 2 * s.initializer_range);
-    };
-    cls_token = register_parameter("cls_token", trunc({1, 1, s.hidden_size}));
-    position_embeddings = register_parameter("position_embeddings", trunc({1, patches + 1, s.hidden_size}));
+    // transformers draws both from N(0, initializer_range²) truncated at ±2 (absolute: for a
+    // std of 0.02, no draw is ever cut), i.e. a plain normal.
+    auto normal = [&](std::vector<std::int64_t> shape) { return torch::empty(shape).normal_(0.0, s.initializer_range); };
+    cls_token = register_parameter("cls_token", normal({1, 1, s.hidden_size}));
+    position_embeddings = register_parameter("position_embeddings", normal({1, patches + 1, s.hidden_size}));
     patch_embeddings = register_module("patch_embeddings", std::make_shared<PatchEmbeddings>(m));
   }
   torch::Tensor cls_token, position_embeddings;

@@ -1,5 +1,7 @@
 #include "runtime/setup/federation.hpp"
 
+#include <thread>
+
 #include "runtime/ml/sentencepiece.hpp"
 
 #include "runtime/plugin_host/fedavg.hpp"
@@ -126,6 +128,11 @@ Expected<std::unique_ptr<Model>> build_model(const Config& config) {
   auto device = resolve_device(config.run.device);
   if (!device) return device.error();
   return Model::create(model_spec(config, config.lora.rank), *device, config.run.seed);
+}
+
+int run_cores(const Config& config) {
+  if (config.run.threads > 0) return config.run.threads;
+  return static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
 }
 
 std::int64_t client_lora_rank(const Config& config, std::uint32_t id) {

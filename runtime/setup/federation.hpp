@@ -67,6 +67,9 @@ namespace flotilla {
 /// Errc::invalid_config naming the config file and the problem.
 [[nodiscard]] Expected<std::shared_ptr<WatchedPlugin>> client_optimizer(const Config& config);
 
+/// The cores a run's compute may use in one process: run.threads, or every core.
+[[nodiscard]] int run_cores(const Config& config);
+
 /// LoRA rank of client `id`: lora.ranks[id] when lora.ranks is set, else lora.rank.
 [[nodiscard]] std::int64_t client_lora_rank(const Config& config, std::uint32_t id);
 

@@ -93,6 +93,11 @@ TEST(Experiment, MistakesAreNamedBeforeAnythingRuns) {
   EXPECT_NE(bad.find("[experiment.method.a]"), std::string::npos) << bad;
   EXPECT_NE(bad.find("lora.rank"), std::string::npos) << bad;
   EXPECT_NE(error_of("[experiment]\nmethods = [\"a\"]\n[run]\nrounds = \n").find("study.toml: line 4"), std::string::npos);
+  EXPECT_NE(error_of("[experiment]\nmethods = [\"a,b\"]\n").find("a name of letters, digits"), std::string::npos);
+  EXPECT_NE(error_of("[experiment]\nmethods = [\"a\"]\nrouge-samples = 4\n").find("experiment.rouge-samples is for text"),
+            std::string::npos);
+  EXPECT_NE(error_of("[experiment]\nmethods = [\"a\"]\n[checkpoint]\ndir = \"ck\"\n").find("checkpoint.dir is set"),
+            std::string::npos);
 }
 
 /// A stand-in for a federation: the accuracy climbs to a value set by the method and the seed;
@@ -179,13 +184,30 @@ TEST(Experiment, RunsEveryMethodAndSeedThenTabulatesAndResumes) {
   md = read_file(dir.path / "summary.md", 1 << 20);
   EXPECT_NE(md->find("| lora | 73.00 ± 1.41 % |"), std::string::npos) << *md;
 
-  // Only some methods or seeds; unknown ones are refused.
+  // Only some methods or seeds: those run (here: none, all are done), the others still count.
   options.only_seeds = {2};
   options.only_methods = {"lora"};
   fake.calls = 0;
   results = run_experiment(*e, dir.path, std::ref(fake), options);
   ASSERT_TRUE(results);
-  EXPECT_EQ(results->size(), 1U);
+  EXPECT_EQ(fake.calls, 0);
+  EXPECT_EQ(results->size(), 4U) << "the table keeps the runs finished earlier";
+  md = read_file(dir.path / "summary.md", 1 << 20);
+  EXPECT_NE(md->find("| full | 83.00 ± 1.41 %"), std::string::npos) << *md;
+
+  // A changed config (or another base model) is a new run: its old result is not reused.
+  auto changed = parse_experiment(kStudy + "[experiment.method.full]\ntraining = { learning-rate = 0.02 }\n", "study.toml");
+  ASSERT_TRUE(changed) << changed.error().message;
+  options.only_seeds.clear();
+  options.only_methods.clear();
+  fake.calls = 0;
+  results = run_experiment(*changed, dir.path, std::ref(fake), options);
+  ASSERT_TRUE(results);
+  EXPECT_EQ(fake.calls, 2) << "full's two runs, whose learning rate changed";
+  options.base_fingerprint = "another base";
+  fake.calls = 0;
+  results = run_experiment(*changed, dir.path, std::ref(fake), options);
+  EXPECT_EQ(fake.calls, 4) << "every run starts from the new base";
   options.only_methods = {"lorra"};
   auto refused = run_experiment(*e, dir.path, std::ref(fake), options);
   ASSERT_FALSE(refused);
@@ -213,8 +235,9 @@ TEST(Experiment, PretrainsOnSomeClassesOnceAndRunsStartFromIt) {
   EXPECT_EQ(report->examples, 12000) << "Fashion-MNIST's training images of classes 0 and 1";
   EXPECT_LT(report->loss_after, report->loss_before * 0.5) << report->loss_before << " -> " << report->loss_after;
   // The runs' model starts from it.
-  c->model.checkpoint = out.string();
-  auto model = build_model(*c);
+  auto from_base = *c;
+  from_base.model.checkpoint = out.string();
+  auto model = build_model(from_base);
   ASSERT_TRUE(model) << model.error().message;
   auto saved = read_safetensors(out);
   ASSERT_TRUE(saved);

@@ -117,6 +117,17 @@ TEST(SentencePiece, EncodesAsSpmEncodeWithTheDefaultsOnAsciiText) {
   EXPECT_EQ(t->decode(t->encode("  two leading spaces and  a double one ")), "two leading spaces and a double one");
 }
 
+TEST(SentencePiece, UserDefinedPiecesStayWhole) {
+  TestDir dir("flotilla-spm");
+  const auto m = train(dir.path, "user", "--byte_fallback=true --normalization_rule_name=identity "
+                                         "--user_defined_symbols='<sep>,thefox'");
+  auto t = SentencePieceTokenizer::load(m.model);
+  ASSERT_TRUE(t) << t.error().message;
+  const std::vector<std::string> texts = {"the quick<sep>brown fox", "thefox jumps<sep><sep>", "over thefoxes"};
+  const auto expected = reference_ids(dir.path, m.model, texts);
+  for (std::size_t i = 0; i < texts.size(); ++i) EXPECT_EQ(t->encode(texts[i]), expected[i]) << "'" << texts[i] << "'";
+}
+
 TEST(SentencePiece, BrokenAndUnsupportedFilesAreRefusedByName) {
   TestDir dir("flotilla-spm");
   const auto m = train(dir.path, "ok", "--byte_fallback=true");
