@@ -3,7 +3,10 @@
 #include "runtime/ml/layers.hpp"
 #include "runtime/ml/llama.hpp"
 #include "runtime/ml/vit.hpp"
+#include "runtime/storage/durable.hpp"
 #include "runtime/storage/safetensors.hpp"
+
+#include <nlohmann/json.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -347,8 +350,29 @@ Expected<void> load_checkpoint_weights(Model& model, const std::filesystem::path
   std::vector<fs::path> files;
   std::error_code ec;
   if (fs::is_directory(where, ec)) {
-    for (const auto& e : fs::directory_iterator(where, ec)) {
-      if (e.path().extension() == ".safetensors") files.push_back(e.path());
+    // A sharded checkpoint names its shards in model.safetensors.index.json; other *.safetensors
+    // beside them (an adapter, a second copy) are not the model's.
+    const auto index = where / "model.safetensors.index.json";
+    if (fs::exists(index, ec)) {
+      auto text = read_file(index, 64u << 20);
+      if (!text) return Error{Errc::invalid_config, "model.checkpoint: " + text.error().message};
+      try {
+        std::set<std::string> shards;
+        const auto parsed = nlohmann::json::parse(*text);  // kept: the loop below iterates into it
+        for (const auto& [name, file] : parsed.at("weight_map").items()) shards.insert(file.get<std::string>());
+        for (const auto& shard : shards) {
+          if (shard.find('/') != std::string::npos || shard == ".." || shard.empty()) {
+            return Error{Errc::invalid_config, "model.checkpoint: '" + index.string() + "' names a shard outside its directory: '" + shard + "'"};
+          }
+          files.push_back(where / shard);
+        }
+      } catch (const std::exception& e) {
+        return Error{Errc::invalid_config, "model.checkpoint: '" + index.string() + "' is not an index of shards (weight_map): " + e.what()};
+      }
+    } else {
+      for (const auto& e : fs::directory_iterator(where, ec)) {
+        if (e.path().extension() == ".safetensors") files.push_back(e.path());
+      }
     }
     std::sort(files.begin(), files.end());
     if (files.empty()) {

@@ -506,8 +506,11 @@ TensorList Schedule::model_for(std::uint32_t client_id) {
 
 Send Schedule::task_for(const std::string& peer, std::uint64_t round, bool delta) {
   const auto id = client_id_of(peer);
-  Task task{round, version_, model_for(id),
-            selection_->configure(id, round, options_.training, options_.seed)};
+  Task task;
+  task.round = round;
+  task.model_version = version_;
+  task.tensors = model_for(id);
+  task.config = selection_->configure(id, round, options_.training, options_.seed);
   task.send_delta = delta;
   task.keep_local = options_.keep_local;
   emit(TaskSent{peer, id, round, version_, total_bytes(task.tensors)});

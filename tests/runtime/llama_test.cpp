@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 namespace flotilla {
@@ -262,6 +263,26 @@ TEST(Llama, LoadsACheckpointWrittenInHuggingFacesLayout) {
   for (const auto& t : state) {
     EXPECT_TRUE(torch::equal(get((*loaded)->state(), t.name), t.tensor.to(at::kBFloat16).to(at::kDouble))) << t.name;
   }
+  // Another file beside the shards (an adapter) is not the model's: the index names the shards.
+  ASSERT_TRUE(write_safetensors(dir / "adapter_model.safetensors", {{"base_model.lora_A.weight", torch::ones({2, 2})}}));
+  EXPECT_FALSE(Model::create(ms, kCpu, 99)) << "without an index every *.safetensors is read";
+  {
+    std::ofstream index(dir / "model.safetensors.index.json");
+    index << R"({"metadata": {"total_size": 1}, "weight_map": {")" << first[0].name
+          << R"(": "model-00001-of-00002.safetensors", ")" << second[0].name << R"(": "model-00002-of-00002.safetensors"}})";
+  }
+  auto indexed = Model::create(ms, kCpu, 99);
+  ASSERT_TRUE(indexed) << indexed.error().message;
+  EXPECT_TRUE(torch::equal(get((*indexed)->state(), state[0].name), state[0].tensor.to(at::kBFloat16).to(at::kDouble)));
+  {
+    std::ofstream index(dir / "model.safetensors.index.json");
+    index << R"({"weight_map": {"x": "../elsewhere.safetensors"}})";
+  }
+  auto outside = Model::create(ms, kCpu, 99);
+  ASSERT_FALSE(outside);
+  EXPECT_NE(outside.error().message.find("names a shard outside its directory"), std::string::npos) << outside.error().message;
+  std::filesystem::remove(dir / "model.safetensors.index.json");
+  std::filesystem::remove(dir / "adapter_model.safetensors");
   // A checkpoint that lacks a tensor, or has one of another shape, is refused by name.
   std::filesystem::remove(dir / "model-00002-of-00002.safetensors");
   auto partial = Model::create(ms, kCpu, 99);
