@@ -11,7 +11,9 @@ export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_fi
 export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
 
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
-  cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release
+  # FLOTILLA_CMAKE_ARGS: more settings for a new build directory (scripts/test.sh --asan).
+  # shellcheck disable=SC2086
+  cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release ${FLOTILLA_CMAKE_ARGS:-}
 fi
 if [ $# -eq 0 ]; then
   cmake --build "$BUILD_DIR" -j"$JOBS"

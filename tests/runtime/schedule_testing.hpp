@@ -84,7 +84,8 @@ struct Fleet {
     for (auto& [p, e] : sent<ErrorReply>(out)) errors.push_back(e.message);
   }
   /// `peer` answers its task with `tensors` (weights, or a delta when the task asked for one).
-  void answer(const std::string& p, TensorList tensors, std::uint64_t examples = 100) {
+  /// `peer` is taken by value: callers pass the key of `tasks`, which this erases.
+  void answer(const std::string p, TensorList tensors, std::uint64_t examples = 100) {
     const Task t = tasks.at(p);
     tasks.erase(p);
     Update u;
