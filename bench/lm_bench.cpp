@@ -3,6 +3,7 @@
 /// and the bookkeeping) against a bare LibTorch loop over the same model, batches and
 /// optimizer rule (SGD with momentum). Prints the ratio; both are timed in this one run,
 /// alternating, best of --repeats.
+#include "bench/lm_shape.hpp"
 #include "runtime/ml/model.hpp"
 #include "runtime/ml/trainer.hpp"
 #include "runtime/plugin_host/plugin_host.hpp"
@@ -18,8 +19,8 @@
 namespace {
 
 struct Options {
-  std::int64_t vocab = 256, hidden = 128, intermediate = 344, layers = 4, heads = 4, kv_heads = 2;
-  std::int64_t seq = 128, batch = 8, steps = 20, examples = 256;
+  flotilla::bench::LmShape shape{256, 128, 344, 4, 4, 2, 128, 8};
+  std::int64_t steps = 20, examples = 256;
   int repeats = 3, threads = 1;
 };
 
@@ -28,15 +29,8 @@ Options parse(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string f = argv[i];
     const auto v = std::stoll(argv[i + 1]);
-    if (f == "--vocab") o.vocab = v;
-    else if (f == "--hidden") o.hidden = v;
-    else if (f == "--intermediate") o.intermediate = v;
-    else if (f == "--layers") o.layers = v;
-    else if (f == "--heads") o.heads = v;
-    else if (f == "--kv-heads") o.kv_heads = v;
-    else if (f == "--seq") o.seq = v;
-    else if (f == "--batch") o.batch = v;
-    else if (f == "--steps") o.steps = v;
+    if (o.shape.take(f, v)) continue;
+    if (f == "--steps") o.steps = v;
     else if (f == "--repeats") o.repeats = static_cast<int>(v);
     else if (f == "--threads") o.threads = static_cast<int>(v);
     else {
@@ -57,23 +51,15 @@ int main(int argc, char** argv) {
   using namespace flotilla;
   const auto o = parse(argc, argv);
   at::set_num_threads(o.threads);
-  ModelSpec spec;
-  spec.name = "llama";
-  spec.lm.vocab_size = o.vocab;
-  spec.lm.hidden_size = o.hidden;
-  spec.lm.intermediate_size = o.intermediate;
-  spec.lm.num_layers = o.layers;
-  spec.lm.num_heads = o.heads;
-  spec.lm.num_kv_heads = o.kv_heads;
-  spec.lm.max_positions = o.seq;
+  const ModelSpec spec = o.shape.spec();
   const c10::Device cpu(c10::kCPU);
   torch::manual_seed(3);
   Dataset data;
-  data.inputs = torch::randint(o.vocab, {o.examples, o.seq}, torch::kInt64);
+  data.inputs = torch::randint(o.shape.vocab, {o.examples, o.shape.seq}, torch::kInt64);
   data.labels = data.inputs.clone();
   TrainingConfig config;
   config.local_steps = static_cast<std::uint32_t>(o.steps);
-  config.batch_size = static_cast<std::uint32_t>(o.batch);
+  config.batch_size = static_cast<std::uint32_t>(o.shape.batch);
   config.learning_rate = 0.01F;
   config.momentum = 0.9F;
   PluginRegistry registry({}, cpu);
@@ -84,7 +70,7 @@ int main(int argc, char** argv) {
   }
   auto flotilla_model = Model::create(spec, cpu, 1).value();
   auto bare_model = Model::create(spec, cpu, 1).value();
-  const double tokens = static_cast<double>(o.steps * o.batch * (o.seq - 1));
+  const double tokens = static_cast<double>(o.steps * o.shape.batch * (o.shape.seq - 1));
 
   auto run_flotilla = [&] {
     auto opt = make_optimizer(*sgd, {}, config, *flotilla_model).value();
@@ -102,13 +88,13 @@ int main(int argc, char** argv) {
     torch::optim::SGD opt(params, torch::optim::SGDOptions(config.learning_rate).momentum(config.momentum));
     const auto start = std::chrono::steady_clock::now();
     for (std::int64_t s = 0; s < o.steps; ++s) {
-      const auto begin = (s * o.batch) % (o.examples - o.batch + 1);
-      const auto x = data.inputs.narrow(0, begin, o.batch);
+      const auto begin = (s * o.shape.batch) % (o.examples - o.shape.batch + 1);
+      const auto x = data.inputs.narrow(0, begin, o.shape.batch);
       opt.zero_grad();
       const auto logits = bare_model->forward(x);
       const auto v = logits.size(2);
-      auto loss = torch::nn::functional::cross_entropy(logits.narrow(1, 0, o.seq - 1).reshape({-1, v}),
-                                                       x.narrow(1, 1, o.seq - 1).reshape({-1}));
+      auto loss = torch::nn::functional::cross_entropy(logits.narrow(1, 0, o.shape.seq - 1).reshape({-1, v}),
+                                                       x.narrow(1, 1, o.shape.seq - 1).reshape({-1}));
       loss.backward();
       opt.step();
     }
@@ -122,9 +108,9 @@ int main(int argc, char** argv) {
     best_flotilla = std::min(best_flotilla, run_flotilla());
   }
   std::printf("llama %lld layers, hidden %lld, %lld parameters; batch %lld x %lld tokens, %lld steps, %d thread(s)\n",
-              static_cast<long long>(o.layers), static_cast<long long>(o.hidden),
-              static_cast<long long>(flotilla_model->num_parameters()), static_cast<long long>(o.batch),
-              static_cast<long long>(o.seq), static_cast<long long>(o.steps), o.threads);
+              static_cast<long long>(o.shape.layers), static_cast<long long>(o.shape.hidden),
+              static_cast<long long>(flotilla_model->num_parameters()), static_cast<long long>(o.shape.batch),
+              static_cast<long long>(o.shape.seq), static_cast<long long>(o.steps), o.threads);
   std::printf("bare LibTorch loop:    %10.0f tokens/s\n", tokens / best_bare);
   std::printf("flotilla train_local:  %10.0f tokens/s\n", tokens / best_flotilla);
   std::printf("ratio (flotilla/bare): %10.3f\n", best_bare / best_flotilla);

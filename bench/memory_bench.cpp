@@ -4,6 +4,7 @@
 /// forward pass while its graph is alive, measured). Also what the client sends per round. The
 /// study's point in bytes: LoRA and GaLore both shrink the optimizer state; only LoRA shrinks
 /// what is sent; full fine-tuning of one module (`up_proj`) sits in between.
+#include "bench/lm_shape.hpp"
 #include "runtime/base/process.hpp"
 #include "runtime/ml/model.hpp"
 #include "runtime/ml/trainer.hpp"
@@ -19,8 +20,8 @@
 namespace {
 
 struct Options {
-  std::int64_t vocab = 32000, hidden = 512, intermediate = 1376, layers = 4, heads = 8, kv_heads = 4;
-  std::int64_t seq = 256, batch = 4, rank = 16;
+  flotilla::bench::LmShape shape{32000, 512, 1376, 4, 8, 4, 256, 4};
+  std::int64_t rank = 16;
 };
 
 Options parse(int argc, char** argv) {
@@ -28,15 +29,8 @@ Options parse(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string f = argv[i];
     const auto v = std::stoll(argv[i + 1]);
-    if (f == "--vocab") o.vocab = v;
-    else if (f == "--hidden") o.hidden = v;
-    else if (f == "--intermediate") o.intermediate = v;
-    else if (f == "--layers") o.layers = v;
-    else if (f == "--heads") o.heads = v;
-    else if (f == "--kv-heads") o.kv_heads = v;
-    else if (f == "--seq") o.seq = v;
-    else if (f == "--batch") o.batch = v;
-    else if (f == "--rank") o.rank = v;
+    if (o.shape.take(f, v)) continue;
+    if (f == "--rank") o.rank = v;
     else {
       std::cerr << "memory_bench: unknown flag " << f << "\n";
       std::exit(2);
@@ -75,23 +69,15 @@ int main(int argc, char** argv) {
       {"FFA-LoRA on up_proj (B only)", "adamw", o.rank, true, {}},
   };
   torch::manual_seed(3);
-  const auto batch = torch::randint(o.vocab, {o.batch, o.seq}, torch::kInt64);
+  const auto batch = torch::randint(o.shape.vocab, {o.shape.batch, o.shape.seq}, torch::kInt64);
   std::printf("llama %lld layers, hidden %lld, intermediate %lld, vocab %lld; batch %lld x %lld tokens; rank %lld\n",
-              static_cast<long long>(o.layers), static_cast<long long>(o.hidden), static_cast<long long>(o.intermediate),
-              static_cast<long long>(o.vocab), static_cast<long long>(o.batch), static_cast<long long>(o.seq),
+              static_cast<long long>(o.shape.layers), static_cast<long long>(o.shape.hidden), static_cast<long long>(o.shape.intermediate),
+              static_cast<long long>(o.shape.vocab), static_cast<long long>(o.shape.batch), static_cast<long long>(o.shape.seq),
               static_cast<long long>(o.rank));
   std::printf("%-46s %12s %10s %10s %10s %12s %10s %12s\n", "method (MiB)", "trainable", "weights", "gradients",
               "optimizer", "activations", "total", "sent/round");
   for (const auto& m : methods) {
-    ModelSpec spec;
-    spec.name = "llama";
-    spec.lm.vocab_size = o.vocab;
-    spec.lm.hidden_size = o.hidden;
-    spec.lm.intermediate_size = o.intermediate;
-    spec.lm.num_layers = o.layers;
-    spec.lm.num_heads = o.heads;
-    spec.lm.num_kv_heads = o.kv_heads;
-    spec.lm.max_positions = o.seq;
+    ModelSpec spec = o.shape.spec();
     spec.lora.rank = m.rank;
     spec.lora.alpha = 2.0 * static_cast<double>(m.rank);
     spec.lora.targets = {"up_proj"};
