@@ -107,7 +107,7 @@ Expected<PretrainReport> pretrain_base(const Config& base, const PretrainSpec& s
   std::vector<std::int64_t> probe_rows(static_cast<std::size_t>(std::min<std::int64_t>(data->size(), 2000)));
   std::iota(probe_rows.begin(), probe_rows.end(), 0);
   const auto probe = subset(*data, probe_rows);
-  const auto batch = c.model.name == "llama" ? 16 : 500;
+  const auto batch = c.model.objective() == Objective::causal_lm ? 16 : 500;  // sequences are heavier than images
   report.loss_before = evaluate(**model, probe, batch).loss;
   const std::int64_t chunk = std::max<std::int64_t>(1, spec.steps / 20);
   double last_loss = report.loss_before;

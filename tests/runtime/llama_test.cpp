@@ -7,6 +7,8 @@
 #include "runtime/ml/trainer.hpp"
 #include "runtime/storage/safetensors.hpp"
 
+#include "training_testing.hpp"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -184,17 +186,8 @@ TEST(Llama, LearnsAShortTextByHeart) {
   Dataset data;
   data.inputs = torch::tensor(ids).unsqueeze(0).repeat({4, 1});
   data.labels = data.inputs.clone();
-  PluginRegistry registry({}, kCpu);
-  auto adamw = registry.load("adamw", FLOTILLA_KIND_OPTIMIZER);
-  ASSERT_TRUE(adamw) << adamw.error().message;
-  TrainingConfig config;
-  config.local_steps = 300;
-  config.batch_size = 4;
-  config.learning_rate = 0.01F;
-  auto opt = make_optimizer(*adamw, {}, config, *model);
-  ASSERT_TRUE(opt) << opt.error().message;
   const auto before = evaluate(*model, data);
-  (void)train_local(*model, data, config, **opt);
+  (void)train_with_adamw(*model, data, 300, 4, 0.01F);
   const auto after = evaluate(*model, data);
   EXPECT_GT(before.loss, 3.0) << "about log(32) before training";
   EXPECT_LT(after.loss, 0.05) << "per-token loss after 300 steps";
@@ -346,16 +339,7 @@ TEST(Llama, TrainableTrainsOnlyTheNamedLayersFully) {
   Dataset data;
   data.inputs = torch::randint(0, spec.lm.vocab_size, {4, 12}, torch::kLong);
   data.labels = data.inputs.clone();
-  PluginRegistry registry({}, kCpu);
-  auto adamw = registry.load("adamw", FLOTILLA_KIND_OPTIMIZER);
-  ASSERT_TRUE(adamw) << adamw.error().message;
-  TrainingConfig config;
-  config.local_steps = 3;
-  config.batch_size = 4;
-  config.learning_rate = 0.01F;
-  auto opt = make_optimizer(*adamw, {}, config, **model);
-  ASSERT_TRUE(opt) << opt.error().message;
-  (void)train_local(**model, data, config, **opt);
+  (void)train_with_adamw(**model, data, 3, 4, 0.01F);
   const auto after = (*model)->state();
   ASSERT_EQ(before.size(), after.size());
   for (std::size_t i = 0; i < before.size(); ++i) {

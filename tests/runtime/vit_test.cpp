@@ -5,6 +5,8 @@
 #include "runtime/ml/trainer.hpp"
 #include "runtime/plugin_host/plugin_host.hpp"
 
+#include "training_testing.hpp"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -145,17 +147,8 @@ TEST(Vit, LearnsWhereTheBrightPatchIs) {
     const auto q = data.labels[i].item<std::int64_t>();
     data.inputs[i].narrow(1, (q / 2) * 4, 4).narrow(2, (q % 2) * 4, 4).add_(1.5);
   }
-  PluginRegistry registry({}, kCpu);
-  auto adamw = registry.load("adamw", FLOTILLA_KIND_OPTIMIZER);
-  ASSERT_TRUE(adamw) << adamw.error().message;
-  TrainingConfig config;
-  config.local_steps = 150;
-  config.batch_size = 32;
-  config.learning_rate = 0.003F;
-  auto opt = make_optimizer(*adamw, {}, config, *model);
-  ASSERT_TRUE(opt) << opt.error().message;
   const auto before = evaluate(*model, data);
-  (void)train_local(*model, data, config, **opt);
+  (void)train_with_adamw(*model, data, 150, 32, 0.003F);
   const auto after = evaluate(*model, data);
   EXPECT_LT(before.accuracy, 0.5);
   EXPECT_GT(after.accuracy, 0.95) << "loss " << before.loss << " -> " << after.loss;
