@@ -13,6 +13,8 @@ PACKAGES=(
   libtomlplusplus-dev libcli11-dev libspdlog-dev nlohmann-json3-dev libcpp-httplib-dev libdlpack-dev
   # tests and benchmarks (spm_train/spm_encode: the reference the SentencePiece reader is tested against)
   googletest libgtest-dev libgmock-dev libbenchmark-dev iperf3 sentencepiece
+  # libFuzzer, linked into the fuzz targets by scripts/fuzz.sh (binutils' objcopy prepares it)
+  libclang-rt-14-dev binutils
   # the slow test across network namespaces (ip netns, tc tbf)
   iproute2
   # the end-to-end tests and bench.sh check results with a few lines of Python

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs the tests.
 #   scripts/test.sh          fast tests (unit + end-to-end), under 20 minutes on 2 cores
-#   scripts/test.sh --all    also the tests labelled `slow` (huge tensors, long runs)
+#   scripts/test.sh --all    also the tests labelled `slow` (huge tensors, long runs), then
+#                            each fuzz target for 60 s (scripts/fuzz.sh, build-fuzz/)
 #   scripts/test.sh --asan   the fast tests built with AddressSanitizer and UndefinedBehaviorSanitizer
 #                            (in build-asan/; any report fails the test that made it)
 #   scripts/test.sh --tsan   the transport and actor tests built with ThreadSanitizer (build-tsan/)
@@ -14,7 +15,7 @@ for arg in "$@"; do
     --all) ALL=1 ;;
     --asan) SANITIZER=address,undefined ;;
     --tsan) SANITIZER=thread ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument '$arg' (use --all, --asan, --tsan or nothing)" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +44,7 @@ bash scripts/build.sh
 BUILD_DIR=${FLOTILLA_BUILD_DIR:-build}
 if [ "$ALL" -eq 1 ]; then
   ctest --test-dir "$BUILD_DIR" --output-on-failure -j2
+  bash scripts/fuzz.sh --time "${FLOTILLA_FUZZ_SECONDS:-60}"
 else
   ctest --test-dir "$BUILD_DIR" --output-on-failure -j2 -LE slow
 fi

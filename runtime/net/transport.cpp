@@ -61,7 +61,9 @@ void tune_malloc() noexcept {
 /// The process-wide context, so that inproc:// works between any two endpoints. Never
 /// destroyed on purpose: zmq_ctx_term blocks until every socket is closed, which would hang
 /// process exit if an endpoint were still alive during static destruction.
-zmq::context_t& context() { return detail::zmq_context(); }
+zmq::context_t& context_of(const EndpointOptions& options) {
+  return options.context != nullptr ? *options.context : detail::zmq_context();
+}
 
 /// ZeroMQ's free callback for zero-copy frames: drops one reference to the encoded message's
 /// owner (builder + tensors), which ZeroMQ may do on its own I/O thread long after send().
@@ -138,7 +140,7 @@ class ZmqEndpoint final : public Endpoint {
         handler_(std::move(handler)),
         options_(options) {
     if (!monitor_address.empty()) {
-      monitor_.emplace(context(), zmq::socket_type::pair);
+      monitor_.emplace(context_of(options_), zmq::socket_type::pair);
       monitor_->connect(monitor_address);
     }
     thread_ = std::thread([this] { run(); });
@@ -532,7 +534,7 @@ class ZmqEndpoint final : public Endpoint {
 Expected<zmq::socket_t> make_socket(zmq::socket_type type, const EndpointOptions& options,
                                     const std::string& address) {
   try {
-    zmq::socket_t socket(context(), type);
+    zmq::socket_t socket(context_of(options), type);
     socket.set(zmq::sockopt::linger, options.linger_ms);
     socket.set(zmq::sockopt::sndhwm, options.send_high_water_mark);
     socket.set(zmq::sockopt::rcvhwm, options.receive_high_water_mark);
@@ -553,6 +555,10 @@ Expected<zmq::socket_t> make_socket(zmq::socket_type type, const EndpointOptions
 
 namespace {
 Expected<void> curve_fits(const std::string& address, const EndpointOptions& options) {
+  if (options.curve_server && options.context != nullptr) {
+    return Error{Errc::invalid_argument, address + ": a Curve server needs the process-wide ZeroMQ "
+                                                   "context (its ZAP handler lives there)"};
+  }
   if ((options.curve_server || options.curve_client) && address.starts_with("inproc://")) {
     return Error{Errc::invalid_config, address + ": Curve encryption needs a tcp:// or ipc:// endpoint "
                                                  "(inproc:// links stay inside one process)"};

@@ -53,6 +53,11 @@ struct EndpointOptions {
   /// as this client (its key, the server's public key). Unset: plaintext.
   std::optional<CurveServer> curve_server;
   std::optional<CurveClient> curve_client;
+  /// The ZeroMQ context the socket lives in; unset: the process-wide one. An application that
+  /// embeds endpoints in its own context may pass it (not with curve_server: the ZAP handler
+  /// lives in the process-wide context). Shutting that context down stops the endpoint as a
+  /// failure (on_failure, failure()), as any error of its I/O thread does.
+  zmq::context_t* context = nullptr;
 };
 
 class Endpoint {

@@ -177,8 +177,8 @@ TEST(Simulator, ANightWithEveryDeviceOfflineIsNotAStall) {
 }
 
 TEST(Simulator, IdleClientsCostLessThanOneKibibyteEach) {
-#if defined(__SANITIZE_ADDRESS__)
-  GTEST_SKIP() << "measured with glibc's heap statistics, which AddressSanitizer's allocator replaces";
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "measured with glibc's heap statistics, which the sanitizer's allocator replaces";
 #endif
   // A registered population of 50,000, two of them training at a time: what each idle one
   // costs in memory (its data indices, its device, its place in the schedule's registry).

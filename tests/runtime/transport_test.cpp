@@ -300,6 +300,61 @@ TEST(Transport, AnUnencodableMessageIsDroppedAndLaterOnesArrive) {
   EXPECT_EQ(1U, client->messages_dropped()) << "the dropped message is counted, not silently lost";
 }
 
+TEST(Transport, AnIOThreadThatDiesIsReportedAndLaterSendsAreDroppedNotQueued) {
+  // The endpoint in a context of its own: shutting it down makes every ZeroMQ call of the
+  // endpoint's I/O thread fail (ETERM), as a real fault there would.
+  zmq::context_t ctx;
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<std::string> failures;
+  EndpointOptions options;
+  options.context = &ctx;
+  options.on_failure = [&](const std::string& why) {
+    std::lock_guard lock(mutex);
+    failures.push_back(why);
+    cv.notify_all();
+  };
+  Inbox inbox;
+  auto server = must(Endpoint::bind("tcp://127.0.0.1:*", inbox.handler(), options));
+  ASSERT_TRUE(server);
+  Inbox client_inbox;
+  auto client = must(Endpoint::connect(server->address(), "client-1", client_inbox.handler()));
+  ASSERT_TRUE(client);
+  client->send("", hello(1));
+  ASSERT_TRUE(inbox.wait_for(1)) << "the endpoint works before the fault";
+  EXPECT_FALSE(server->failure().has_value());
+
+  ctx.shutdown();
+  {
+    std::unique_lock lock(mutex);
+    ASSERT_TRUE(cv.wait_for(lock, kTimeout, [&] { return !failures.empty(); }))
+        << "the owner is told that the I/O thread stopped";
+    EXPECT_NE(std::string::npos, failures.front().find("terminated")) << failures.front();
+  }
+  ASSERT_TRUE(server->failure().has_value());
+  EXPECT_EQ(failures.front(), *server->failure());
+  const auto dropped = server->messages_dropped();
+  server->send("client-1", welcome("run-1"));
+  server->send("client-1", welcome("run-1"));
+  EXPECT_EQ(dropped + 2, server->messages_dropped()) << "sends after the fault are counted";
+  EXPECT_EQ(0U, server->pending()) << "nothing queues for a thread that will never send";
+  server->close();
+  EXPECT_EQ(1U, failures.size()) << "reported once";
+  EXPECT_EQ(0U, client_inbox.size());
+}
+
+TEST(Transport, ACurveServerInAnotherContextIsRefused) {
+  zmq::context_t ctx;
+  EndpointOptions options;
+  options.context = &ctx;
+  options.curve_server = CurveServer{};
+  Inbox inbox;
+  auto server = Endpoint::bind("tcp://127.0.0.1:*", inbox.handler(), options);
+  ASSERT_FALSE(server.has_value());
+  EXPECT_EQ(Errc::invalid_argument, server.error().code);
+  EXPECT_NE(std::string::npos, server.error().message.find("ZAP")) << server.error().message;
+}
+
 TEST(Transport, SendToAnUnknownPeerIsDropped) {
   Inbox inbox;
   auto server = must(Endpoint::bind("inproc://unknown-peer", inbox.handler()));

@@ -217,9 +217,11 @@ track
 echo "churn: $CLIENTS clients, schedule $SCHEDULE, max-concurrency $CONC, on $EP; work dir $WORK" \
   "$([ "$HOSTILE" = 1 ] && echo "; a hostile peer sends garbage all along")"
 
-# Whether the clients still to start fit in memory, from what the running ones take (PSS: shared
-# pages counted once) and what loading took them above that (VmHWM - VmRSS), plus room for two
-# restarts loading at once and 1.5 GiB to spare. Prints the figures; fails rather than letting
+# Whether the clients still to start fit in memory, from what each running one takes for itself
+# (its private pages, USS: what one more process adds, the shared libraries' pages being resident
+# already; PSS would charge each of the first few a large share of LibTorch's) and what loading
+# took them above that (VmHWM - VmRSS), plus room for a batch (two at least) loading at once and
+# 1.5 GiB to spare. Prints the figures; fails rather than letting
 # the kernel's OOM killer pick processes on a shared machine.
 fits() {  # fits BATCH REMAINING
   python3 - "$1" "$2" "$WORK/clients.pids" <<'PY'
@@ -232,25 +234,26 @@ def status(path, keys):
         if k in keys:
             out[k] = int(line.split()[1])
     return out
-pss, anon, extra = [], [], [0]
+pss, uss, extra = [], [], [0]
 for p in open(pidfile).read().split():
     try:
-        r = status(f"/proc/{p}/smaps_rollup", ("Pss", "Anonymous"))
+        r = status(f"/proc/{p}/smaps_rollup", ("Pss", "Private_Clean", "Private_Dirty"))
         st = status(f"/proc/{p}/status", ("VmHWM", "VmRSS"))
     except OSError:
         continue
-    pss.append(r["Pss"]); anon.append(r["Anonymous"]); extra.append(st["VmHWM"] - st["VmRSS"])
+    pss.append(r["Pss"]); uss.append(r["Private_Clean"] + r["Private_Dirty"])
+    extra.append(st["VmHWM"] - st["VmRSS"])
 avail = status("/proc/meminfo", ("MemAvailable",))["MemAvailable"]
-each = sum(pss) / len(pss) if pss else 0
+each = sum(uss) / len(uss) if uss else 0
 need = remaining * each + max(batch, 2) * max(extra) + 1.5 * 2**20
 mib = lambda kb: f"{kb / 1024:.0f} MiB"
-print(f"  memory: {len(pss)} client processes take {mib(sum(pss))} (PSS; {mib(each)} each, of which "
-      f"{mib(sum(anon) / max(len(anon), 1))} anonymous), loading took up to {mib(max(extra))} more each; "
-      f"the {remaining} still to start need ~{mib(need)}; MemAvailable {mib(avail)}")
-if pss and need > avail:
+print(f"  memory: {len(pss)} client processes take {mib(sum(pss))} (PSS; {mib(each)} each of their own, "
+      f"USS), loading took up to {mib(max(extra))} more each; the {remaining} still to start need "
+      f"~{mib(need)}; MemAvailable {mib(avail)}")
+if uss and need > avail:
     print(f"FAIL: {len(pss) + remaining} client processes do not fit in this machine's memory: "
-          f"~{mib(each)} each stays resident (PSS, for a share of the training set of a few MiB), so "
-          f"the {remaining} still to start need ~{mib(need)} and {mib(avail)} is available")
+          f"~{mib(each)} each is its own (USS: mostly LibTorch's relocated data, ~57 MiB in any process "
+          f"that loads it), so the {remaining} still to start need ~{mib(need)} and {mib(avail)} is available")
     sys.exit(1)
 PY
 }
