@@ -1,6 +1,7 @@
 #include "actors/aggregator_actor.hpp"
 
 #include "runtime/base/log.hpp"
+#include "runtime/base/tsan.hpp"
 #include "runtime/setup/federation.hpp"
 
 namespace flotilla::actors {
@@ -143,6 +144,7 @@ caf::behavior aggregator_actor(Self* self, std::shared_ptr<AggregatorSetup> setu
   self->send(self, tick_atom::value);
   return {
       [=](const InboundPtr& in) {
+        tsan_taken_over(in.get());  // handed over by Mailbox::deliver
         try {
           if (in->channel == kTransportFailedChannel) {
             // Nothing can be received or sent any more: end with the reason, never hang.

@@ -1,5 +1,7 @@
 #include "actors/bridge.hpp"
 
+#include "runtime/base/tsan.hpp"
+
 namespace flotilla::actors {
 
 void Mailbox::deliver(Inbound in) {
@@ -7,6 +9,7 @@ void Mailbox::deliver(Inbound in) {
   std::lock_guard lock(mutex_);
   if (detached_) return;
   if (target_) {
+    tsan_handed_over(ptr.get());
     caf::anon_send(target_, ptr);
   } else {
     held_.push_back(std::move(ptr));
@@ -16,7 +19,10 @@ void Mailbox::deliver(Inbound in) {
 void Mailbox::attach(caf::actor target) {
   std::lock_guard lock(mutex_);
   target_ = std::move(target);
-  for (auto& p : held_) caf::anon_send(target_, std::move(p));
+  for (auto& p : held_) {
+    tsan_handed_over(p.get());
+    caf::anon_send(target_, std::move(p));
+  }
   held_.clear();
 }
 

@@ -3,6 +3,7 @@
 /// the connect timeout, shutdown and error replies). Each actor keeps only its own work.
 #include "actors/bridge.hpp"
 #include "monitoring/peer_metrics.hpp"
+#include "runtime/base/tsan.hpp"
 #include "runtime/setup/config.hpp"
 #include "runtime/ml/model.hpp"
 
@@ -215,6 +216,7 @@ caf::behavior peer_behavior(Self* self, Handle handle, Beats beats = &always) {
   self->delayed_send(self, link.timing().heartbeat_interval, tick_atom::value);
   return {
       [self, handle](const InboundPtr& in) {
+        tsan_taken_over(in.get());  // handed over by Mailbox::deliver
         try {
           handle(self, *in);
         } catch (const std::exception& e) {

@@ -5,6 +5,7 @@
 #include "runtime/plugin_host/plugin_aggregation.hpp"
 #include "runtime/setup/federation.hpp"
 #include "runtime/base/log.hpp"
+#include "runtime/base/tsan.hpp"
 #include "runtime/ml/trainer.hpp"
 
 #include <ATen/Parallel.h>
@@ -203,6 +204,10 @@ RoleResult outcome_of(const std::vector<std::shared_ptr<Outcome>>& outcomes) {
 template <class Spawn>
 void with_actor_system(Spawn&& spawn) {
   caf::actor_system_config cfg;
+  // Under ThreadSanitizer, one scheduler thread: CAF hands an actor from worker to worker
+  // through atomics in its own (uninstrumented) library, so an actor's state would look raced
+  // between its own consecutive messages. Detached actors, timers and the I/O threads stay.
+  if constexpr (kThreadSanitizer) cfg.set("scheduler.max-threads", 1);
   caf::actor_system system{cfg};
   spawn(system);
   system.await_all_actors_done();

@@ -23,7 +23,11 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(envelope tensor config safetensors sentencepiece)
-case "$TIME" in ''|*[!0-9]*) echo "fuzz.sh: --time wants whole seconds, got '$TIME'" >&2; exit 2 ;; esac
+case "$TIME" in ''|*[!0-9]*|0) echo "fuzz.sh: --time wants a whole number of seconds above 0, got '$TIME'" >&2; exit 2 ;; esac
+
+# libFuzzer comes with clang's runtime (libclang-rt-14-dev); the first run builds build-fuzz/
+# (an ASan + UBSan tree of the libraries the targets link: about 15 minutes on 2 cores).
+bash scripts/install-deps.sh
 
 export FLOTILLA_BUILD_DIR=${FLOTILLA_FUZZ_BUILD_DIR:-build-fuzz}
 export FLOTILLA_CMAKE_ARGS="-DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLOTILLA_SANITIZE=address,undefined -DFLOTILLA_FUZZ=ON -DFLOTILLA_BUILD_BENCH=OFF"
@@ -43,19 +47,22 @@ for t in "${TARGETS[@]}"; do
   if "$BIN/fuzz_$t" "$found" "$kept" -max_total_time="$TIME" -timeout=10 -rss_limit_mb=4096 \
        -malloc_limit_mb=512 -max_len=65536 -print_final_stats=1 -artifact_prefix="$crashes/" \
        >"$crashes/../$t.log" 2>&1; then
-    grep -E "^stat::(number_of_executed_units|new_units_added|peak_rss_mb)" "$crashes/../$t.log" | tr '\n' ' '
+    { grep -E "^stat::(number_of_executed_units|new_units_added|peak_rss_mb)" "$crashes/../$t.log" || true; } | tr '\n' ' '
     echo
   else
     failed+=("$t")
     tail -40 "$crashes/../$t.log"
     echo "fuzz_$t FAILED; the input is in $crashes/. Replay it with:"
-    echo "  $BIN/fuzz_$t $crashes/<file>"
+    echo "  ASAN_OPTIONS=$ASAN_OPTIONS LSAN_OPTIONS=$LSAN_OPTIONS $BIN/fuzz_$t $crashes/<file>"
     echo "fix the cause, then keep the input as a regression test:"
     echo "  cp $crashes/<file> $kept/regression-<what-it-found>"
   fi
   if [ "$MERGE" -eq 1 ]; then
-    "$BIN/fuzz_$t" -merge=1 "$kept" "$found" >"$crashes/../$t.merge.log" 2>&1
-    echo "   kept corpus now $(find "$kept" -type f | wc -l) inputs"
+    if "$BIN/fuzz_$t" -merge=1 "$kept" "$found" >"$crashes/../$t.merge.log" 2>&1; then
+      echo "   kept corpus now $(find "$kept" -type f | wc -l) inputs"
+    else
+      failed+=("$t (merge: see $crashes/../$t.merge.log)")
+    fi
   fi
 done
 if [ ${#failed[@]} -gt 0 ]; then

@@ -1,6 +1,7 @@
 #include "runtime/net/transport.hpp"
 
 #include "runtime/base/log.hpp"
+#include "runtime/base/tsan.hpp"
 #include "runtime/net/context.hpp"
 
 #include <malloc.h>
@@ -54,8 +55,12 @@ constexpr int kMallocMmapThreshold = 32 << 20;
 constexpr int kMallocTopPad = 64 << 20;
 
 void tune_malloc() noexcept {
-  ::mallopt(M_MMAP_THRESHOLD, kMallocMmapThreshold);
-  ::mallopt(M_TOP_PAD, kMallocTopPad);
+  static const bool tuned = [] {
+    ::mallopt(M_MMAP_THRESHOLD, kMallocMmapThreshold);
+    ::mallopt(M_TOP_PAD, kMallocTopPad);
+    return true;
+  }();
+  (void)tuned;
 }
 
 /// The process-wide context, so that inproc:// works between any two endpoints. Never
@@ -67,13 +72,21 @@ zmq::context_t& context_of(const EndpointOptions& options) {
 
 /// ZeroMQ's free callback for zero-copy frames: drops one reference to the encoded message's
 /// owner (builder + tensors), which ZeroMQ may do on its own I/O thread long after send().
+/// (Under ThreadSanitizer the frames' hand-overs through libzmq are marked: runtime/base/tsan.hpp.)
 void release_owner(void* /*data*/, void* hint) noexcept {
+  tsan_taken_over(hint);
   delete static_cast<std::shared_ptr<void>*>(hint);
 }
 
 zmq::message_t frame_message(std::span<const std::byte> frame, const std::shared_ptr<void>& owner) {
-  if (frame.size() <= kCopyFrameBytes) return zmq::message_t(frame.data(), frame.size());
+  if (frame.size() <= kCopyFrameBytes) {
+    zmq::message_t msg(frame.data(), frame.size());
+    tsan_handed_over(msg.data());
+    return msg;
+  }
   auto hint = std::make_unique<std::shared_ptr<void>>(owner);
+  tsan_handed_over(hint.get());
+  tsan_handed_over(frame.data());
   zmq::message_t msg(const_cast<std::byte*>(frame.data()), frame.size(), release_owner, hint.get());
   hint.release();  // now owned by the message's free callback
   return msg;
@@ -414,7 +427,10 @@ class ZmqEndpoint final : public Endpoint {
         parts.erase(parts.begin());
         if (options_.curve_server && !name_by_key(in.peer, parts)) continue;
       }
-      for (const auto& p : parts) in.bytes += p.size();
+      for (const auto& p : parts) {
+        tsan_taken_over(p.data());
+        in.bytes += p.size();
+      }
       bytes_received_.fetch_add(in.bytes, std::memory_order_relaxed);
       in.message = decode(std::move(parts), options_.limits);
       in.hold = hold();
@@ -534,6 +550,7 @@ class ZmqEndpoint final : public Endpoint {
 Expected<zmq::socket_t> make_socket(zmq::socket_type type, const EndpointOptions& options,
                                     const std::string& address) {
   try {
+    tune_malloc();  // also for an endpoint in a context of its own
     zmq::socket_t socket(context_of(options), type);
     socket.set(zmq::sockopt::linger, options.linger_ms);
     socket.set(zmq::sockopt::sndhwm, options.send_high_water_mark);

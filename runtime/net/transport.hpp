@@ -56,7 +56,10 @@ struct EndpointOptions {
   /// The ZeroMQ context the socket lives in; unset: the process-wide one. An application that
   /// embeds endpoints in its own context may pass it (not with curve_server: the ZAP handler
   /// lives in the process-wide context). Shutting that context down stops the endpoint as a
-  /// failure (on_failure, failure()), as any error of its I/O thread does.
+  /// failure (on_failure, failure()), as any error of its I/O thread does. The context must
+  /// outlive bind()/connect(); shut it down from another thread than the endpoint's handler
+  /// (closing a context waits for its sockets, which the handler's thread closes). inproc://
+  /// addresses reach only endpoints in the same context.
   zmq::context_t* context = nullptr;
 };
 

@@ -71,9 +71,11 @@ Expected<Safetensors> decode(std::span<const std::byte> bytes, const std::string
                                 " after the length");
   }
   const auto* header_begin = reinterpret_cast<const char*>(bytes.data() + 8);
-  nlohmann::json header;
+  // In the file's order: tensors of no bytes share an offset, and keep the order they were
+  // written in (a std::map would sort them by name).
+  nlohmann::ordered_json header;
   try {
-    header = nlohmann::json::parse(header_begin, header_begin + header_len);
+    header = nlohmann::ordered_json::parse(header_begin, header_begin + header_len);
   } catch (const nlohmann::json::exception& e) {
     return malformed(where, std::string("the header is not JSON: ") + e.what());
   }
@@ -97,6 +99,7 @@ Expected<Safetensors> decode(std::span<const std::byte> bytes, const std::string
       }
       continue;
     }
+    if (name.empty()) return malformed(where, "a tensor has an empty name");
     const std::string t = "tensor '" + name + "'";
     if (!value.is_object()) return malformed(where, t + " is not described by an object");
     const auto dtype = value.find("dtype");
@@ -147,7 +150,7 @@ Expected<Safetensors> decode(std::span<const std::byte> bytes, const std::string
     }
     entries.push_back(std::move(e));
   }
-  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+  std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
   for (std::size_t i = 1; i < entries.size(); ++i) {
@@ -177,7 +180,7 @@ Expected<Safetensors> decode(std::span<const std::byte> bytes, const std::string
 }  // namespace
 
 Expected<std::string> encode_safetensors(const TensorList& tensors, const SafetensorsMetadata& metadata) {
-  nlohmann::json header = nlohmann::json::object();
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::vector<at::Tensor> cpu;
   cpu.reserve(tensors.size());

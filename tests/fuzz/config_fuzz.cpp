@@ -1,6 +1,6 @@
 // The config loader: any text as a run's TOML file. It is accepted or refused with
-// Errc::invalid_config and a message naming the file; nothing else (no crash, no exception,
-// no other error code). Parsing reads no files, so inputs are all there is.
+// Errc::invalid_config and a message; nothing else (no crash, no exception, no other error
+// code). Parsing reads no files, so inputs are all there is.
 #include "fuzz.hpp"
 
 #include "runtime/setup/config.hpp"

@@ -12,12 +12,17 @@
 
 extern "C" {
 
+extern const char __executable_start;  // the linker's symbol for the start of the executable
+
 __attribute__((section("__libfuzzer_extra_counters"), used))
 std::uint8_t flotilla_fuzz_counters[1 << 16];
 
 __attribute__((no_sanitize_coverage, no_sanitize_address, no_sanitize_undefined))
 void __sanitizer_cov_trace_pc() {
-  auto pc = reinterpret_cast<std::uintptr_t>(__builtin_return_address(0));
+  // Relative to the executable's start, so a block has the same counter in every process
+  // (address-space randomisation moves the absolute address; -merge restarts processes).
+  auto pc = reinterpret_cast<std::uintptr_t>(__builtin_return_address(0)) -
+            reinterpret_cast<std::uintptr_t>(&__executable_start);
   pc *= 0x9E3779B97F4A7C15ULL;  // Fibonacci hashing: the top 16 bits pick the counter
   std::uint8_t& counter = flotilla_fuzz_counters[pc >> 48];
   if (counter != 0xff) ++counter;

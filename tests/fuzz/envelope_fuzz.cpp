@@ -1,6 +1,6 @@
 // The envelope decoder: any bytes, split into frames as a peer's message would arrive
-// (fuzz.hpp). Decoding never crashes, never throws, and never allocates more than the bytes
-// could hold (ASan's allocation limit in scripts/fuzz.sh says so); a message that decodes
+// (fuzz.hpp). Decoding never crashes, never throws, and never makes an allocation over
+// scripts/fuzz.sh's limit (512 MiB, for inputs of at most 64 KiB); a message that decodes
 // encodes back to bytes that decode, and that second encoding is identical to the first.
 #include "fuzz.hpp"
 

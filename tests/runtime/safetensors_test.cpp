@@ -162,6 +162,27 @@ TEST(Safetensors, BrokenFilesAreRefusedNamingTheProblem) {
   EXPECT_NE(refused(hf_file("{\"w\":", "")).find("JSON"), std::string::npos);
   EXPECT_NE(refused(hf_file(R"({"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})",
                             floats({1, 2}))).find("count"), std::string::npos);
+  // A tensor without a name (found by reviewing the fuzz target: read, it could not be written).
+  EXPECT_NE(refused(hf_file(R"({"":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}})", ""))
+                .find("empty name"), std::string::npos);
+}
+
+TEST(Safetensors, TensorsOfNoBytesKeepTheOrderTheyWereWrittenIn) {
+  // They share their offset with the next tensor, so the data's order cannot say; the header's
+  // must (it was read as a std::map: "z" and "a" came back as a, z).
+  const TensorList written = {{"z", at::zeros({0}, at::kFloat)},
+                              {"a", at::zeros({2, 0}, at::kByte)},
+                              {"m", at::ones({2}, at::kFloat)},
+                              {"b", at::zeros({0}, at::kLong)}};
+  auto bytes = encode_safetensors(written);
+  ASSERT_TRUE(bytes) << bytes.error().message;
+  auto read = decode_safetensors(as_bytes(*bytes), "f");
+  ASSERT_TRUE(read) << read.error().message;
+  ASSERT_EQ(read->tensors.size(), written.size());
+  for (std::size_t i = 0; i < written.size(); ++i) {
+    EXPECT_EQ(read->tensors[i].name, written[i].name) << i;
+    EXPECT_TRUE(bit_equal(read->tensors[i].tensor, written[i].tensor)) << written[i].name;
+  }
 }
 
 TEST(Safetensors, AMissingFileAndUnwritableTensorsAreClearErrors) {
