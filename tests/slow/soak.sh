@@ -6,8 +6,9 @@
 # churn), every counter consistent (versions = accepted updates; every task accepted, rejected,
 # lost or out at the end), every restarted client back with current work, the garbage counted
 # as malformed and nothing else disturbed. Clients start only while they fit in memory: on a
-# smaller machine it fails saying so, with the figures (on a 23 GiB machine 200 do not fit:
-# ~70 MiB each stays resident; SOAK_CLIENTS=150 does). Label `slow` (scripts/test.sh --all).
+# smaller machine it fails saying so, with the figures (each client keeps ~61 MiB of its own,
+# most of it LibTorch's relocated data; 200 fit a 23 GiB machine). Label `slow`
+# (scripts/test.sh --all).
 #   bash tests/slow/soak.sh PATH/TO/flotilla     (SOAK_CLIENTS, SOAK_SECONDS to scale it)
 export CHURN_CLIENTS=${SOAK_CLIENTS:-200}
 export CHURN_SECONDS=${SOAK_SECONDS:-600}
