@@ -178,6 +178,25 @@ def pss_loop():
             o.write(f"{t:.3f} {n} {total}\n")
             time.sleep(5)
 threading.Thread(target=pss_loop, daemon=True).start()
+def threads_loop():  # the aggregator's threads twice a second: what each is doing, if it stalls
+    with open(os.path.join(os.path.dirname(out), "threads.txt"), "w", buffering=1) as o:
+        while os.path.exists(f"/proc/{agg}"):
+            t = time.time()
+            try:
+                tids = os.listdir(f"/proc/{agg}/task")
+            except OSError:
+                break
+            for tid in tids:
+                try:
+                    stat = open(f"/proc/{agg}/task/{tid}/stat").read()
+                    name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+                    wchan = open(f"/proc/{agg}/task/{tid}/wchan").read().strip() or "-"
+                except (OSError, ValueError):
+                    continue
+                # state, CPU ticks (utime + stime)
+                o.write(f"{t:.3f} {tid} {name.replace(' ', '_')} {rest[0]} {wchan} {int(rest[11]) + int(rest[12])}\n")
+            time.sleep(max(0.0, 0.5 - (time.time() - t)))
+threading.Thread(target=threads_loop, daemon=True).start()
 with open(out, "w", buffering=1) as o:
     while os.path.exists(f"/proc/{agg}"):
         t = time.time()
@@ -456,6 +475,25 @@ print(f"  versions/s: {len(calm) / max(churn_from, 1e-9):.1f} before the churn, 
       f"during the churn {max(gaps, default=float('nan')):.2f} s")
 check(len(in_churn) > 0, "no version was produced during the churn")
 check(max(gaps, default=0) < task_deadline, f"versions stalled for {max(gaps, default=0):.1f} s during the churn")
+if gaps and max(gaps) >= task_deadline:
+    # What the aggregator's threads did in the longest gap: states seen (R running, S sleeping,
+    # D in the kernel uninterruptibly), their commonest kernel wait, and the CPU they got.
+    k = gaps.index(max(gaps))
+    g0, g1 = mark["running"] + in_churn[k], mark["running"] + in_churn[k + 1]
+    seen = {}
+    for line in open(os.path.join(work, "threads.txt")):
+        f = line.split()
+        if len(f) == 6 and g0 <= float(f[0]) <= g1:
+            e = seen.setdefault(f[1], {"name": f[2], "states": {}, "wchan": {}, "cpu": []})
+            e["states"][f[3]] = e["states"].get(f[3], 0) + 1
+            e["wchan"][f[4]] = e["wchan"].get(f[4], 0) + 1
+            e["cpu"].append(int(f[5]))
+    hz = os.sysconf("SC_CLK_TCK")
+    print(f"  the aggregator's threads in that gap ({g1 - g0:.1f} s): thread: states, commonest wait, CPU")
+    for tid, e in sorted(seen.items(), key=lambda kv: kv[1]["name"]):
+        cpu = (max(e["cpu"]) - min(e["cpu"])) / hz
+        print(f"    {e['name']} ({tid}): {' '.join(f'{s}x{n}' for s, n in sorted(e['states'].items()))}, "
+              f"{max(e['wchan'], key=e['wchan'].get)}, {cpu:.2f} s")
 exits = [line.split() for line in open(os.path.join(work, "last_exit.txt"))]
 bad = [e for e in exits if e[2] != "0"]
 check(not bad, f"last processes that did not exit 0 (id incarnation rc): {bad[:10]}")
