@@ -117,15 +117,10 @@ track() {  # the processes to clean up and to sample: the aggregator, the evalua
   printf '%s\n' "${CPID[@]}" "${STOPPED[@]:-}" > "$WORK/clients.pids.new"
   mv "$WORK/clients.pids.new" "$WORK/clients.pids"
 }
-# Clients run at a lower CPU priority (nice 10): on a fleet each has its own device, here all
-# share two cores with the aggregator and the kernel's threads. At equal priority, 200 clients
-# (67 training, restarts loading data) starved the kernel's background compaction, and the
-# aggregator's I/O thread waited seconds on a page it was migrating (migration_entry_wait: the
-# thread sampling below showed it in state D), so no version came for 8-9 s.
 start_client() {  # start_client ID: its next incarnation, logging at debug (one line per task)
   local id=$1
   INC[$id]=$((${INC[$id]:--1} + 1))
-  nice -n 10 "$FLOTILLA" --log-level debug client "$CONF" --id "$id" --connect "$EP" \
+  "$FLOTILLA" --log-level debug client "$CONF" --id "$id" --connect "$EP" \
     > /dev/null 2> "$WORK/clients/$id.${INC[$id]}.err" &
   CPID[$id]=$!
   event start "$id" "${INC[$id]}" "${CPID[$id]}"
