@@ -8,13 +8,6 @@
 
 namespace {
 
-/// The frames as a receiver gets them (copies, as ZeroMQ hands them over).
-std::vector<zmq::message_t> received(const flotilla::EncodedFrames& e) {
-  std::vector<zmq::message_t> out;
-  for (const auto& f : e.frames) out.emplace_back(f.data(), f.size());
-  return out;
-}
-
 std::string joined(const flotilla::EncodedFrames& e) {
   std::string out;
   for (const auto& f : e.frames) out.append(reinterpret_cast<const char*>(f.data()), f.size());
@@ -37,7 +30,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     return 0;
   }
   const auto first = encode(*decoded);
-  auto again = decode(received(first));
+  auto again = decode(fuzz::received(first.frames));
   fuzz::require(again.has_value(), "what encode() wrote decodes");
   fuzz::require(joined(encode(*again)) == joined(first), "encode(decode(encode(m))) == encode(m)");
   return 0;

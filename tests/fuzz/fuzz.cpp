@@ -66,6 +66,12 @@ std::string input_of(const std::vector<std::span<const std::byte>>& frames) {
   return out;
 }
 
+std::vector<zmq::message_t> received(const std::vector<std::span<const std::byte>>& frames) {
+  std::vector<zmq::message_t> out;
+  for (const auto& f : frames) out.emplace_back(f.data(), f.size());
+  return out;
+}
+
 void require(bool ok, std::string_view what) {
   if (ok) return;
   std::fprintf(stderr, "fuzz property violated: %.*s\n", static_cast<int>(what.size()), what.data());

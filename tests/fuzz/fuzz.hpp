@@ -49,6 +49,9 @@ inline constexpr std::size_t kMaxSegmentFrames = 16;
 /// The inverse, for writing seeds: frames (as encode() gives them) as one input.
 [[nodiscard]] std::string input_of(const std::vector<std::span<const std::byte>>& frames);
 
+/// Encoded frames as a receiver gets them: copies, as ZeroMQ hands them over.
+[[nodiscard]] std::vector<zmq::message_t> received(const std::vector<std::span<const std::byte>>& frames);
+
 /// Aborts naming the property that failed, unless `ok`.
 void require(bool ok, std::string_view what);
 

@@ -146,9 +146,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   // Re-encoded (as a relay or a checkpoint would), the tensors decode to the same bytes.
   const auto re = encode(*decoded);
-  std::vector<zmq::message_t> copies;
-  for (const auto& f : re.frames) copies.emplace_back(f.data(), f.size());
-  auto back = decode(std::move(copies));
+  auto back = decode(fuzz::received(re.frames));
   require(back.has_value(), "re-encoded tensors decode");
   const TensorList* twice = tensors_of(back->payload);
   require(twice != nullptr && twice->size() == got->size(), "re-encoded tensors all arrive");
