@@ -207,7 +207,7 @@ void shuffle(std::vector<std::int64_t>& v, std::mt19937_64& rng) {
   for (std::size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[rng() % i]);
 }
 
-Expected<Dataset> load_fashion_mnist(const std::string& dir, bool train) {
+Expected<Dataset> load_fashion_mnist(const std::string& dir, bool train, ImageForm form) {
   const std::string prefix = train ? "train" : "t10k";
   const auto images_path = find_file(dir, prefix + "-images-idx3-ubyte");
   const auto labels_path = find_file(dir, prefix + "-labels-idx1-ubyte");
@@ -232,9 +232,18 @@ Expected<Dataset> load_fashion_mnist(const std::string& dir, bool train) {
   const auto n = static_cast<std::int64_t>(idims[0]);
   Dataset data;
   data.num_classes = kNumClasses;
-  auto raw = torch::from_blob(images->bytes.data(), {n, 1, 28, 28}, torch::kUInt8);
-  data.inputs = ((raw.to(torch::kFloat32) / 255.0F) - kMean) / kStd;
+  data.inputs = torch::from_blob(images->bytes.data(), {n, 1, 28, 28}, torch::kUInt8).clone();
+  images->bytes = {};
   data.labels = torch::from_blob(labels->bytes.data(), {n}, torch::kUInt8).to(torch::kInt64);
+  return form == ImageForm::bytes ? data : normalized(std::move(data));
+}
+
+Dataset normalized(Dataset data) {
+  if (data.inputs.scalar_type() != torch::kUInt8) return data;
+  // In place after the one conversion: the float copy is the only one held (no temporaries of
+  // its size), and each step rounds as ((x / 255) - mean) / std does.
+  auto x = data.inputs.to(torch::kFloat32);
+  data.inputs = x.div_(255.0F).sub_(kMean).div_(kStd);
   return data;
 }
 

@@ -17,7 +17,9 @@ namespace flotilla {
 void shuffle(std::vector<std::int64_t>& v, std::mt19937_64& rng);
 
 struct Dataset {
-  at::Tensor inputs;  ///< N×C×H×W float32, normalized; or N×T token ids (int64)
+  /// N×C×H×W float32, normalized; or N×C×H×W uint8 as stored (ImageForm::bytes, before
+  /// normalized()); or N×T token ids (int64)
+  at::Tensor inputs;
   at::Tensor labels;  ///< N int64; or N×T token ids to predict (kIgnoreLabel: not scored)
   std::int64_t num_classes = 0;  ///< classes; or, for text, categories
   /// What partitions split clients by, per example (N int64): undefined = the labels (an image's
@@ -28,10 +30,21 @@ struct Dataset {
   [[nodiscard]] const at::Tensor& partition_labels() const { return groups.defined() ? groups : labels; }
 };
 
+/// How a loader hands over images: `normalized` float32 (what models train on), or `bytes` as
+/// stored (uint8, a quarter of the memory), for a process that keeps only a slice: take the
+/// slice with subset(), then normalized() it. A client of 60,000 examples' Fashion-MNIST that
+/// keeps 300 of them never holds the 188 MB of floats the whole set is.
+enum class ImageForm { normalized, bytes };
+
 /// Reads Fashion-MNIST's IDX files from `dir` (the Debian package's
 /// /usr/share/datasets/fashion-mnist: `*-ubyte.gz`, or the same files gunzipped).
 /// `train` picks train-* (60,000) or t10k-* (10,000). Errc::io names the missing or bad file.
-[[nodiscard]] Expected<Dataset> load_fashion_mnist(const std::string& dir, bool train);
+[[nodiscard]] Expected<Dataset> load_fashion_mnist(const std::string& dir, bool train,
+                                                   ImageForm form = ImageForm::normalized);
+
+/// `data` with uint8 images (ImageForm::bytes) turned into normalized float32, exactly as
+/// load_fashion_mnist's normalized form has them; any other data unchanged.
+[[nodiscard]] Dataset normalized(Dataset data);
 
 /// The rows `indices` of `data` (a copy).
 [[nodiscard]] Dataset subset(const Dataset& data, const std::vector<std::int64_t>& indices);

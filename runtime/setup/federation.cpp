@@ -49,7 +49,7 @@ Expected<Dataset> client_train_data(const Config& config, const Dataset& full_tr
     own = client_partitions(config, full_train);
     parts = &own;
   }
-  return subset(full_train, client_train_indices(config, *parts, id));
+  return normalized(subset(full_train, client_train_indices(config, *parts, id)));
 }
 
 std::vector<std::int64_t> client_train_indices(const Config& config,
@@ -103,8 +103,8 @@ Expected<std::unique_ptr<Tokenizer>> run_tokenizer(const Config& config) {
   return tokenizer;
 }
 
-Expected<Dataset> load_dataset(const Config& config, bool train) {
-  if (config.data.dataset != "instructions") return load_fashion_mnist(config.data.path, train);
+Expected<Dataset> load_dataset(const Config& config, bool train, ImageForm form) {
+  if (config.data.dataset != "instructions") return load_fashion_mnist(config.data.path, train, form);
   auto part = instruction_records(config, train);
   if (!part) return part.error();
   auto tokenizer = run_tokenizer(config);

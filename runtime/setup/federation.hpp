@@ -16,7 +16,8 @@
 
 namespace flotilla {
 
-/// Client `id`'s training examples under the config's partition (its held-out share removed).
+/// Client `id`'s training examples under the config's partition (its held-out share removed),
+/// normalized (`full_train` may hold images as bytes: load_dataset's ImageForm::bytes).
 /// Errc::invalid_argument if `id` is not below data.clients.
 /// `parts`: the config's partition of `full_train` (client_partitions), computed once for many
 /// clients; nullptr computes it for this call.
@@ -38,8 +39,10 @@ namespace flotilla {
 /// The run's data (data.dataset): Fashion-MNIST's training or test set, or, for "instructions",
 /// the JSON-lines file at data.path tokenized into causal-LM examples (text.hpp), its records
 /// split once by run.seed into a training part and a held-out part (data.held-out) for the
-/// evaluator. Every process of the run reads the same split.
-[[nodiscard]] Expected<Dataset> load_dataset(const Config& config, bool train);
+/// evaluator. Every process of the run reads the same split. `form`: images normalized, or as
+/// bytes for a process that keeps only clients' slices (client_train_data normalizes those).
+[[nodiscard]] Expected<Dataset> load_dataset(const Config& config, bool train,
+                                             ImageForm form = ImageForm::normalized);
 /// data.tokenizer (and data.tokenizer-model): Errc::invalid_config for a file that cannot be
 /// read, or a vocabulary larger than model.vocab-size.
 [[nodiscard]] Expected<std::unique_ptr<Tokenizer>> run_tokenizer(const Config& config);

@@ -3,6 +3,7 @@
 #include "runtime/plugin_host/plugin_aggregation.hpp"
 
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <algorithm>
 #include <fstream>
@@ -171,6 +172,25 @@ TEST(Config, ATokenizerMustBeTheCheckpointsOwn) {
       << bytes.error().message;
   EXPECT_TRUE(parse_config(text + "checkpoint = \"pretrained.safetensors\"\n", "own.toml"))
       << "a byte-level checkpoint of the byte tokenizer's 259 tokens (the study's pretrained base)";
+}
+
+TEST(Config, AClientsSliceIsTheSameWhetherTheSetWasLoadedAsBytesOrFloats) {
+  // `flotilla client` and `run` load the images as bytes and normalize only the clients'
+  // slices; the slice must be the one (and the values those) every other role computes.
+  auto c = parse_config("[data]\nclients = 20\n", "slices.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  auto floats = load_dataset(*c, true);
+  auto bytes = load_dataset(*c, true, ImageForm::bytes);
+  ASSERT_TRUE(floats && bytes);
+  for (const std::uint32_t id : {0U, 13U, 19U}) {
+    auto want = client_train_data(*c, *floats, id);
+    auto got = client_train_data(*c, *bytes, id);
+    ASSERT_TRUE(want && got);
+    EXPECT_GT(got->size(), 0);
+    EXPECT_EQ(got->inputs.scalar_type(), torch::kFloat32);
+    EXPECT_TRUE(torch::equal(got->inputs, want->inputs)) << "client " << id;
+    EXPECT_TRUE(torch::equal(got->labels, want->labels)) << "client " << id;
+  }
 }
 
 TEST(Config, ClientModelsAndTemplatesFollowLoraRanks) {

@@ -189,6 +189,25 @@ TEST(Data, ReadsPlainAndGzippedIdxAndNormalizes) {
   }
 }
 
+TEST(Data, ImagesKeptAsBytesNormalizeSliceBySliceToTheSameValues) {
+  // What a client process does (load as bytes, keep a slice, normalize it) must give the very
+  // floats the normalized load has, bit for bit: the same model trains on the same inputs.
+  auto floats = load_fashion_mnist(kDataDir, true);
+  auto bytes = load_fashion_mnist(kDataDir, true, ImageForm::bytes);
+  ASSERT_TRUE(floats && bytes) << (floats ? bytes.error().message : floats.error().message);
+  EXPECT_EQ(bytes->inputs.scalar_type(), torch::kUInt8);
+  EXPECT_EQ(bytes->inputs.sizes(), floats->inputs.sizes());
+  EXPECT_TRUE(torch::equal(bytes->labels, floats->labels));
+  const std::vector<std::int64_t> slice = {0, 7, 999, 31337, 59999};
+  const auto mine = normalized(subset(*bytes, slice));
+  EXPECT_EQ(mine.inputs.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(mine.inputs, subset(*floats, slice).inputs));
+  EXPECT_TRUE(torch::equal(mine.labels, subset(*floats, slice).labels));
+  EXPECT_TRUE(torch::equal(normalized(*bytes).inputs, floats->inputs));
+  // Data already normalized (or token ids) passes through unchanged.
+  EXPECT_TRUE(torch::equal(normalized(mine).inputs, mine.inputs));
+}
+
 TEST(Data, MissingDirectoryNamesTheFile) {
   auto data = load_fashion_mnist("/nonexistent/flotilla", true);
   ASSERT_FALSE(data);
