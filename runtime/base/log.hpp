@@ -3,6 +3,8 @@
 /// stderr with the component's name; progress lines for people go to stdout from the CLI.
 #include <spdlog/spdlog.h>
 
+#include "runtime/base/log_throttle.hpp"
+
 #include <memory>
 #include <string>
 

@@ -176,9 +176,12 @@ class ZapHandler {
         user = *name;
       } else {
         text = "key not authorized";
-        logger("security")->warn("refused a connection from {} to the {} endpoint: its key {} is not in {}",
-                                 address.empty() ? "?" : address, domain, z85,
-                                 keys ? keys->dir().string() : std::string("any authorized list"));
+        // At most every 5 s per endpoint: a stranger can retry as fast as it likes.
+        if (auto more = refusal_log_[domain].admit(std::chrono::steady_clock::now())) {
+          logger("security")->warn("refused a connection from {} to the {} endpoint: its key {} is not in {}{}",
+                                   address.empty() ? "?" : address, domain, z85,
+                                   keys ? keys->dir().string() : std::string("any authorized list"), *more);
+        }
       }
     }
     return d;
@@ -186,6 +189,7 @@ class ZapHandler {
 
   zmq::socket_t socket_;
   std::thread thread_;
+  std::map<std::string, LogThrottle> refusal_log_;  ///< per domain; the handler's thread only
   std::mutex mutex_;
   std::map<std::string, std::shared_ptr<AuthorizedKeys>> domains_;
 };

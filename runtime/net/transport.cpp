@@ -497,17 +497,7 @@ class ZmqEndpoint final : public Endpoint {
   /// Refusals are logged at most every 5 s per endpoint (a hostile peer retries ten times a
   /// second), with how many were not.
   void say_refused(const std::string& what) {
-    const auto now = Clock::now();
-    if (last_refusal_log_ && now - *last_refusal_log_ < std::chrono::seconds(5)) {
-      ++refusals_unsaid_;
-      return;
-    }
-    logger("security")->warn("{}{}", what,
-                             refusals_unsaid_ > 0 ? " (and " + std::to_string(refusals_unsaid_) +
-                                                        " refusals since the last one said)"
-                                                  : "");
-    refusals_unsaid_ = 0;
-    last_refusal_log_ = now;
+    if (auto more = refusal_log_.admit(Clock::now())) logger("security")->warn("{}{}", what, *more);
   }
 
   zmq::socket_t socket_;
@@ -515,8 +505,7 @@ class ZmqEndpoint final : public Endpoint {
   /// Curve server: each authenticated id's latest connection (routing id). I/O thread only.
   std::unordered_map<std::string, std::string> route_of_;
   std::atomic<std::uint64_t> refused_{0};
-  std::optional<Clock::time_point> last_refusal_log_;  ///< I/O thread only
-  std::uint64_t refusals_unsaid_ = 0;                  ///< I/O thread only
+  LogThrottle refusal_log_;  ///< I/O thread only
   const bool router_;
   const std::string address_;
   const Handler handler_;

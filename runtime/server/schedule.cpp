@@ -229,7 +229,14 @@ void Schedule::maybe_start(std::vector<Send>& out) {
 
 std::vector<Send> Schedule::on_bad_message(const std::string& peer, const Error& error) {
   emit(MessageRefused{peer, error.message});
-  logger("aggregator")->warn("dropped a message from {}: {}", peer.empty() ? "?" : peer, error.message);
+  // Counted every time (MessageRefused); said at most every 5 s: a hostile peer can send
+  // garbage as fast as the network carries it, and the log is not its to fill.
+  const auto* from = peer.empty() ? "?" : peer.c_str();
+  if (auto more = bad_message_log_.admit(clock_.now())) {
+    logger("aggregator")->warn("dropped a message from {}: {}{}", from, error.message, *more);
+  } else {
+    logger("aggregator")->debug("dropped a message from {}: {}", from, error.message);
+  }
   std::vector<Send> out;
   if (!peer.empty()) {
     out.push_back(error_to(peer,

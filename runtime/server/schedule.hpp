@@ -8,6 +8,7 @@
 /// SyncRounds, and AsyncSchedule (FedAsync and FedBuff) add how work is handed out and when a
 /// version is produced.
 #include "runtime/base/clock.hpp"
+#include "runtime/base/log_throttle.hpp"
 #include "runtime/plugin_host/aggregation.hpp"
 #include "runtime/protocol/message.hpp"
 #include "runtime/server/checkpoint.hpp"
@@ -295,6 +296,7 @@ class Schedule {
   std::vector<bool> changed_;
   std::unique_ptr<Aggregation> aggregation_;
   const Clock& clock_;
+  LogThrottle bad_message_log_;  ///< on_bad_message's warnings
   std::string run_id_;
   std::mt19937_64 rng_;
   std::shared_ptr<const Selection> selection_;

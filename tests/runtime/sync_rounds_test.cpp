@@ -1,10 +1,12 @@
 #include "runtime/server/sync_rounds.hpp"
 
+#include "runtime/base/log.hpp"
 #include "runtime/plugin_host/fedavg.hpp"
 
 #include "schedule_testing.hpp"
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -419,6 +421,34 @@ TEST(SyncRounds, BadUpdatesAreRejectedAndAcceptedOnesSurvive) {
   (void)f.update(second, 4);  // the rejected ones did not count as its reply
   EXPECT_EQ(f.rounds->model_version(), 1U);
   EXPECT_TRUE(torch::allclose(f.rounds->model()[0].tensor, torch::full({3}, 3.0F)));
+}
+
+TEST(SyncRounds, AFloodOfGarbageIsAnsweredAndCountedButWarnedAboutAtMostEvery5s) {
+  // A hostile peer sends garbage as fast as the network carries it (the soak: 70,000 messages
+  // in 10 minutes, each once a warning line): every one is answered and counted, but the log
+  // says it at most every 5 s, with how many it held back.
+  Fixture f(options(3, 0, 1, 1));
+  auto warnings = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(100);
+  warnings->set_level(spdlog::level::warn);
+  auto log = logger("aggregator");
+  log->sinks().push_back(warnings);
+  std::size_t answered = 0;
+  for (int i = 0; i < 1000; ++i) {
+    answered += sent<ErrorReply>(f.rounds->on_bad_message("hostile-" + std::to_string(i),
+                                                          Error{Errc::malformed, "garbage"})).size();
+    if (i == 499) f.clock.advance(4s);
+  }
+  f.clock.advance(1s);  // 5 s after the first one said
+  answered += sent<ErrorReply>(f.rounds->on_bad_message("hostile-x", Error{Errc::malformed, "junk"})).size();
+  log->sinks().pop_back();
+  EXPECT_EQ(answered, 1001U);
+  EXPECT_EQ(f.rounds->counters().messages_malformed, 1001U);
+  const auto said = warnings->last_formatted();
+  ASSERT_EQ(said.size(), 2U);
+  EXPECT_NE(said[0].find("dropped a message from hostile-0: garbage"), std::string::npos) << said[0];
+  EXPECT_EQ(said[0].find("more since"), std::string::npos) << said[0];
+  EXPECT_NE(said[1].find("dropped a message from hostile-x: junk (and 999 more since the last one said)"),
+            std::string::npos) << said[1];
 }
 
 TEST(SyncRounds, RegistrationTimeoutWithTooFewClientsFailsTheRunWithAReason) {
