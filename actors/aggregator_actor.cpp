@@ -96,7 +96,7 @@ std::vector<Send> route(AggregatorSetup& s, const Inbound& in) {
         } else if constexpr (std::is_same_v<T, Heartbeat>) {
           return rounds.on_heartbeat(in.peer, p, m.protocol_minor >= 4);
         } else if constexpr (std::is_same_v<T, ErrorReply>) {
-          logger("aggregator")->warn("{} reports an error: {}", in.peer, p.message);
+          rounds.on_peer_error(in.peer, p.message);
           return {};
         } else if constexpr (std::is_same_v<T, AdminCommand>) {
           // The clients' endpoint is open to every client (and whoever else reaches it).

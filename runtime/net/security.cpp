@@ -177,10 +177,14 @@ class ZapHandler {
       } else {
         text = "key not authorized";
         // At most every 5 s per endpoint: a stranger can retry as fast as it likes.
+        const std::string what = fmt::format(
+            "refused a connection from {} to the {} endpoint: its key {} is not in {}",
+            address.empty() ? "?" : address, domain, z85,
+            keys ? keys->dir().string() : std::string("any authorized list"));
         if (auto more = refusal_log_[domain].admit(std::chrono::steady_clock::now())) {
-          logger("security")->warn("refused a connection from {} to the {} endpoint: its key {} is not in {}{}",
-                                   address.empty() ? "?" : address, domain, z85,
-                                   keys ? keys->dir().string() : std::string("any authorized list"), *more);
+          logger("security")->warn("{}{}", what, *more);
+        } else {
+          logger("security")->debug("{}", what);
         }
       }
     }

@@ -127,7 +127,7 @@ std::vector<Send> Schedule::on_hello(const std::string& peer, const Hello& hello
           (hello.role == Role::client ? "client " + std::to_string(hello.client_id) : std::string("an evaluator")) +
           " (a key is for one id: client-<id>, or evaluator)";
       emit(MessageRefused{peer, why});
-      logger("aggregator")->warn("refused {}: {}", peer, why);
+      warn_throttled(stranger_log_, "refused " + peer + ": " + why);
       out.push_back(error_to(peer, WireErrc::rejected, why));
       return out;
     }
@@ -136,7 +136,7 @@ std::vector<Send> Schedule::on_hello(const std::string& peer, const Hello& hello
     const std::string why = "the federation is full: " + std::to_string(registry_.known()) +
                             " peers registered (aggregator.max-clients)";
     emit(MessageRefused{peer, why});
-    logger("aggregator")->warn("refused {}: {}", peer, why);
+    warn_throttled(stranger_log_, "refused " + peer + ": " + why);
     out.push_back(error_to(peer, WireErrc::rejected, why));
     return out;
   }
@@ -187,7 +187,7 @@ std::vector<Send> Schedule::on_update(const std::string& peer, const Update& upd
     // A stranger, or a client of the aggregator this one replaced: it must register first.
     std::vector<Send> out;
     emit(UpdateRejected{peer, 0, update.round, RejectReason::not_sampled, "not registered"});
-    logger("aggregator")->warn("rejected update from {}: not registered", peer);
+    warn_throttled(stranger_log_, "rejected update from " + peer + ": not registered");
     out.push_back(not_registered(peer));
     return out;
   }
@@ -229,14 +229,10 @@ void Schedule::maybe_start(std::vector<Send>& out) {
 
 std::vector<Send> Schedule::on_bad_message(const std::string& peer, const Error& error) {
   emit(MessageRefused{peer, error.message});
-  // Counted every time (MessageRefused); said at most every 5 s: a hostile peer can send
-  // garbage as fast as the network carries it, and the log is not its to fill.
-  const auto* from = peer.empty() ? "?" : peer.c_str();
-  if (auto more = bad_message_log_.admit(clock_.now())) {
-    logger("aggregator")->warn("dropped a message from {}: {}{}", from, error.message, *more);
-  } else {
-    logger("aggregator")->debug("dropped a message from {}: {}", from, error.message);
-  }
+  // Counted every time (MessageRefused); said at most every 5 s per kind: a hostile peer can
+  // send garbage as fast as the network carries it, and the log is not its to fill.
+  warn_throttled(bad_message_log_[error.code],
+                 "dropped a message from " + (peer.empty() ? std::string("?") : peer) + ": " + error.message);
   std::vector<Send> out;
   if (!peer.empty()) {
     out.push_back(error_to(peer,
@@ -245,6 +241,23 @@ std::vector<Send> Schedule::on_bad_message(const std::string& peer, const Error&
                            error.message));
   }
   return out;
+}
+
+void Schedule::warn_throttled(LogThrottle& throttle, const std::string& what) {
+  if (auto more = throttle.admit(clock_.now())) {
+    logger("aggregator")->warn("{}{}", what, *more);
+  } else {
+    logger("aggregator")->debug("{}", what);
+  }
+}
+
+void Schedule::on_peer_error(const std::string& peer, const std::string& message) {
+  const std::string what = peer + " reports an error: " + message;
+  if (registry_.find_any(peer) != nullptr) {
+    logger("aggregator")->warn("{}", what);
+  } else {
+    warn_throttled(stranger_log_, what);
+  }
 }
 
 std::vector<Send> Schedule::on_other_run(const std::string& peer, const std::string& their_run) {

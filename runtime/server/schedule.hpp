@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -131,8 +132,12 @@ class Schedule {
   [[nodiscard]] std::vector<Send> on_heartbeat(const std::string& peer, const Heartbeat& beat,
                                                bool acknowledge = false);
   /// A message from `peer` that could not be decoded or is of a kind the aggregator does not
-  /// take: counted, answered with an error, nothing else changes.
+  /// take: counted, answered with an error, nothing else changes. Warned about at most every
+  /// 5 s per kind of error (each at debug): anyone who reaches the port can send garbage.
   [[nodiscard]] std::vector<Send> on_bad_message(const std::string& peer, const Error& error);
+  /// An error `peer` reports (its ErrorReply): logged (a registered peer's each time, a
+  /// stranger's at most every 5 s); nothing else changes.
+  void on_peer_error(const std::string& peer, const std::string& message);
   /// A message for another run (`their_run`): refused and counted. A peer this run does not
   /// know is also told to register (it was in the run of an aggregator this one replaced).
   [[nodiscard]] std::vector<Send> on_other_run(const std::string& peer, const std::string& their_run);
@@ -296,7 +301,12 @@ class Schedule {
   std::vector<bool> changed_;
   std::unique_ptr<Aggregation> aggregation_;
   const Clock& clock_;
-  LogThrottle bad_message_log_;  ///< on_bad_message's warnings
+  /// Warnings others can repeat without bound: on_bad_message's, per kind of error; and what
+  /// peers the registry does not know send (updates, errors, refused Hellos).
+  std::map<Errc, LogThrottle> bad_message_log_;
+  LogThrottle stranger_log_;
+  /// Says `what` (a warning) unless `throttle` holds it back (then at debug).
+  void warn_throttled(LogThrottle& throttle, const std::string& what);
   std::string run_id_;
   std::mt19937_64 rng_;
   std::shared_ptr<const Selection> selection_;

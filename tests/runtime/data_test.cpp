@@ -204,6 +204,9 @@ TEST(Data, ImagesKeptAsBytesNormalizeSliceBySliceToTheSameValues) {
   EXPECT_TRUE(torch::equal(mine.inputs, subset(*floats, slice).inputs));
   EXPECT_TRUE(torch::equal(mine.labels, subset(*floats, slice).labels));
   EXPECT_TRUE(torch::equal(normalized(*bytes).inputs, floats->inputs));
+  // The values are the dataset's bytes normalized by its own mean and std, as ever.
+  EXPECT_TRUE(torch::equal(mine.inputs,
+                           ((subset(*bytes, slice).inputs.to(torch::kFloat32) / 255.0F) - 0.2860F) / 0.3530F));
   // Data already normalized (or token ids) passes through unchanged.
   EXPECT_TRUE(torch::equal(normalized(mine).inputs, mine.inputs));
 }

@@ -513,8 +513,10 @@ if hostile:
     closest = min(((b - a) % 86400 for a, b in zip(said, said[1:])), default=None)
     print(f"  warnings about dropped messages: {len(said)}"
           + (f", at least {closest:.2f} s apart" if closest is not None else ""))
-    check(closest is None or closest >= 4.99,
-          f"two warnings about dropped messages {closest} s apart (at most one per 5 s expected)")
+    check(len(said) >= 1, "the aggregator never said it dropped a hostile peer's messages")
+    # The throttle keeps steady time and the log's stamps are taken a moment later: a little slack.
+    check(closest is None or closest >= 4.9,
+          f"two warnings about dropped messages {closest:.2f} s apart (at most one per 5 s expected)")
 else:
     check(malformed == 0, f"{malformed} malformed messages")
 versions_in_csv = sorted(int(r["model_version"]) for r in vrows)
