@@ -281,6 +281,17 @@ void Schedule::reject(std::vector<Send>& out, const std::string& peer, const Upd
 
 std::vector<Send> Schedule::on_evaluation(const std::string& peer, const EvaluationResult& r) {
   std::vector<Send> out;
+  // Only a registered evaluator scores the model: a result from anyone else could end the run
+  // at run.target-accuracy or stand in the records as the model's accuracy.
+  const auto* from = registry_.find_any(peer);
+  if (from == nullptr || from->role != Role::evaluator) {
+    const std::string why = from == nullptr ? "an evaluation from a peer that is not registered"
+                                            : "an evaluation from a client (only evaluators' are taken)";
+    emit(MessageRefused{peer, why});
+    warn_throttled(stranger_log_, "ignored " + why + ": " + peer);
+    out.push_back(from == nullptr ? not_registered(peer) : error_to(peer, WireErrc::rejected, why));
+    return out;
+  }
   heard(peer, out);
   const auto round = ledger_.received(r.model_version);
   if (!round) {

@@ -125,6 +125,7 @@ class Schedule {
   /// An update from `peer` (the counters it reports are recorded first, then the schedule
   /// decides: accepted, folded, or rejected with a reason).
   [[nodiscard]] std::vector<Send> on_update(const std::string& peer, const Update& update);
+  /// A registered evaluator's result; anyone else's is refused (counted, answered, not taken).
   [[nodiscard]] std::vector<Send> on_evaluation(const std::string& peer, const EvaluationResult& result);
   /// `acknowledge`: answer with the aggregator's own heartbeat (peers of protocol 1.4 or later,
   /// so that an idle peer notices a dead aggregator). A peer the aggregator does not know is

@@ -149,6 +149,32 @@ TEST(SyncRounds, EvaluatorGetsEachVersionAndRecordsWaitForIt) {
   EXPECT_EQ(sent<Shutdown>(out).size(), 4U) << "every peer is told the run is over";
 }
 
+TEST(SyncRounds, OnlyARegisteredEvaluatorsResultsAreTaken) {
+  // A stranger or a client that sends an evaluation must not score the model: taken, a result
+  // of 99 % would end a run at run.target-accuracy and stand in rounds.csv as its accuracy.
+  auto o = options(1);
+  o.target_accuracy = 0.9;
+  Fixture f(o);
+  (void)f.rounds->on_hello("evaluator-0", Hello{Role::evaluator, 0, {}, 0});
+  f.register_clients(3);
+  for (int c = 0; c < 3; ++c) (void)f.update("client-" + std::to_string(c), 1);
+  const EvaluationResult forged{1, 1, 10, 0.01, 0.99, {}};
+  auto out = f.rounds->on_evaluation("stranger", forged);
+  ASSERT_EQ(sent<ErrorReply>(out).size(), 1U);
+  EXPECT_EQ(sent<ErrorReply>(out)[0].second.code, WireErrc::not_registered);
+  out = f.rounds->on_evaluation("client-0", forged);
+  ASSERT_EQ(sent<ErrorReply>(out).size(), 1U);
+  EXPECT_EQ(sent<ErrorReply>(out)[0].second.code, WireErrc::rejected);
+  EXPECT_EQ(f.rounds->counters().messages_malformed, 2U);
+  EXPECT_TRUE(f.rounds->take_completed().empty()) << "the rounds still wait for the evaluator";
+
+  (void)f.rounds->on_evaluation("evaluator-0", EvaluationResult{0, 0, 10, 2.3, 0.1, {}});
+  (void)f.rounds->on_evaluation("evaluator-0", EvaluationResult{1, 1, 10, 0.5, 0.8, {}});
+  auto records = f.rounds->take_completed();
+  ASSERT_EQ(records.size(), 2U);
+  EXPECT_DOUBLE_EQ(*records[1].eval_accuracy, 0.8);
+}
+
 TEST(SyncRounds, DeadlineClosesWithEnoughUpdatesAndLateOnesAreCountedAndDropped) {
   Fixture f(options(2, 0, 2));
   f.register_clients(3);
