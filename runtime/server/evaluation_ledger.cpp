@@ -1,9 +1,11 @@
 #include "runtime/server/evaluation_ledger.hpp"
 
+#include <algorithm>
+
 namespace flotilla {
 
 bool EvaluationLedger::due(std::uint64_t version, bool final) const {
-  if (ever_.contains(version)) return false;
+  if (requested(version)) return false;
   if (version == 0 || final) return true;
   if (options_.every_versions > 0 && version % options_.every_versions == 0) return true;
   return options_.every_time.count() > 0 && (!last_ || clock_.now() - *last_ >= options_.every_time);
@@ -11,7 +13,7 @@ bool EvaluationLedger::due(std::uint64_t version, bool final) const {
 
 void EvaluationLedger::sent(std::uint64_t version, std::uint64_t round) {
   sent_[version] = Sent{clock_.now(), round};
-  ever_.insert(version);
+  last_requested_ = std::max(last_requested_.value_or(0), version);
   last_ = clock_.now();
 }
 

@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <map>
 #include <optional>
-#include <set>
 #include <vector>
 
 namespace flotilla {
@@ -33,7 +32,12 @@ class EvaluationLedger {
   /// no longer awaited.
   [[nodiscard]] std::vector<std::uint64_t> expire(bool evaluator_present);
   [[nodiscard]] bool waiting() const { return !sent_.empty(); }
-  [[nodiscard]] bool requested(std::uint64_t version) const { return ever_.contains(version); }
+  /// Whether `version` was requested (or passed over: versions only go up, so one at or below
+  /// the last requested is never due again). Kept as that one number, not a set that would
+  /// grow with every version a long run evaluates.
+  [[nodiscard]] bool requested(std::uint64_t version) const {
+    return last_requested_ && version <= *last_requested_;
+  }
   void clear() { sent_.clear(); }
 
  private:
@@ -44,7 +48,7 @@ class EvaluationLedger {
   const Clock& clock_;
   Options options_;
   std::map<std::uint64_t, Sent> sent_;
-  std::set<std::uint64_t> ever_;
+  std::optional<std::uint64_t> last_requested_;
   std::optional<Clock::time_point> last_;
 };
 
