@@ -28,4 +28,13 @@ bool set_log_level(const std::string& name) {
   return true;
 }
 
+void warn_throttled(spdlog::logger& log, LogThrottle& throttle, LogThrottle::time_point now,
+                    const std::string& what) {
+  if (auto more = throttle.admit(now)) {
+    log.warn("{}{}", what, *more);
+  } else {
+    log.debug("{}", what);
+  }
+}
+
 }  // namespace flotilla

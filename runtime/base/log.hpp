@@ -15,4 +15,8 @@ namespace flotilla {
 /// "trace", "debug", "info", "warn", "error", "off"; false if the name is unknown.
 bool set_log_level(const std::string& level);
 
+/// Says `what` as a warning on `log` unless `throttle` holds it back at `now`; then at debug.
+void warn_throttled(spdlog::logger& log, LogThrottle& throttle, LogThrottle::time_point now,
+                    const std::string& what);
+
 }  // namespace flotilla

@@ -181,11 +181,7 @@ class ZapHandler {
             "refused a connection from {} to the {} endpoint: its key {} is not in {}",
             address.empty() ? "?" : address, domain, z85,
             keys ? keys->dir().string() : std::string("any authorized list"));
-        if (auto more = refusal_log_[domain].admit(std::chrono::steady_clock::now())) {
-          logger("security")->warn("{}{}", what, *more);
-        } else {
-          logger("security")->debug("{}", what);
-        }
+        warn_throttled(*logger("security"), refusal_log_[domain], std::chrono::steady_clock::now(), what);
       }
     }
     return d;

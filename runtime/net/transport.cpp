@@ -497,11 +497,7 @@ class ZmqEndpoint final : public Endpoint {
   /// Refusals are logged at most every 5 s per endpoint (a hostile peer retries ten times a
   /// second), with how many were not.
   void say_refused(const std::string& what) {
-    if (auto more = refusal_log_.admit(Clock::now())) {
-      logger("security")->warn("{}{}", what, *more);
-    } else {
-      logger("security")->debug("{}", what);
-    }
+    warn_throttled(*logger("security"), refusal_log_, Clock::now(), what);
   }
 
   zmq::socket_t socket_;

@@ -244,11 +244,7 @@ std::vector<Send> Schedule::on_bad_message(const std::string& peer, const Error&
 }
 
 void Schedule::warn_throttled(LogThrottle& throttle, const std::string& what) {
-  if (auto more = throttle.admit(clock_.now())) {
-    logger("aggregator")->warn("{}{}", what, *more);
-  } else {
-    logger("aggregator")->debug("{}", what);
-  }
+  flotilla::warn_throttled(*logger("aggregator"), throttle, clock_.now(), what);
 }
 
 void Schedule::on_peer_error(const std::string& peer, const std::string& message) {
