@@ -278,8 +278,8 @@ if uss and need > avail:
 PY
 }
 
-# Start the clients in batches (each reads the whole training set, ~250 MiB at its peak, before keeping its
-# share), each batch once the one before has registered and if the rest fit in memory.
+# Start the clients in batches (each reads the whole training set, ~250 MiB at its peak, before
+# keeping its share), each batch once the one before has registered and if the rest fit in memory.
 for ((first = 0; first < CLIENTS; first += BATCH)); do
   ids=($(seq "$first" $((first + BATCH < CLIENTS ? first + BATCH - 1 : CLIENTS - 1))))
   fits "${#ids[@]}" $((CLIENTS - first)) || exit 1

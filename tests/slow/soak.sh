@@ -13,6 +13,4 @@
 export CHURN_CLIENTS=${SOAK_CLIENTS:-200}
 export CHURN_SECONDS=${SOAK_SECONDS:-600}
 export CHURN_HOSTILE=1
-# Clients loading the training set at once (each peaks at ~250 MiB while it reads it as bytes).
-export CHURN_BATCH=${SOAK_BATCH:-10}
 exec bash "$(dirname "$0")/churn.sh" "$@"
